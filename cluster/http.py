@@ -1,0 +1,119 @@
+"""HTTP `GET /health` and `GET /metrics` (Prometheus text) for one node.
+
+A deliberately tiny HTTP/1.0-style responder on asyncio: one request per
+connection, GET only, headers capped at 8 KiB. The metric values are read from
+the node at scrape time by a custom collector (prometheus_client renders the
+exposition format), so nothing is updated on the hot path.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from cluster.server import Node
+
+log = logging.getLogger("raftq.http")
+MAX_HEADER_BYTES = 8192
+
+
+class NodeCollector(Collector):
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        status = node.raft.status()
+        with node.raft.reading():
+            stats = node.machine.stats()
+
+        jobs = GaugeMetricFamily("raftq_jobs", "Jobs held by this replica, by queue and state",
+                                 labels=["queue", "state"])
+        for queue, states in sorted(stats.get("queues", {}).items()):
+            for state, count in sorted(states.items()):
+                jobs.add_metric([queue, state], count)
+        yield jobs
+
+        yield GaugeMetricFamily("raftq_is_leader", "1 if this node is the Raft leader",
+                                value=1 if status.get("role") == "leader" else 0)
+        yield GaugeMetricFamily("raftq_raft_term", "Current Raft term", value=status.get("term") or 0)
+        yield GaugeMetricFamily("raftq_raft_commit_index", "Raft commit index", value=status.get("commit_index") or 0)
+        yield GaugeMetricFamily("raftq_raft_last_applied", "Last applied Raft index",
+                                value=status.get("last_applied") or 0)
+        yield GaugeMetricFamily("raftq_client_connections", "Open client connections", value=node.connections)
+
+        requests = CounterMetricFamily("raftq_requests", "Client requests by op", labels=["op"])
+        for op, count in sorted(node.requests.items()):
+            requests.add_metric([op], count)
+        yield requests
+        errors = CounterMetricFamily("raftq_errors", "Error replies by code", labels=["code"])
+        for code, count in sorted(node.errors.items()):
+            errors.add_metric([code], count)
+        yield errors
+
+        commit = node.committer.stats
+        yield CounterMetricFamily("raftq_commit_entries", "Raft entries proposed by group commit",
+                                  value=commit.entries)
+        yield CounterMetricFamily("raftq_commit_commands", "Commands carried by those entries",
+                                  value=commit.commands)
+        yield CounterMetricFamily("raftq_commit_failed_entries", "Entries that did not commit",
+                                  value=commit.failed_entries)
+        latencies = sorted(node.committer.latencies)
+        if latencies:
+            p = GaugeMetricFamily("raftq_commit_latency_seconds", "Recent commit latency quantiles",
+                                  labels=["quantile"])
+            for q in (0.5, 0.99):
+                p.add_metric([str(q)], latencies[min(len(latencies) - 1, int(q * len(latencies)))])
+            yield p
+
+
+async def start_http_server(node: "Node", host: str, port: int) -> asyncio.AbstractServer:
+    registry = CollectorRegistry()
+    registry.register(NodeCollector(node))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = request_line.split()
+            if len(parts) < 2 or parts[0] != "GET":
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+            else:
+                path = parts[1].split("?", 1)[0]
+                status, ctype, body = _route(node, registry, path)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            status, ctype, body = "400 Bad Request", "text/plain", b"bad request\n"
+        except Exception:
+            log.exception("http handler failed")
+            status, ctype, body = "500 Internal Server Error", "text/plain", b"internal error\n"
+        try:
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + body)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port, limit=MAX_HEADER_BYTES, reuse_address=True)
+
+
+def _route(node: "Node", registry: CollectorRegistry, path: str) -> tuple[str, str, bytes]:
+    if path == "/metrics":
+        return "200 OK", "text/plain; version=0.0.4; charset=utf-8", generate_latest(registry)
+    if path == "/health":
+        status = node.raft.status()
+        leader = node.leader_client()
+        body = {"status": "ok" if leader else "no_leader", "node_id": node.node_id, "role": status.get("role"),
+                "leader": leader, "term": status.get("term"), "commit_index": status.get("commit_index"),
+                "last_applied": status.get("last_applied")}
+        # 503 while there is no leader, so a load balancer stops sending writes here.
+        code = "200 OK" if leader else "503 Service Unavailable"
+        return code, "application/json", json.dumps(body).encode() + b"\n"
+    return "404 Not Found", "text/plain", b"not found: try /health or /metrics\n"

@@ -1,0 +1,502 @@
+"""The node: one replica's asyncio (uvloop) server.
+
+A node owns a `JobMachine` (the replicated state), the `RaftNode` adapter that
+feeds it committed entries, a `GroupCommitter` that turns concurrent writes into
+single Raft entries, and three listeners:
+
+- the client protocol (length-prefixed msgpack, cluster/protocol.py), served by
+  `ClientConnection`, one per TCP connection, requests pipelined;
+- HTTP `/health` and `/metrics` (cluster/http.py);
+- the Raft port, owned by pysyncobj on its own tick thread.
+
+Who may answer what: every write, and every read without `stale_ok`, is
+answered by the leader only; a follower replies NOT_LEADER with the leader's
+*client* address, or NO_LEADER during an election. Leadership is never treated
+as a lock: leases are granted inside `apply`, so two nodes that both believe
+they lead cannot hand one job to two workers in the log.
+
+Leader duties run in `_ticker`: when a lease deadline or a scheduled run time
+is due on the replica (or retention is due), it commits a `tick` command.
+
+Threads: everything here runs on the asyncio loop, except `_on_applied`, which
+pysyncobj calls on its tick thread and which only schedules work on the loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+import time
+from typing import Any, Awaitable, Callable
+
+from cluster import protocol
+from cluster.commit import GroupCommitter
+from cluster.config import ClusterConfig
+from cluster.errors import (BadRequest, Internal, NoLeader, NotFound, NotLeader, Overloaded,
+                            RaftqError, Unauthorized, error_from_wire)
+from replication.machine import JobMachine, validate_command
+from replication.raft import RaftConfig, RaftNode
+
+log = logging.getLogger("raftq.node")
+
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+MAX_WAIT_S = 60.0          # longest long poll a client may ask for
+TICK_INTERVAL_S = 0.05     # how often the leader checks for due work
+RETENTION_TICK_S = 5.0     # a tick for retention at least this often
+MAX_LIST_LIMIT = 1000
+
+
+class Node:
+    """One replica: the machine, the Raft adapter and the request handlers."""
+
+    def __init__(self, cfg: ClusterConfig, node_id: int) -> None:
+        self.cfg = cfg
+        self.node_id = node_id
+        self.spec = cfg.node(node_id)
+        self.machine = JobMachine()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._applied = asyncio.Event()
+        self._raft_to_client = {n.raft: n.client for n in cfg.nodes}
+        data_dir = cfg.node_data_dir(node_id)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.raft = RaftNode(
+            RaftConfig(
+                self_addr=self.spec.raft,
+                peers=[n.raft for n in cfg.nodes if n.id != node_id],
+                data_dir=data_dir,
+                password=cfg.raft_password,
+                durability=cfg.durability,
+            ),
+            self.machine,
+            on_applied=self._on_applied,
+        )
+        self.committer = GroupCommitter(self.raft)
+        self.requests: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self.connections = 0
+        self._last_tick = 0.0
+
+    # ---- Raft glue -------------------------------------------------------
+
+    def _on_applied(self) -> None:
+        """Tick thread: wake every long poll (lease, wait) on the loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self._applied.set()
+        self._applied = asyncio.Event()
+
+    async def _until_applied(self, timeout_s: float) -> None:
+        """Sleep until the next applied entry or the timeout, whichever first."""
+        event = self._applied
+        try:
+            await asyncio.wait_for(event.wait(), timeout=max(timeout_s, 0.0))
+        except asyncio.TimeoutError:
+            pass
+
+    def leader_client(self) -> str | None:
+        leader = self.raft.leader()
+        return self._raft_to_client.get(leader) if leader else None
+
+    def _require_leader(self) -> None:
+        if self.raft.is_leader():
+            return
+        leader = self.leader_client()
+        if leader is None:
+            raise NoLeader("no leader (election in progress); retry")
+        raise NotLeader(f"not the leader; the leader is {leader}", {"leader": leader})
+
+    async def _commit(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        problem = validate_command(cmd)
+        if problem is not None:
+            raise BadRequest(problem)
+        self._require_leader()
+        try:
+            result = await self.committer.commit(cmd)
+        except NotLeader:
+            leader = self.leader_client()
+            raise NotLeader(f"leadership moved; the leader is {leader}", {"leader": leader})
+        if "error" in result:
+            raise error_from_wire([result["error"], result.get("message", ""), None])
+        return result
+
+    # ---- request handlers ----------------------------------------------
+
+    async def handle(self, op: str, args: dict[str, Any]) -> Any:
+        handler = self._handlers.get(op)
+        if handler is None:
+            raise BadRequest(f"unknown op {op!r}")
+        self.requests[op] = self.requests.get(op, 0) + 1
+        return await handler(self, args)
+
+    async def _op_submit(self, args: dict[str, Any]) -> Any:
+        job = args.get("job")
+        if not isinstance(job, dict):
+            raise BadRequest("submit needs 'job': a map")
+        self._check_capacity(1)
+        return await self._commit({"op": "submit", "job": job})
+
+    async def _op_submit_many(self, args: dict[str, Any]) -> Any:
+        jobs = args.get("jobs")
+        if not isinstance(jobs, list) or not jobs:
+            raise BadRequest("submit_many needs 'jobs': a non-empty list")
+        self._check_capacity(len(jobs))
+        return await self._commit({"op": "submit_many", "jobs": jobs})
+
+    def _check_capacity(self, n: int) -> None:
+        with self.raft.reading():
+            live = self.machine.live_count()
+        if live + n > self.cfg.max_live_jobs:
+            raise Overloaded(f"queue full: {live} live jobs (limit {self.cfg.max_live_jobs}); retry later")
+
+    def _read_guard(self, args: dict[str, Any]) -> None:
+        if not args.get("stale_ok"):
+            self._require_leader()
+
+    async def _op_get(self, args: dict[str, Any]) -> Any:
+        job_id = _job_id(args)
+        self._read_guard(args)
+        with self.raft.reading():
+            view = self.machine.get(job_id)
+        if view is None:
+            raise NotFound(f"no job {job_id!r}")
+        return view
+
+    async def _op_wait(self, args: dict[str, Any]) -> Any:
+        job_id = _job_id(args)
+        timeout_s = _number(args, "timeout_s", 10.0, 0.0, MAX_WAIT_S)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._read_guard(args)
+            with self.raft.reading():
+                view = self.machine.get(job_id)
+            if view is None:
+                raise NotFound(f"no job {job_id!r}")
+            remaining = deadline - time.monotonic()
+            if view["state"] in FINAL_STATES or remaining <= 0:
+                return view
+            await self._until_applied(min(remaining, 1.0))
+
+    async def _op_cancel(self, args: dict[str, Any]) -> Any:
+        return await self._commit({"op": "cancel", "id": _job_id(args)})
+
+    async def _op_retry(self, args: dict[str, Any]) -> Any:
+        return await self._commit({"op": "retry", "id": _job_id(args)})
+
+    async def _op_list(self, args: dict[str, Any]) -> Any:
+        self._read_guard(args)
+        state = _opt_str(args, "state")
+        queue = _opt_str(args, "queue")
+        limit = int(_number(args, "limit", 100, 1, MAX_LIST_LIMIT))
+        cursor = args.get("cursor")
+        with self.raft.reading():
+            jobs, next_cursor = self.machine.list_jobs(state=state, queue=queue, limit=limit, cursor=cursor)
+        return {"jobs": jobs, "cursor": next_cursor}
+
+    async def _op_stats(self, args: dict[str, Any]) -> Any:
+        self._read_guard(args)
+        with self.raft.reading():
+            stats = dict(self.machine.stats())
+        stats.update(node_id=self.node_id, role=self.raft.status().get("role"), leader=self.leader_client())
+        return stats
+
+    async def _op_cluster_status(self, args: dict[str, Any]) -> Any:
+        status = self.raft.status()
+        leader_raft = self.raft.leader()
+        nodes = []
+        for n in self.cfg.nodes:
+            if n.id == self.node_id:
+                role = status.get("role", "follower")
+            elif n.raft == leader_raft:
+                role = "leader"
+            else:
+                role = "follower"
+            nodes.append({"id": n.id, "client": n.client, "raft": n.raft, "http": n.http, "role": role})
+        return {
+            "leader": self.leader_client(),
+            "self": self.node_id,
+            "term": status.get("term"),
+            "commit_index": status.get("commit_index"),
+            "last_applied": status.get("last_applied"),
+            "nodes": nodes,
+        }
+
+    async def _op_digest(self, args: dict[str, Any]) -> Any:
+        """This replica's state digest (any node answers): replicas at the same
+        applied index must agree byte for byte (tests and `raftq cluster status`)."""
+        with self.raft.reading():
+            digest = self.machine.digest()
+            last_applied = self.raft.status().get("last_applied")
+        return {"digest": digest, "last_applied": last_applied, "node_id": self.node_id}
+
+    async def _op_lease(self, args: dict[str, Any]) -> Any:
+        worker = _str(args, "worker")
+        queues = args.get("queues") or ["default"]
+        if not isinstance(queues, list) or not all(isinstance(q, str) and q for q in queues):
+            raise BadRequest("'queues' must be a list of queue names")
+        max_jobs = int(_number(args, "max", 1, 1, 1000))
+        wait_s = _number(args, "wait_s", 5.0, 0.0, MAX_WAIT_S)
+        lease_ms = int(_number(args, "lease_ms", self.cfg.lease_ttl_s * 1000, 100, 24 * 3600 * 1000))
+        deadline = time.monotonic() + wait_s
+        cmd = {"op": "lease", "worker": worker, "queues": queues, "max": max_jobs, "lease_ms": lease_ms}
+        while True:
+            self._require_leader()
+            with self.raft.reading():
+                ready = self.machine.has_ready(queues)
+            if ready:
+                result = await self._commit(cmd)
+                if result.get("jobs"):
+                    return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return {"jobs": []}
+            await self._until_applied(min(remaining, 1.0))
+
+    async def _op_heartbeat(self, args: dict[str, Any]) -> Any:
+        leases = args.get("leases")
+        if not isinstance(leases, list):
+            raise BadRequest("'leases' must be a list")
+        lease_ms = int(_number(args, "lease_ms", self.cfg.lease_ttl_s * 1000, 100, 24 * 3600 * 1000))
+        return await self._commit({"op": "heartbeat", "worker": _str(args, "worker"),
+                                   "lease_ms": lease_ms, "leases": leases})
+
+    async def _op_complete(self, args: dict[str, Any]) -> Any:
+        return await self._commit({"op": "complete", "id": _job_id(args),
+                                   "attempt": args.get("attempt"), "result": args.get("result")})
+
+    async def _op_fail(self, args: dict[str, Any]) -> Any:
+        return await self._commit({"op": "fail", "id": _job_id(args), "attempt": args.get("attempt"),
+                                   "error": args.get("error"), "retryable": args.get("retryable", True)})
+
+    _handlers: dict[str, Callable[["Node", dict[str, Any]], Awaitable[Any]]] = {
+        "submit": _op_submit,
+        "submit_many": _op_submit_many,
+        "get": _op_get,
+        "wait": _op_wait,
+        "cancel": _op_cancel,
+        "retry": _op_retry,
+        "list": _op_list,
+        "stats": _op_stats,
+        "cluster_status": _op_cluster_status,
+        "digest": _op_digest,
+        "lease": _op_lease,
+        "heartbeat": _op_heartbeat,
+        "complete": _op_complete,
+        "fail": _op_fail,
+    }
+
+    # ---- leader duties -------------------------------------------------
+
+    async def _ticker(self) -> None:
+        """On the leader: commit a `tick` when a deadline is due (and for retention)."""
+        while True:
+            await asyncio.sleep(TICK_INTERVAL_S)
+            if not self.raft.is_leader():
+                continue
+            try:
+                with self.raft.reading():
+                    due_ms = self.machine.next_due_ms()
+                now = time.time()
+                due = due_ms is not None and due_ms <= now * 1000
+                if due or now - self._last_tick >= RETENTION_TICK_S:
+                    self._last_tick = now
+                    await self.committer.commit({"op": "tick", "retention_ms": int(self.cfg.retention_s * 1000)})
+            except RaftqError as exc:
+                log.debug("tick not committed: %s", exc)
+            except Exception:
+                log.exception("ticker failed; continuing")
+
+    # ---- lifecycle -----------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        from cluster.http import start_http_server  # local: keeps the import graph obvious
+
+        host, port = _split(self.spec.client)
+        server = await self._loop.create_server(lambda: ClientConnection(self), host, port,
+                                                reuse_address=True)
+        http_server = None
+        if self.spec.http:
+            h_host, h_port = _split(self.spec.http)
+            http_server = await start_http_server(self, h_host, h_port)
+        ticker = asyncio.create_task(self._ticker())
+        log.info("node %d serving clients on %s (raft %s%s)", self.node_id, self.spec.client, self.spec.raft,
+                 f", http {self.spec.http}" if self.spec.http else "")
+        try:
+            await stop.wait()
+        finally:
+            ticker.cancel()
+            server.close()
+            if http_server is not None:
+                http_server.close()
+            self.raft.destroy()
+            log.info("node %d stopped", self.node_id)
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: hello first, then pipelined requests.
+
+    A malformed frame gets an error frame and the connection is closed; a
+    failing handler gets INTERNAL and the connection keeps serving (STYLE 14).
+    Reading pauses while too many requests are in flight (flow control).
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.decoder = protocol.FrameDecoder(node.cfg.max_frame_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.authenticated = False
+        self.in_flight = 0
+        self.paused = False
+        self.closing = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.node.connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.node.connections -= 1
+        self.closing = True
+        for task in self.tasks:
+            task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            messages = self.decoder.feed(data)
+        except protocol.ProtocolViolation as exc:
+            self._fail_connection(None, error_from_wire([exc.code, exc.message, None]))
+            return
+        for msg in messages:
+            try:
+                req = protocol.parse_request(msg)
+            except protocol.ProtocolViolation as exc:
+                self._fail_connection(msg.get("id") if isinstance(msg, dict) else None,
+                                      error_from_wire([exc.code, exc.message, None]))
+                return
+            if not self.authenticated:
+                self._hello(req)
+                if self.closing:
+                    return
+                continue
+            self.in_flight += 1
+            task = asyncio.ensure_future(self._run(req))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        if self.in_flight >= protocol.MAX_IN_FLIGHT and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _hello(self, req: protocol.Request) -> None:
+        token = req.args.get("token")
+        if req.op != "hello":
+            self._fail_connection(req.id, Unauthorized("the first request must be hello with a token"))
+        elif req.args.get("version") != protocol.PROTOCOL_VERSION:
+            self._fail_connection(req.id, BadRequest(
+                f"unsupported protocol version {req.args.get('version')!r}; this node speaks {protocol.PROTOCOL_VERSION}"))
+        elif not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.node.cfg.token.encode()):
+            self._fail_connection(req.id, Unauthorized("invalid token"))
+        else:
+            self.authenticated = True
+            self._send(protocol.response_ok(req.id, {"node_id": self.node.node_id,
+                                                     "protocol": protocol.PROTOCOL_VERSION}))
+
+    async def _run(self, req: protocol.Request) -> None:
+        try:
+            result = await self.node.handle(req.op, req.args)
+            frame = protocol.response_ok(req.id, result)
+        except RaftqError as exc:
+            self.node.errors[exc.code] = self.node.errors.get(exc.code, 0) + 1
+            frame = protocol.response_err(req.id, exc)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("handler for %r failed", req.op)
+            self.node.errors["INTERNAL"] = self.node.errors.get("INTERNAL", 0) + 1
+            frame = protocol.response_err(req.id, Internal(f"internal error while handling {req.op!r}"))
+        finally:
+            self.in_flight -= 1
+        self._send(frame)
+        if self.paused and self.in_flight < protocol.MAX_IN_FLIGHT // 2 and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _send(self, frame: dict[str, Any]) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            data = protocol.encode_frame(frame)
+        except Exception:
+            log.exception("could not encode a response")
+            data = protocol.encode_frame(protocol.response_err(frame.get("id"), Internal("unencodable result")))
+        self.transport.write(data)
+
+    def _fail_connection(self, req_id: Any, error: RaftqError) -> None:
+        self._send(protocol.response_err(req_id if isinstance(req_id, int) else 0, error))
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+# ---- argument helpers (bad input -> BAD_REQUEST, never a traceback) -----
+
+def _job_id(args: dict[str, Any]) -> str:
+    value = args.get("id")
+    if not isinstance(value, str) or not value:
+        raise BadRequest("'id' must be a non-empty string")
+    return value
+
+
+def _str(args: dict[str, Any], key: str) -> str:
+    value = args.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{key!r} must be a non-empty string")
+    return value
+
+
+def _opt_str(args: dict[str, Any], key: str) -> str | None:
+    value = args.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{key!r} must be a string")
+    return value
+
+
+def _number(args: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    value = args.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"{key!r} must be a number")
+    if not lo <= value <= hi:
+        raise BadRequest(f"{key!r} must be between {lo:g} and {hi:g}")
+    return value
+
+
+def _split(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host, int(port)
+
+
+# ---- process entry point ---------------------------------------------------
+
+def run_node(cfg: ClusterConfig, node_id: int) -> int:
+    """Run one node in the foreground until SIGTERM/SIGINT. Returns the exit code."""
+    import uvloop
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s node{node_id} %(name)s %(levelname)s %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        node = Node(cfg, node_id)
+        await node.serve(stop)
+
+    uvloop.run(main())
+    return 0
