@@ -1,0 +1,363 @@
+"""The job record, its public views, and the limits and validation of commands.
+
+Everything here is plain data and pure functions; it is shared by the state
+machine (`replication.machine`) and by the server, which calls
+`validate_command` BEFORE proposing so that malformed commands never enter the
+Raft log. The machine calls it again on apply (apply must never raise), so the
+two can never disagree.
+
+Units: integer milliseconds inside (`*_ms`); the public `JobView` carries epoch
+seconds as float (`*_at`, `timeout_s`), per docs/contracts.md section 1.
+
+No clock, randomness, I/O or threads here: this module must stay deterministic.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+# --- states -------------------------------------------------------------------
+
+PENDING = "pending"
+SCHEDULED = "scheduled"
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+# Fixed order: stats() and the snapshot list states in this order.
+STATES: tuple[str, ...] = (PENDING, SCHEDULED, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINAL_STATES: frozenset[str] = frozenset((SUCCEEDED, FAILED, CANCELLED))
+
+# --- wire error codes used by the machine (same strings as cluster/errors.py;
+# replication/ must not import cluster/) -----------------------------------------
+
+BAD_REQUEST = "BAD_REQUEST"
+NOT_FOUND = "NOT_FOUND"
+LEASE_LOST = "LEASE_LOST"
+CONFLICT = "CONFLICT"
+INTERNAL = "INTERNAL"
+
+# --- limits ---------------------------------------------------------------------
+
+MAX_ID_LEN = 200            # job id, type, queue, unique_key, worker name
+MAX_NAME_LEN = 200
+MAX_BATCH = 10_000          # specs per submit_many
+MAX_LEASE_BATCH = 1_000     # jobs per lease command (`max`)
+MAX_LEASE_QUEUES = 100      # queues named in one lease command
+MAX_HEARTBEAT_LEASES = 10_000
+MAX_LEASE_MS = 86_400_000   # one day
+MAX_MS = 2**53              # any absolute time or duration in ms (exact in a float)
+MAX_PRIORITY = 2**31 - 1
+MIN_PRIORITY = -(2**31)
+MAX_ATTEMPTS = 1_000
+MAX_BACKOFF_MS = 86_400_000  # accepted base; the computed delay is capped at BACKOFF_CAP_MS
+BACKOFF_CAP_MS = 300_000
+MAX_ERROR_LEN = 65_536      # longer fail() errors are truncated (not rejected: a
+MAX_PROGRESS_MSG_LEN = 1_000  # long traceback must not leave a job stuck running)
+MAX_VALUE_DEPTH = 32        # nesting of args / result
+MSGPACK_INT_MIN = -(2**63)
+MSGPACK_INT_MAX = 2**64 - 1
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_BACKOFF_MS = 1_000
+
+OPS: frozenset[str] = frozenset(
+    ("submit", "submit_many", "lease", "heartbeat", "complete", "fail", "cancel", "retry", "tick")
+)
+
+
+# --- the job record --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Job:
+    """One job, all of it plain data (msgpack-encodable field by field).
+
+    `seq` orders the job FIFO within its priority; the machine assigns it at
+    submit and again at `retry`, and keeps it across requeues.
+    `attempts` is the fencing token: `lease` increments it.
+    `worker`, `lease_deadline_ms` are set while `running`; a job cancelled while
+    running keeps `worker` and `attempts` so that worker's next heartbeat is
+    told to cancel.
+    `lease_expiries` counts attempts lost to lease expiry (not handler errors).
+    """
+
+    id: str
+    type: str
+    args: Any
+    queue: str
+    priority: int
+    max_attempts: int
+    timeout_ms: int | None
+    backoff_ms: int
+    unique_key: str | None
+    seq: int
+    state: str
+    created_ms: int
+    run_at_ms: int | None = None
+    attempts: int = 0
+    started_ms: int | None = None
+    finished_ms: int | None = None
+    result: Any = None
+    error: str | None = None
+    worker: str | None = None
+    lease_deadline_ms: int | None = None
+    progress: list[Any] | None = None
+    lease_expiries: int = 0
+
+
+# Snapshot row layout (positional, so a million-job snapshot stays compact).
+# Changing it means a new snapshot format number.
+JOB_FIELDS: tuple[str, ...] = (
+    "id", "type", "args", "queue", "priority", "max_attempts", "timeout_ms",
+    "backoff_ms", "unique_key", "seq", "state", "created_ms", "run_at_ms",
+    "attempts", "started_ms", "finished_ms", "result", "error", "worker",
+    "lease_deadline_ms", "progress", "lease_expiries",
+)
+
+
+def job_to_row(job: Job) -> list[Any]:
+    return [getattr(job, name) for name in JOB_FIELDS]
+
+
+def job_from_row(row: list[Any]) -> Job:
+    if not isinstance(row, (list, tuple)) or len(row) != len(JOB_FIELDS):
+        raise ValueError(f"snapshot job row must have {len(JOB_FIELDS)} fields")
+    job = Job(*row)
+    if job.progress is not None:
+        job.progress = list(job.progress)
+    return job
+
+
+def _sec(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000.0
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """The public JobView (contracts.md section 1): times as epoch float seconds."""
+    return {
+        "id": job.id,
+        "type": job.type,
+        "args": job.args,
+        "queue": job.queue,
+        "priority": job.priority,
+        "state": job.state,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "result": job.result,
+        "error": job.error,
+        "created_at": _sec(job.created_ms),
+        "started_at": _sec(job.started_ms),
+        "finished_at": _sec(job.finished_ms),
+        "run_at": _sec(job.run_at_ms),
+        "timeout_s": _sec(job.timeout_ms),
+        "unique_key": job.unique_key,
+        "worker": job.worker,
+        "progress": None if job.progress is None else list(job.progress),
+    }
+
+
+def leased_view(job: Job) -> dict[str, Any]:
+    """A LeasedJob: the JobView plus the fencing token and the lease deadline."""
+    view = job_view(job)
+    view["attempt"] = job.attempts
+    view["lease_deadline_at"] = _sec(job.lease_deadline_ms)
+    return view
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"error": code, "message": message}
+
+
+# --- validation --------------------------------------------------------------------
+# Each checker returns an error message, or None when the value is acceptable.
+
+
+def is_int(value: Any) -> bool:
+    # bool is an int subclass in Python but never a valid count or time here.
+    return type(value) is int
+
+
+def _check_int(obj: dict[str, Any], key: str, lo: int, hi: int, *, optional: bool = False,
+               default_ok: bool = False) -> str | None:
+    if key not in obj or (optional and obj[key] is None):
+        return None if (optional or default_ok) else f"{key!r} is required"
+    value = obj[key]
+    if not is_int(value):
+        return f"{key!r} must be an integer, got {type(value).__name__}"
+    if not lo <= value <= hi:
+        return f"{key!r} must be between {lo} and {hi}, got {value}"
+    return None
+
+
+def _check_str(obj: dict[str, Any], key: str, *, max_len: int = MAX_NAME_LEN,
+               optional: bool = False) -> str | None:
+    if key not in obj or (optional and obj[key] is None):
+        return None if optional else f"{key!r} is required"
+    value = obj[key]
+    if not isinstance(value, str):
+        return f"{key!r} must be a string, got {type(value).__name__}"
+    if not 1 <= len(value) <= max_len:
+        return f"{key!r} must be 1..{max_len} characters long"
+    return None
+
+
+def check_plain(value: Any, depth: int = 0) -> str | None:
+    """Is `value` plain msgpack data (so snapshots and results always encode)?"""
+    if depth > MAX_VALUE_DEPTH:
+        return f"value nested deeper than {MAX_VALUE_DEPTH} levels"
+    if value is None or isinstance(value, (bool, str, bytes)):
+        return None
+    if type(value) is int:
+        if MSGPACK_INT_MIN <= value <= MSGPACK_INT_MAX:
+            return None
+        return "integer out of msgpack range"
+    if type(value) is float:
+        return None
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            msg = check_plain(item, depth + 1)
+            if msg:
+                return msg
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int, bytes)) or isinstance(key, bool):
+                return "map keys must be strings, integers or bytes"
+            msg = check_plain(item, depth + 1)
+            if msg:
+                return msg
+        return None
+    return f"unsupported value type {type(value).__name__}"
+
+
+_SPEC_KEYS = frozenset((
+    "id", "type", "args", "queue", "priority", "max_attempts", "timeout_ms",
+    "delay_ms", "run_at_ms", "backoff_ms", "unique_key",
+))
+
+
+def validate_spec(spec: Any) -> str | None:
+    """Check one JobSpec; unknown keys are rejected (a typo must not pass silently)."""
+    if not isinstance(spec, dict):
+        return "job spec must be a map"
+    unknown = [k for k in spec if k not in _SPEC_KEYS]
+    if unknown:
+        return f"unknown job spec field(s): {', '.join(sorted(map(str, unknown)))}"
+    for msg in (
+        _check_str(spec, "id", max_len=MAX_ID_LEN),
+        _check_str(spec, "type"),
+        _check_str(spec, "queue", optional=True),
+        _check_int(spec, "priority", MIN_PRIORITY, MAX_PRIORITY, optional=True),
+        _check_int(spec, "max_attempts", 1, MAX_ATTEMPTS, optional=True),
+        _check_int(spec, "timeout_ms", 1, MAX_MS, optional=True),
+        _check_int(spec, "delay_ms", 0, MAX_MS, optional=True),
+        _check_int(spec, "run_at_ms", 0, MAX_MS, optional=True),
+        _check_int(spec, "backoff_ms", 0, MAX_BACKOFF_MS, optional=True),
+        _check_str(spec, "unique_key", optional=True),
+    ):
+        if msg:
+            return msg
+    if "args" in spec:
+        msg = check_plain(spec["args"])
+        if msg:
+            return f"'args': {msg}"
+    return None
+
+
+def _check_progress(progress: Any) -> str | None:
+    if progress is None:
+        return None
+    if not isinstance(progress, (list, tuple)) or len(progress) != 2:
+        return "'progress' must be [fraction, message]"
+    fraction, message = progress
+    if not (type(fraction) is int or (type(fraction) is float and math.isfinite(fraction))):
+        return "progress fraction must be a finite number"
+    if not isinstance(message, str):
+        return "progress message must be a string"
+    return None
+
+
+def _check_str_list(obj: dict[str, Any], key: str, max_items: int) -> str | None:
+    value = obj.get(key)
+    if not isinstance(value, (list, tuple)) or not value:
+        return f"{key!r} must be a non-empty list"
+    if len(value) > max_items:
+        return f"{key!r} may hold at most {max_items} items"
+    for item in value:
+        if not isinstance(item, str) or not 1 <= len(item) <= MAX_NAME_LEN:
+            return f"{key!r} items must be strings of 1..{MAX_NAME_LEN} characters"
+    return None
+
+
+def validate_command(cmd: Any) -> str | None:
+    """Return why `cmd` is malformed, or None when it may enter the log.
+
+    Only shape is checked here; state-dependent outcomes (NOT_FOUND, CONFLICT,
+    LEASE_LOST) are decided by the machine on apply.
+    """
+    if not isinstance(cmd, dict):
+        return "command must be a map"
+    op = cmd.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        return f"unknown op {op!r}"
+    if op == "submit":
+        msg = validate_spec(cmd.get("job"))
+        return f"job: {msg}" if msg else None
+    if op == "submit_many":
+        jobs = cmd.get("jobs")
+        if not isinstance(jobs, (list, tuple)) or not jobs:
+            return "'jobs' must be a non-empty list"
+        if len(jobs) > MAX_BATCH:
+            return f"'jobs' may hold at most {MAX_BATCH} specs"
+        for i, spec in enumerate(jobs):
+            msg = validate_spec(spec)
+            if msg:
+                return f"jobs[{i}]: {msg}"
+        return None
+    if op == "lease":
+        return (_check_str(cmd, "worker")
+                or _check_str_list(cmd, "queues", MAX_LEASE_QUEUES)
+                or _check_int(cmd, "max", 1, MAX_LEASE_BATCH)
+                or _check_int(cmd, "lease_ms", 1, MAX_LEASE_MS))
+    if op == "heartbeat":
+        msg = _check_str(cmd, "worker") or _check_int(cmd, "lease_ms", 1, MAX_LEASE_MS)
+        if msg:
+            return msg
+        leases = cmd.get("leases")
+        if not isinstance(leases, (list, tuple)):
+            return "'leases' must be a list"
+        if len(leases) > MAX_HEARTBEAT_LEASES:
+            return f"'leases' may hold at most {MAX_HEARTBEAT_LEASES} items"
+        for i, lease in enumerate(leases):
+            if not isinstance(lease, dict):
+                return f"leases[{i}] must be a map"
+            msg = (_check_str(lease, "id", max_len=MAX_ID_LEN)
+                   or _check_int(lease, "attempt", 0, MAX_ATTEMPTS)
+                   or _check_progress(lease.get("progress")))
+            if msg:
+                return f"leases[{i}]: {msg}"
+        return None
+    if op == "complete":
+        msg = _check_str(cmd, "id", max_len=MAX_ID_LEN) or _check_int(cmd, "attempt", 0, MAX_ATTEMPTS)
+        if msg:
+            return msg
+        msg = check_plain(cmd.get("result"))
+        return f"'result': {msg}" if msg else None
+    if op == "fail":
+        msg = _check_str(cmd, "id", max_len=MAX_ID_LEN) or _check_int(cmd, "attempt", 0, MAX_ATTEMPTS)
+        if msg:
+            return msg
+        if not isinstance(cmd.get("error"), str):
+            return "'error' must be a string"
+        if "retryable" in cmd and not isinstance(cmd["retryable"], bool):
+            return "'retryable' must be a boolean"
+        return None
+    if op in ("cancel", "retry"):
+        return _check_str(cmd, "id", max_len=MAX_ID_LEN)
+    # tick
+    return _check_int(cmd, "retention_ms", 0, MAX_MS)
