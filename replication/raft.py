@@ -1,0 +1,533 @@
+"""The one adapter that owns pysyncobj: Raft replication of a `JobMachine`.
+
+`RaftNode` wraps pysyncobj 0.3.17 (pinned: this module relies on internals of
+that exact version and refuses to import with any other) and adds what it
+lacks for raftq:
+
+* Durability. Our `DurableJournal` replaces pysyncobj's unflushed mmap journal.
+  pysyncobj has no hook for that, so `createJournal` in `pysyncobj.syncobj` is
+  swapped only while `SyncObj.__init__` runs (under a module lock). With
+  durability="fsync":
+    - `_SyncingTransport.send` syncs the journal before ANY Raft message leaves
+      the node, so an append_entries, a follower's next_node_idx ack or a vote
+      never describes log state that is not on disk;
+    - the journal is also synced at the end of every tick (a lone leader's own
+      entries; the commit index on disk never runs ahead of the journal);
+    - term and vote are written with fsync before `setCurrentTerm` returns.
+  A leader only commits index k after a follower acknowledged k, and the
+  follower acknowledged only after syncing k; the leader synced k before
+  sending it. So an acknowledged entry is on disk on a majority.
+* Snapshots without pickle: pysyncobj's custom serializer hooks write our own
+  msgpack dump from a forked child (replication/snapshot.py).
+* One replicated method. State lives in `_Replica`, a `SyncObjConsumer` with
+  exactly one `@replicated` method, so pysyncobj's method numbering (sorted
+  names) can never shift under entries already in a journal. It decodes the
+  msgpack entry (contracts section 1), applies it under `lock` and never
+  raises: an exception in a replicated call would make pysyncobj re-apply the
+  entry forever.
+* Error codes. pysyncobj FAIL_REASONs map to wire codes (NOT_LEADER,
+  NO_LEADER, OVERLOADED, TIMEOUT, INTERNAL); a proposal not resolved within
+  `propose_timeout_s` resolves with TIMEOUT (outcome unknown; the caller
+  retries with the same ids, which is safe because every command is idempotent).
+
+Threads: pysyncobj runs one tick thread per node. Apply, `on_applied`, propose
+callbacks, the journal, the dump writer and the transport all run on it.
+`propose`, `is_leader`, `leader`, `status` and `reading` may be called from any
+thread. pysyncobj stops its tick thread when the thread that constructed the
+`RaftNode` exits: construct it on a thread that lives as long as the node.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import msgpack
+import pysyncobj.syncobj as _pso_syncobj
+from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.transport import TCPTransport
+from pysyncobj.version import VERSION as _PSO_VERSION
+
+from replication.journal import DurableJournal, Entry
+from replication.snapshot import Dump, DumpError, DumpWriter, read_dump
+
+if _PSO_VERSION != "0.3.17":  # pragma: no cover - guarded by the pin in pyproject
+    raise ImportError(f"replication.raft wraps pysyncobj 0.3.17 internals; found {_PSO_VERSION}")
+
+log = logging.getLogger("raftq.raft")
+
+JOURNAL_FILE = "raft.journal"
+META_FILE = "raft.meta"
+DUMP_FILE = "raft.dump"
+
+# Wire codes (same strings as cluster/errors.py; replication/ must not import cluster/).
+NOT_LEADER = "NOT_LEADER"
+NO_LEADER = "NO_LEADER"
+OVERLOADED = "OVERLOADED"
+TIMEOUT = "TIMEOUT"
+INTERNAL = "INTERNAL"
+
+_FAIL_CODES: dict[int, str] = {
+    FAIL_REASON.MISSING_LEADER: NO_LEADER,
+    FAIL_REASON.NOT_LEADER: NOT_LEADER,
+    FAIL_REASON.QUEUE_FULL: OVERLOADED,
+    FAIL_REASON.DISCARDED: TIMEOUT,
+    FAIL_REASON.LEADER_CHANGED: TIMEOUT,
+    FAIL_REASON.UNKNOWN_OUTCOME: TIMEOUT,
+    FAIL_REASON.REQUEST_DENIED: INTERNAL,
+}
+
+_ROLES = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj's _RAFT_STATE values
+
+ProposeCallback = Callable[[list | None, str | None], None]
+
+
+class Machine(Protocol):
+    """What the adapter needs of `replication.machine.JobMachine`."""
+
+    def apply_entry(self, entry: dict) -> list[dict]: ...
+    def to_snapshot(self) -> dict: ...
+    def restore(self, snapshot: dict) -> None: ...
+
+
+class RaftConfigError(ValueError):
+    """A RaftConfig field is invalid; the message names the field."""
+
+
+class RaftStartError(RuntimeError):
+    """The node could not start (e.g. its Raft port is taken)."""
+
+
+def _check_addr(name: str, addr: str) -> None:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RaftConfigError(f"{name}: expected host:port, got {addr!r}")
+
+
+@dataclass(frozen=True)
+class RaftConfig:
+    """Configuration of one Raft replica. Timing defaults aim at single-digit-ms
+    commits on an idle LAN cluster and a ~1-2 s failover."""
+
+    self_addr: str  # this node's Raft host:port (also the bind address)
+    peers: Sequence[str]  # the other nodes' Raft host:port
+    data_dir: Path
+    password: str  # encrypts and authenticates the Raft port; never empty
+    durability: Literal["fsync", "none"] = "fsync"
+    tick_period_s: float = 0.005  # max poll wait of the tick thread
+    append_entries_period_s: float = 0.05  # leader heartbeat
+    election_timeout_min_s: float = 0.4
+    election_timeout_max_s: float = 1.0
+    # A leader that hears from no majority for this long steps down. pysyncobj's
+    # default (30 s) would let a cut-off leader serve stale reads for 30 s.
+    leader_fallback_timeout_s: float = 2.0
+    connection_timeout_s: float = 1.5
+    connection_retry_s: float = 0.5
+    propose_timeout_s: float = 10.0  # unresolved proposals then fail with TIMEOUT
+    max_queued_proposals: int = 10_000  # beyond: OVERLOADED
+    compaction_min_entries: int = 50_000  # dump + drop the journal past this many entries
+    compaction_min_time_s: float = 600.0  # ...or this long after the last dump (if changed)
+    trace_path: Path | None = None  # test hook: durability event trace (see _Trace)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.self_addr, str):
+            raise RaftConfigError("self_addr: expected a host:port string")
+        _check_addr("self_addr", self.self_addr)
+        if isinstance(self.peers, str):
+            raise RaftConfigError("peers: expected a list of host:port strings, not one string")
+        peers = tuple(self.peers)
+        for p in peers:
+            if not isinstance(p, str):
+                raise RaftConfigError(f"peers: expected host:port strings, got {p!r}")
+            _check_addr("peers", p)
+        if self.self_addr in peers:
+            raise RaftConfigError("peers: must not contain self_addr")
+        if len(set(peers)) != len(peers):
+            raise RaftConfigError("peers: duplicate address")
+        object.__setattr__(self, "peers", peers)
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.trace_path is not None:
+            object.__setattr__(self, "trace_path", Path(self.trace_path))
+        if not isinstance(self.password, str) or not self.password:
+            # Without a password pysyncobj unpickles whatever reaches its port.
+            raise RaftConfigError("password: required (the Raft port runs pickle without it)")
+        if self.durability not in ("fsync", "none"):
+            raise RaftConfigError(f"durability: expected 'fsync' or 'none', got {self.durability!r}")
+        if self.tick_period_s <= 0:
+            raise RaftConfigError("tick_period_s: must be > 0")
+        if self.append_entries_period_s <= 0:
+            raise RaftConfigError("append_entries_period_s: must be > 0")
+        if self.election_timeout_min_s <= 3 * self.append_entries_period_s:
+            raise RaftConfigError("election_timeout_min_s: must exceed 3 x append_entries_period_s")
+        if self.election_timeout_max_s <= self.election_timeout_min_s:
+            raise RaftConfigError("election_timeout_max_s: must exceed election_timeout_min_s")
+        if self.leader_fallback_timeout_s <= self.append_entries_period_s:
+            raise RaftConfigError("leader_fallback_timeout_s: must exceed append_entries_period_s")
+        if self.connection_timeout_s < self.election_timeout_max_s:
+            raise RaftConfigError("connection_timeout_s: must be >= election_timeout_max_s")
+        if self.connection_retry_s < 0:
+            raise RaftConfigError("connection_retry_s: must be >= 0")
+        if self.propose_timeout_s <= 0:
+            raise RaftConfigError("propose_timeout_s: must be > 0")
+        if self.max_queued_proposals < 1:
+            raise RaftConfigError("max_queued_proposals: must be >= 1")
+        if self.compaction_min_entries < 2:
+            raise RaftConfigError("compaction_min_entries: must be >= 2")
+        if self.compaction_min_time_s <= 0:
+            raise RaftConfigError("compaction_min_time_s: must be > 0")
+
+
+class _Trace:
+    """Test hook: one line per durability-relevant event, flushed at once.
+
+    `sync <last index>` after each real fdatasync; `send append_entries <last
+    index in the message>` and `send next_node_idx <n> success=<bool>` just
+    before such a message is sent (after the pre-send sync); `commit_ack <idx>`
+    when a local proposal resolves as success. Every ack of index k must
+    follow a `sync` covering k.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._f = open(path, "a", encoding="ascii")
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            if not self._f.closed:
+                self._f.write(text + "\n")
+                self._f.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._f.close()
+
+
+class _SyncingTransport(TCPTransport):
+    """pysyncobj's TCP transport, but every send is preceded by a journal sync."""
+
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any, *,  # noqa: N803
+                 journal: DurableJournal, trace: _Trace | None) -> None:
+        self._journal = journal
+        self._trace = trace
+        super().__init__(syncObj, selfNode, otherNodes)
+
+    def send(self, node: Any, message: Any) -> bool:
+        self._journal.sync()
+        if self._trace is not None and isinstance(message, dict):
+            kind = message.get("type")
+            if kind == "next_node_idx":
+                self._trace.line(f"send next_node_idx {message['next_node_idx']} "
+                                 f"success={bool(message['success'])}")
+            elif kind == "append_entries" and message.get("entries"):
+                self._trace.line(f"send append_entries {message['entries'][-1][1]}")
+        return bool(super().send(node, message))
+
+
+class _Replica(SyncObjConsumer):
+    """The replicated object. Exactly ONE @replicated method: never add another
+    (pysyncobj numbers replicated methods by sorted name)."""
+
+    def __init__(self, machine: Machine, lock: threading.Lock,
+                 on_applied: Callable[[], None] | None) -> None:
+        super().__init__()
+        self._machine = machine
+        self._lock = lock
+        self._on_applied = on_applied
+
+    @replicated
+    def apply(self, data: bytes) -> list[dict]:
+        try:
+            results = self._apply(data)
+        finally:
+            notify_applied(self._on_applied)
+        return results
+
+    def _apply(self, data: bytes) -> list[dict]:
+        try:
+            entry = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except Exception as exc:
+            log.error("undecodable Raft entry (%d bytes): %s", len(data), exc)
+            return [{"error": INTERNAL, "message": "undecodable entry"}]
+        try:
+            with self._lock:
+                return self._machine.apply_entry(entry)
+        except Exception:
+            log.exception("BUG: apply_entry raised")
+            cmds = entry.get("cmds") if isinstance(entry, dict) else None
+            n = len(cmds) if isinstance(cmds, list) and cmds else 1
+            return [{"error": INTERNAL, "message": "internal error applying command"}] * n
+
+
+def notify_applied(hook: Callable[[], None] | None) -> None:
+    if hook is None:
+        return
+    try:
+        hook()
+    except Exception:
+        log.exception("on_applied hook failed")
+
+
+@dataclass
+class _Pending:
+    callback: ProposeCallback
+    deadline: float
+    done: bool = False
+
+
+_construct_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _journal_injected(journal: DurableJournal) -> Iterator[None]:
+    """Make SyncObj.__init__ use `journal` (pysyncobj has no public hook)."""
+    with _construct_lock:
+        original = _pso_syncobj.createJournal
+
+        def create(journal_file: str | None = None) -> DurableJournal:
+            if journal_file is None or Path(journal_file) != journal.path:
+                raise RuntimeError(f"unexpected journal file {journal_file!r}")
+            return journal
+
+        _pso_syncobj.createJournal = create
+        try:
+            yield
+        finally:
+            _pso_syncobj.createJournal = original
+
+
+def _port_free(addr: str) -> bool:
+    host, _, port = addr.rpartition(":")
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host.strip("[]"), int(port)))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+class RaftNode:
+    """One Raft replica of `machine`; see the module docstring and contracts section 2."""
+
+    def __init__(self, config: RaftConfig, machine: Machine,
+                 on_applied: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.machine = machine
+        self._on_applied = on_applied
+        self._lock = threading.Lock()
+        self._role = 0
+        self._destroyed = False
+        self._deferred: collections.deque[tuple[ProposeCallback, str]] = collections.deque()
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._pending_lock = threading.Lock()
+
+        data_dir = config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        durable = config.durability == "fsync"
+        self._journal_path = data_dir / JOURNAL_FILE
+        self._dump_path = data_dir / DUMP_FILE
+        # A damaged dump must stop the node here with a clear error: pysyncobj
+        # would log it and carry on with an empty state.
+        self._preloaded: Dump | None = (read_dump(self._dump_path, durable)
+                                        if self._dump_path.exists() else None)
+        if not _port_free(config.self_addr):
+            raise RaftStartError(f"cannot bind Raft port {config.self_addr}: address in use")
+
+        self._trace = _Trace(config.trace_path) if config.trace_path is not None else None
+        on_sync = (lambda idx: self._trace.line(f"sync {idx}")) if self._trace else None
+        self.journal = DurableJournal(self._journal_path, data_dir / META_FILE,
+                                      config.durability, on_sync=on_sync)
+        self._replica = _Replica(machine, self._lock, on_applied)
+        self._dumps = DumpWriter(self._dump_path, machine.to_snapshot, durable)
+        conf = SyncObjConf(
+            password=config.password,
+            autoTick=True,
+            autoTickPeriod=config.tick_period_s,
+            appendEntriesUseBatch=False,  # send each entry at once (latency)
+            appendEntriesPeriod=config.append_entries_period_s,
+            raftMinTimeout=config.election_timeout_min_s,
+            raftMaxTimeout=config.election_timeout_max_s,
+            leaderFallbackTimeout=config.leader_fallback_timeout_s,
+            connectionTimeout=config.connection_timeout_s,
+            connectionRetryTime=config.connection_retry_s,
+            bindAddress=config.self_addr,  # else pysyncobj binds 0.0.0.0
+            commandsWaitLeader=False,  # fail fast with NO_LEADER during elections
+            commandsQueueSize=config.max_queued_proposals,
+            dynamicMembershipChange=False,
+            journalFile=str(self._journal_path),
+            fullDumpFile=str(self._dump_path),
+            logCompactionMinEntries=config.compaction_min_entries,
+            logCompactionMinTime=config.compaction_min_time_s,
+            serializer=self._dumps.serialize,
+            serializeChecker=self._dumps.check,
+            deserializer=self._deserialize,
+            onStateChanged=self._on_state_changed,
+            maxBindRetries=1,
+        )
+        transport = functools.partial(_SyncingTransport, journal=self.journal, trace=self._trace)
+        try:
+            with _journal_injected(self.journal):
+                self._sync = SyncObj(config.self_addr, list(config.peers), conf,
+                                     consumers=[self._replica], transportClass=transport)
+        except BaseException:
+            self.journal._destroy()
+            if self._trace:
+                self._trace.close()
+            raise
+        try:
+            self._sync.waitBinded()
+        except Exception as exc:
+            self._sync._doDestroy()  # the tick thread already gave up
+            if self._trace:
+                self._trace.close()
+            raise RaftStartError(f"cannot bind Raft port {config.self_addr}") from exc
+        self._sync.addOnTickCallback(self.journal.sync)
+        self._sync.addOnTickCallback(self._on_tick)
+
+    # ---- public API ------------------------------------------------------
+
+    def propose(self, entry: bytes, callback: ProposeCallback) -> None:
+        """Replicate `entry` (msgpack, contracts section 1). `callback(results, None)`
+        or `callback(None, code)` is called once, on the tick thread."""
+        if self._destroyed:
+            callback(None, NO_LEADER)  # no tick thread left to call it on
+            return
+        if not self.is_leader():
+            # Never let pysyncobj forward to the leader: the server redirects clients.
+            self._deferred.append((callback, NOT_LEADER if self.leader() else NO_LEADER))
+            return
+        with self._pending_lock:
+            p = _Pending(callback, time.monotonic() + self.config.propose_timeout_s)
+            self._pending.append(p)
+        try:
+            self._replica.apply(bytes(entry), callback=functools.partial(self._on_result, p))
+        except BlockingIOError:
+            pass  # queued; only the wake-up pipe was full, the tick drains the queue anyway
+        except Exception:
+            log.exception("propose failed")
+            self._deferred.append((callback, INTERNAL))
+            p.done = True
+
+    def is_leader(self) -> bool:
+        return bool(self._sync._isLeader())
+
+    def leader(self) -> str | None:
+        node = self._sync._getLeader()
+        return None if node is None else str(getattr(node, "address", node.id))
+
+    def status(self) -> dict[str, Any]:
+        s = self._sync
+        return {
+            "role": "leader" if s._isLeader() else _ROLES.get(self._role, "follower"),
+            "term": s.raftCurrentTerm,
+            "commit_index": s.raftCommitIndex,
+            "last_applied": s.raftLastApplied,
+            "leader": self.leader(),
+        }
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any]:
+        """Hold the apply lock; read `machine` only inside."""
+        with self._lock:
+            yield self.machine
+
+    def wait_leader(self, timeout_s: float) -> str | None:
+        """Poll until some leader is known here (or the deadline); return it."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            leader = self.leader()
+            if leader is not None:
+                return leader
+            time.sleep(0.01)
+        return self.leader()
+
+    def force_compaction(self) -> None:
+        """Write a dump and drop the journal it covers at the next tick."""
+        self._sync.forceLogCompaction()
+
+    @property
+    def dumps_written(self) -> int:
+        return self._dumps.completed
+
+    def destroy(self) -> None:
+        """Stop the node: tick thread, sockets, files. Unresolved proposals get TIMEOUT."""
+        if self._destroyed:
+            return
+        self._destroyed = True
+        self._sync.destroy_synchronous()  # joins the tick thread; closes the journal
+        self._dumps.cancel()
+        self._on_tick(final=True)
+        if self._trace:
+            self._trace.close()
+
+    # ---- tick-thread side ------------------------------------------------
+
+    def _on_result(self, p: _Pending, result: Any, err: int) -> None:
+        if p.done:
+            return
+        p.done = True
+        if err == FAIL_REASON.SUCCESS:
+            if self._trace is not None:
+                # pysyncobj resolves an entry's callbacks before counting it applied.
+                self._trace.line(f"commit_ack {self._sync.raftLastApplied + 1}")
+            _call(p.callback, result, None)
+        else:
+            _call(p.callback, None, _FAIL_CODES.get(err, INTERNAL))
+
+    def _on_tick(self, final: bool = False) -> None:
+        while self._deferred:
+            callback, code = self._deferred.popleft()
+            _call(callback, None, code)
+        now = time.monotonic()
+        with self._pending_lock:
+            while self._pending and (self._pending[0].done or final or self._pending[0].deadline <= now):
+                p = self._pending.popleft()
+                if not p.done:
+                    p.done = True
+                    _call(p.callback, None, TIMEOUT)
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        self._role = new
+
+    def _deserialize(self, file_name: str) -> tuple[Entry, Entry, list[str]]:
+        """pysyncobj's deserializer: restore the machine from a dump (at startup,
+        or one streamed from the leader), return what pysyncobj expects."""
+        path = Path(file_name)
+        dump, self._preloaded = self._preloaded, None
+        if dump is None or path != self._dump_path:
+            dump = read_dump(path, self.config.durability == "fsync")
+        with self._lock:
+            self.machine.restore(dump.machine)
+        self._align_journal(dump)
+        notify_applied(self._on_applied)
+        return dump.last, dump.prev, dump.cluster
+
+    def _align_journal(self, dump: Dump) -> None:
+        """If a crash hit between a dump's rename and the journal compaction that
+        follows it, the journal still starts before the dump. pysyncobj would
+        then clear it and lose the entries after the dump; drop only the
+        entries the dump covers instead, so pysyncobj finds the journal aligned."""
+        j = self.journal
+        if len(j) < 2:
+            return
+        pos = dump.prev[1] - j[0][1]
+        if 0 < pos and pos + 1 < len(j) and j[pos] == dump.prev and j[pos + 1] == dump.last:
+            j.deleteEntriesTo(pos)
+
+
+def _call(callback: ProposeCallback, results: list | None, code: str | None) -> None:
+    try:
+        callback(results, code)
+    except Exception:
+        log.exception("propose callback failed")
