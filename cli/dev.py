@@ -1,0 +1,350 @@
+"""`raftq dev`: a whole cluster on this machine, in the foreground.
+
+It writes <data-dir>/cluster.toml (keeping the secret of an earlier run, so the
+nodes can read back the journals written under its Raft password), starts one
+`raftq node` process per node, waits until they elect a leader, starts the
+workers, and then supervises.
+
+Supervision rules:
+- a child that exits on its own is reported on stderr, once, and never
+  respawned: a dev cluster that silently heals would hide the bugs it is for;
+- Ctrl-C or SIGTERM stops everything: SIGTERM to the workers first (they hand
+  back or finish jobs while the nodes are still up), then to the nodes, within
+  one grace period; whatever is left is SIGKILLed. A second Ctrl-C skips the
+  grace period;
+- only processes this command started are signalled, by PID (each child runs
+  in its own session, so the terminal's Ctrl-C reaches only the supervisor,
+  and SIGKILL of a leftover takes its process group, i.e. its own pool
+  processes, with it).
+
+Each child's stdout and stderr go to <data-dir>/logs/<name>.log (appended).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from cli.output import CliError, emit_table
+from cluster.config import CONFIG_FILENAME, ClusterConfig, dev_config, parse_address, render_config
+from cluster.errors import RaftqError
+
+POLL_INTERVAL_S = 0.2
+LOG_TAIL_LINES = 15
+STOP_GRACE_S = 10.0
+EXAMPLE_JOB = "text.wordcount"
+
+
+@dataclass
+class Child:
+    """One process started by the supervisor."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    stop_phase: int  # lower phases are stopped first (workers 0, nodes 1)
+    proc: subprocess.Popen[bytes]
+    reported: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@dataclass
+class Supervisor:
+    """Starts children, reports the ones that exit, stops them all by PID."""
+
+    log_dir: Path
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str], stop_phase: int = 0) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "ab") as log:
+            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} raftq dev starts: {' '.join(argv)}\n".encode())
+            log.flush()
+            # The child keeps its own copy of the log descriptor; ours can close.
+            proc = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={**self.env, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+            )
+        child = Child(name=name, argv=list(argv), log_path=log_path, stop_phase=stop_phase, proc=proc)
+        self.children.append(child)
+        return child
+
+    def newly_exited(self) -> list[Child]:
+        """Children that exited since the last call (each reported once)."""
+        out = []
+        for child in self.children:
+            if not child.reported and not child.alive():
+                child.reported = True
+                out.append(child)
+        return out
+
+    def any_alive(self) -> bool:
+        return any(c.alive() for c in self.children)
+
+    def stop(self, grace_s: float = 10.0, hurry: threading.Event | None = None) -> None:
+        """SIGTERM phase by phase within grace_s, then SIGKILL what is left.
+
+        `hurry`, once set (a second Ctrl-C), cuts the grace period short.
+        """
+        deadline = time.monotonic() + grace_s
+        phases = sorted({c.stop_phase for c in self.children})
+        for i, phase in enumerate(phases):
+            members = [c for c in self.children if c.stop_phase == phase and c.alive()]
+            for child in members:
+                _signal(child, signal.SIGTERM)
+            # Each phase may use its share of the grace period; the last gets the rest.
+            phase_deadline = deadline - grace_s * (len(phases) - 1 - i) / len(phases)
+            _wait_until(lambda: not any(c.alive() for c in members), phase_deadline, hurry)
+        _wait_until(lambda: not self.any_alive(), deadline, hurry)
+        for child in self.children:
+            if child.alive():
+                child.reported = True
+                _kill_group(child)
+        for child in self.children:
+            try:
+                child.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # unkillable (D state); nothing more we can do
+                pass
+
+
+def _signal(child: Child, sig: int) -> None:
+    try:
+        child.proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_group(child: Child) -> None:
+    # start_new_session made the child a group leader with pgid == pid, so the
+    # group is exactly the child and the processes it forked.
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        _signal(child, signal.SIGKILL)
+
+
+def _wait_until(cond: Callable[[], bool], deadline: float, hurry: threading.Event | None = None) -> bool:
+    while not cond():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or (hurry is not None and hurry.is_set()):
+            return False
+        time.sleep(min(0.05, remaining))
+    return True
+
+
+class StopRequests:
+    """SIGINT/SIGTERM handling: the first sets `stop`, the second sets `hurry`."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.hurry = threading.Event()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop.is_set():
+            self.hurry.set()
+        self.stop.set()
+
+    @contextmanager
+    def installed(self) -> Iterator[StopRequests]:
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def check_ports_free(cfg: ClusterConfig) -> None:
+    """Fail early, naming the port, if something already listens on one we need."""
+    for spec in cfg.nodes:
+        for key, addr in spec.addresses():
+            host, port = parse_address(addr, key)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                # Same option as the servers: a port in TIME_WAIT is free for them too.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((host, port))
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        raise CliError(
+                            f"port {port} ({key}) is already in use: is another raftq dev running? "
+                            f"Stop it, or pick other ports with --port"
+                        ) from None
+                    raise
+
+
+def write_config(cfg: ClusterConfig, path: Path) -> None:
+    """Write the config atomically, readable by this user only (it holds the secret)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(render_config(cfg))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _say(message: str) -> None:
+    click.echo(f"raftq dev: {message}", err=True)
+
+
+def wait_for_leader(cfg: ClusterConfig, sup: Supervisor, deadline_s: float, stop: threading.Event) -> str | None:
+    """Poll cluster_status until some node names a leader; its client address.
+
+    None if a stop was requested meanwhile. A node that exits during startup
+    fails the whole start, with the end of its log.
+    """
+    from cluster.client import Client
+
+    deadline = time.monotonic() + deadline_s
+    last_error = "no answer yet"
+    with Client(cfg.client_addresses(), cfg.token, timeout_s=1.0) as client:
+        while True:
+            for child in sup.children:
+                if not child.alive():
+                    tail = _tail(child.log_path)
+                    if tail:
+                        _say(f"last lines of {child.log_path}:")
+                        click.echo(tail, err=True)
+                    raise CliError(
+                        f"{child.name} exited with code {child.proc.returncode} during startup; see {child.log_path}"
+                    )
+            if stop.is_set():
+                return None
+            try:
+                status = client.cluster_status()
+                if status.get("leader"):
+                    return str(status["leader"])
+                last_error = "nodes answer but no leader is elected yet"
+            except (RaftqError, OSError) as exc:
+                last_error = str(exc) or type(exc).__name__
+            if time.monotonic() >= deadline:
+                raise CliError(f"no leader elected within {deadline_s:g}s ({last_error}); see the logs in {sup.log_dir}")
+            stop.wait(POLL_INTERVAL_S)
+
+
+def _print_banner(cfg: ClusterConfig, sup: Supervisor, leader: str, config_path: Path, recovered: bool) -> None:
+    click.echo(f"raftq dev cluster is up ({'recovered existing state' if recovered else 'new state'})")
+    click.echo(f"  config: {config_path}")
+    click.echo(f"  logs:   {sup.log_dir}/<name>.log")
+    click.echo()
+    pids = {c.name: c.pid for c in sup.children}
+    emit_table(
+        ["NODE", "CLIENT", "RAFT", "HTTP", "PID"],
+        [[str(n.id), n.client, n.raft, n.http or "-", str(pids.get(f"node-{n.id}", "-"))] for n in cfg.nodes],
+    )
+    workers = [c for c in sup.children if c.name.startswith("worker-")]
+    if workers:
+        click.echo(f"workers: {', '.join(f'{c.name} (pid {c.pid})' for c in workers)}")
+    click.echo(f"leader: {leader}")
+    click.echo()
+    click.echo("in another shell:")
+    if cfg.client_addresses()[0] != "127.0.0.1:7700" or cfg.token != "dev":
+        click.echo(f"  export RAFTQ_CLUSTER={','.join(cfg.client_addresses())} RAFTQ_TOKEN={shlex.quote(cfg.token)}")
+    for example in (
+        f"raftq submit {EXAMPLE_JOB} --arg text='hello raft' --wait",
+        "raftq list",
+        "raftq stats",
+        "raftq cluster status",
+    ):
+        click.echo(f"  {example}")
+    click.echo()
+    click.echo("Ctrl-C stops the cluster; rerun with the same --data-dir to recover its jobs.")
+
+
+@click.command()
+@click.option("--nodes", type=click.IntRange(min=1, max=9), default=3, show_default=True, help="Queue nodes.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Worker processes.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".raftq/dev"),
+              show_default=True, envvar="RAFTQ_DEV_DATA_DIR", help="Config, journals and logs [env RAFTQ_DEV_DATA_DIR].")
+@click.option("--port", "base_port", type=click.IntRange(min=1, max=65335), default=7700, show_default=True,
+              help="Client ports BASE.., Raft ports BASE+100.., HTTP ports BASE+200..")
+@click.option("--durability", type=click.Choice(["fsync", "none"]), default="fsync", show_default=True)
+@click.option("--token", default="dev", show_default=True, envvar="RAFTQ_TOKEN", help="Client token [env RAFTQ_TOKEN].")
+@click.option("--startup-timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
+              help="Seconds to wait for a leader.")
+def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: str, token: str,
+        startup_timeout: float) -> None:
+    """Run a local cluster (nodes + workers) in the foreground; Ctrl-C stops it."""
+    cfg = dev_config(data_dir, nodes=nodes, base_port=base_port, token=token, durability=durability)
+    check_ports_free(cfg)
+    config_path = cfg.data_dir / CONFIG_FILENAME
+    recovered = any(cfg.data_dir.glob("node-*"))
+    write_config(cfg, config_path)
+    sup = Supervisor(log_dir=cfg.data_dir / "logs")
+    stops = StopRequests()
+    with stops.installed():
+        try:
+            _say(f"starting {nodes} node(s); logs in {sup.log_dir}")
+            for spec in cfg.nodes:
+                sup.start(f"node-{spec.id}", [sys.executable, "-m", "cli.main", "node",
+                                              "--config", str(config_path), "--id", str(spec.id)], stop_phase=1)
+            leader = wait_for_leader(cfg, sup, startup_timeout, stops.stop)
+            if leader is None:
+                return  # stopped during startup: the finally below stops the nodes
+            addrs = ",".join(cfg.client_addresses())
+            for i in range(1, workers + 1):
+                workdir = cfg.data_dir / "work" / f"worker-{i}"
+                workdir.mkdir(parents=True, exist_ok=True)
+                sup.start(f"worker-{i}", [sys.executable, "-m", "cli.main", "worker", "--cluster", addrs,
+                                          "--token", cfg.token, "--name", f"dev-worker-{i}",
+                                          "--workdir", str(workdir)], stop_phase=0)
+            _print_banner(cfg, sup, leader, config_path, recovered)
+            exit_code = _supervise(sup, stops)
+        finally:
+            # Also on errors and exceptions: never leave a child running behind us.
+            _stop_and_report(sup, stops)
+    if exit_code:
+        sys.exit(exit_code)
+
+
+def _stop_and_report(sup: Supervisor, stops: StopRequests) -> None:
+    if sup.any_alive():
+        _say("stopping (Ctrl-C again to kill at once)")
+        sup.stop(grace_s=STOP_GRACE_S, hurry=stops.hurry)
+        _say("stopped")
+    else:
+        sup.stop(grace_s=0)
+
+
+def _supervise(sup: Supervisor, stops: StopRequests) -> int:
+    """Report exits until asked to stop; 0 on a requested stop, 1 if all children died."""
+    while not stops.stop.is_set():
+        for child in sup.newly_exited():
+            _say(f"{child.name} (pid {child.pid}) exited unexpectedly with code {child.proc.returncode}; "
+                 f"not restarting it; see {child.log_path}")
+        if not sup.any_alive():
+            _say("every node and worker has exited; nothing left to supervise")
+            return 1
+        stops.stop.wait(0.5)
+    return 0

@@ -1,0 +1,461 @@
+"""The `raftq` command line: thin glue between click and the client library.
+
+Every command parses its options, makes one or two calls on
+`cluster.client.Client` (or starts a node / worker / dev cluster) and prints a
+table for people or, with `--json`, one JSON document for programs.
+
+Error contract (users and tests rely on it):
+- a raftq error from the cluster (`RaftqError`), a bad config (`ConfigError`)
+  or an OS error (file, socket) prints ONE line `error: <message>` to stderr
+  and exits 1, never a traceback;
+- bad command-line input prints ONE line `error: <message>` and exits 2
+  (click's own usage errors keep click's usage text, also exit 2);
+- a job that ended failed or cancelled makes `submit --wait` and `result`
+  exit 1 with the job's error.
+
+Modules that are heavy or started in other processes (server, worker, client)
+are imported inside the commands that need them, so `raftq --help` stays
+fast and works even where a part is broken.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from cli import output
+from cli.output import CliError, InputError
+from cluster.config import ConfigError, load_config, parse_address
+from cluster.errors import RaftqError
+from cluster.errors import Timeout as RaftqTimeout
+
+if TYPE_CHECKING:
+    from cluster.client import Client
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+JOB_STATES = ("pending", "scheduled", "queued", "running", "succeeded", "failed", "cancelled")
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+DEFAULT_CLUSTER = "127.0.0.1:7700"
+DEFAULT_TOKEN = "dev"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    if isinstance(exc, RaftqError):
+        return exc.message
+    return str(exc) or type(exc).__name__
+
+
+class RaftqGroup(click.Group):
+    """A group whose commands turn user-facing exceptions into CliError.
+
+    Doing it here (not only in `main`) means CliRunner tests of the group see
+    exactly what a user sees.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (RaftqError, ConfigError, OSError) as exc:
+            raise CliError(_describe(exc)) from exc
+
+
+# ---------------------------------------------------------------- shared options
+
+
+def _split_addresses(value: str) -> list[str]:
+    addrs = [a.strip() for a in value.split(",") if a.strip()]
+    if not addrs:
+        raise InputError("--cluster: give at least one node address host:port[,host:port...]")
+    for addr in addrs:
+        try:
+            parse_address(addr, "--cluster")
+        except ConfigError as exc:
+            raise InputError(str(exc)) from None
+    return addrs
+
+
+def cluster_options(func: F) -> F:
+    """--cluster and --token, each with a RAFTQ_ env var (rq's shared_options)."""
+    func = click.option(
+        "--token", envvar="RAFTQ_TOKEN", default=DEFAULT_TOKEN, show_default=True,
+        help="Client token of the cluster [env RAFTQ_TOKEN].",
+    )(func)
+    func = click.option(
+        "--cluster", "cluster", envvar="RAFTQ_CLUSTER", default=DEFAULT_CLUSTER, show_default=True,
+        help="Node address(es) host:port[,host:port...]; any one is enough [env RAFTQ_CLUSTER].",
+    )(func)
+    return func
+
+
+def client_options(func: F) -> F:
+    """cluster_options plus --request-timeout and --json, for commands that query."""
+    func = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")(func)
+    func = click.option(
+        "--request-timeout", type=click.FloatRange(min=0.1), envvar="RAFTQ_REQUEST_TIMEOUT",
+        default=10.0, show_default=True,
+        help="Give up a call after this many seconds of no reachable leader [env RAFTQ_REQUEST_TIMEOUT].",
+    )(func)
+    return cluster_options(func)
+
+
+def make_client(cluster: str, token: str, request_timeout: float) -> Client:
+    from cluster.client import Client
+
+    return Client(_split_addresses(cluster), token, timeout_s=request_timeout)
+
+
+def with_client(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Replace the cluster/token/request_timeout options by a connected `client`."""
+
+    @functools.wraps(func)
+    def wrapper(*, cluster: str, token: str, request_timeout: float, **kwargs: Any) -> Any:
+        with make_client(cluster, token, request_timeout) as client:
+            return func(client=client, **kwargs)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not allowed")
+
+
+def parse_json_value(text: str) -> Any:
+    """Strict JSON (no NaN/Infinity: msgpack and other languages choke on them)."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def build_args(pairs: tuple[str, ...], args_json: str | None) -> Any:
+    """Job args from --args-json (the base) and --arg KEY=VALUE (set on top)."""
+    args: Any = {}
+    if args_json is not None:
+        try:
+            args = parse_json_value(args_json)
+        except ValueError as exc:
+            raise InputError(f"--args-json: not valid JSON: {exc}") from None
+    if pairs and not isinstance(args, dict):
+        raise InputError("--arg cannot be combined with --args-json that is not a JSON object")
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--arg {pair!r}: expected KEY=VALUE")
+        try:
+            value = parse_json_value(raw)
+        except ValueError:
+            value = raw  # not JSON: the plain string the user typed
+        args[key] = value
+    return args
+
+
+def _job_line(view: dict[str, Any]) -> str:
+    error = view.get("error")
+    tail = f": {error}" if error else ""
+    return f"job {view.get('id')} {view.get('state')}{tail}"
+
+
+def _finish_with_result(view: dict[str, Any], as_json: bool) -> None:
+    """Print a final job's result; exit 1 if it did not succeed."""
+    if as_json:
+        output.emit_json(view)
+    elif view.get("state") == "succeeded":
+        click.echo(output.to_json(view.get("result"), indent=None))
+    if view.get("state") != "succeeded":
+        raise CliError(_job_line(view))
+
+
+def _wait_final(client: Client, job_id: str, timeout: float) -> dict[str, Any]:
+    try:
+        return client.result(job_id, timeout=timeout)
+    except RaftqTimeout:
+        raise CliError(f"job {job_id} did not finish within {timeout:g}s") from None
+
+
+def _emit_state(job_id: str, state: str, as_json: bool) -> None:
+    if as_json:
+        output.emit_json({"id": job_id, "state": state})
+    else:
+        click.echo(f"{job_id} {state}")
+
+
+def _age(ts: float | None) -> str:
+    return "-" if ts is None else output.format_duration(time.time() - ts)
+
+
+# ---------------------------------------------------------------- commands
+
+
+@click.group(cls=RaftqGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="raftq", prog_name="raftq")
+def raftq() -> None:
+    """raftq: a distributed job queue replicated by Raft.
+
+    Start a local 3-node cluster with `raftq dev`, then submit jobs with
+    `raftq submit TYPE --arg key=value --wait`.
+    """
+
+
+@raftq.command()
+@click.option("--config", "config_path", required=True, envvar="RAFTQ_CONFIG",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The cluster TOML file [env RAFTQ_CONFIG].")
+@click.option("--id", "node_id", required=True, type=click.IntRange(min=1), envvar="RAFTQ_NODE_ID",
+              help="This node's id in the config [env RAFTQ_NODE_ID].")
+def node(config_path: Path, node_id: int) -> None:
+    """Run one queue node of the cluster (in the foreground)."""
+    cfg = load_config(config_path)
+    cfg.node(node_id)  # an unknown id is a user error, before the server starts
+    from cluster.server import run_node
+
+    sys.exit(run_node(cfg, node_id))
+
+
+@raftq.command()
+@cluster_options
+@click.option("--queues", envvar="RAFTQ_QUEUES", default=None,
+              help="Comma-separated queues to take jobs from [default: the worker's] [env RAFTQ_QUEUES].")
+@click.option("--threads", type=click.IntRange(min=1), envvar="RAFTQ_THREADS", default=None,
+              help="Jobs run at once [env RAFTQ_THREADS].")
+@click.option("--name", envvar="RAFTQ_WORKER_NAME", default=None,
+              help="Worker name, unique in the cluster [default: host-pid] [env RAFTQ_WORKER_NAME].")
+@click.option("--import", "imports", multiple=True, envvar="RAFTQ_IMPORT", metavar="MODULE",
+              help="Module defining @job handlers; repeatable [env RAFTQ_IMPORT, space-separated].")
+@click.option("--lease-ttl", type=click.FloatRange(min=0, min_open=True), envvar="RAFTQ_LEASE_TTL", default=None,
+              help="Seconds a lease lasts without a heartbeat [env RAFTQ_LEASE_TTL].")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), envvar="RAFTQ_WORKDIR", default=None,
+              help="Directory for job files [env RAFTQ_WORKDIR].")
+def worker(cluster: str, token: str, queues: str | None, threads: int | None, name: str | None,
+           imports: tuple[str, ...], lease_ttl: float | None, workdir: Path | None) -> None:
+    """Run a worker: lease jobs from the cluster, run them, report results."""
+    kwargs: dict[str, Any] = {"cluster": _split_addresses(cluster), "token": token}
+    if queues is not None:
+        names = tuple(q.strip() for q in queues.split(",") if q.strip())
+        if not names:
+            raise InputError("--queues: give at least one queue name")
+        kwargs["queues"] = names
+    # Options left unset fall back to WorkerConfig's own defaults (one place for them).
+    optional = {"threads": threads, "name": name, "workdir": workdir, "lease_ttl_s": lease_ttl}
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    if imports:
+        kwargs["imports"] = tuple(imports)
+    from worker.config import WorkerConfig
+    from worker.runner import run_worker
+
+    try:
+        cfg = WorkerConfig(**kwargs)
+    except ValueError as exc:  # the worker's ConfigError is a ValueError
+        raise CliError(str(exc)) from None
+    sys.exit(run_worker(cfg))
+
+
+@raftq.command()
+@click.argument("job_type", metavar="TYPE")
+@click.option("--arg", "arg_pairs", multiple=True, metavar="KEY=VALUE",
+              help="A job argument; VALUE is JSON if it parses (5, true, [1,2]), else a string. Repeatable.")
+@click.option("--args-json", metavar="JSON", help="All job arguments as one JSON value.")
+@click.option("--queue", default="default", show_default=True)
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--id", "job_id", default=None, help="Job id (idempotency key) [default: random].")
+@click.option("--delay", type=click.FloatRange(min=0), default=None, help="Run no earlier than this many seconds from now.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Per-attempt run time limit of the job, in seconds.")
+@click.option("--unique-key", default=None, help="While a live job holds this key, return it instead of a new one.")
+@click.option("--wait", is_flag=True, help="Wait for the job to finish and print its result.")
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="With --wait: give up after this many seconds.")
+@client_options
+@with_client
+def submit(client: Client, job_type: str, arg_pairs: tuple[str, ...], args_json: str | None, queue: str,
+           priority: int, max_attempts: int, job_id: str | None, delay: float | None, timeout: float | None,
+           unique_key: str | None, wait: bool, wait_timeout: float, as_json: bool) -> None:
+    """Submit a job of TYPE; print its id (with --wait, its result)."""
+    args = build_args(arg_pairs, args_json)
+    new_id = client.submit(
+        job_type, args, id=job_id, queue=queue, priority=priority, max_attempts=max_attempts,
+        timeout=timeout, delay=delay, unique_key=unique_key,
+    )
+    if not wait:
+        if as_json:
+            output.emit_json({"id": new_id})
+        else:
+            click.echo(new_id)
+        return
+    click.echo(f"submitted {new_id}, waiting...", err=True)
+    _finish_with_result(_wait_final(client, new_id, wait_timeout), as_json)
+
+
+def _job_fields(view: dict[str, Any]) -> list[tuple[str, Any]]:
+    progress = view.get("progress")
+    if isinstance(progress, (list, tuple)) and len(progress) == 2 and isinstance(progress[0], (int, float)):
+        progress = f"{progress[0] * 100:.0f}% {progress[1] or ''}".rstrip()
+    created = view.get("created_at")
+    return [
+        ("id", view.get("id")),
+        ("type", view.get("type")),
+        ("state", view.get("state")),
+        ("queue", view.get("queue")),
+        ("priority", view.get("priority")),
+        ("attempts", f"{view.get('attempts')}/{view.get('max_attempts')}"),
+        ("created", f"{output.format_time(created)} ({_age(created)} ago)" if created else None),
+        ("run at", output.format_time(view.get("run_at")) if view.get("run_at") else None),
+        ("started", output.format_time(view.get("started_at")) if view.get("started_at") else None),
+        ("finished", output.format_time(view.get("finished_at")) if view.get("finished_at") else None),
+        ("timeout", f"{view['timeout_s']:g}s" if isinstance(view.get("timeout_s"), (int, float)) else None),
+        ("unique key", view.get("unique_key")),
+        ("worker", view.get("worker")),
+        ("progress", progress),
+        ("args", view.get("args")),
+        ("result", view.get("result")),
+        ("error", view.get("error")),
+    ]
+
+
+@raftq.command()
+@click.argument("job_id", metavar="ID")
+@client_options
+@with_client
+def status(client: Client, job_id: str, as_json: bool) -> None:
+    """Show a job's state and fields."""
+    view = client.get(job_id)
+    if as_json:
+        output.emit_json(view)
+    else:
+        output.emit_fields(_job_fields(view))
+
+
+@raftq.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--wait", is_flag=True, help="Wait until the job is finished.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="With --wait: give up after this many seconds.")
+@client_options
+@with_client
+def result(client: Client, job_id: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Print a finished job's result (exit 1 if it failed or was cancelled)."""
+    view = _wait_final(client, job_id, timeout) if wait else client.get(job_id)
+    if view.get("state") not in FINAL_STATES:
+        if as_json:
+            output.emit_json(view)
+        raise CliError(f"job {job_id} is {view.get('state')}, not finished (use --wait)")
+    _finish_with_result(view, as_json)
+
+
+@raftq.command(name="list")
+@click.option("--state", type=click.Choice(JOB_STATES), default=None, help="Only jobs in this state.")
+@click.option("--queue", default=None, help="Only jobs of this queue.")
+@click.option("--limit", type=click.IntRange(min=1, max=10_000), default=100, show_default=True)
+@click.option("--cursor", default=None, help="Continue a previous listing (printed at its end).")
+@client_options
+@with_client
+def list_cmd(client: Client, state: str | None, queue: str | None, limit: int, cursor: str | None,
+             as_json: bool) -> None:
+    """List jobs, oldest first."""
+    page = client.list(state=state, queue=queue, limit=limit, cursor=cursor)
+    if as_json:
+        output.emit_json(page)
+        return
+    jobs = page.get("jobs") or []
+    output.emit_table(
+        ["ID", "TYPE", "QUEUE", "PRIORITY", "STATE", "ATTEMPTS", "AGE"],
+        [[j.get("id"), j.get("type"), j.get("queue"), str(j.get("priority")), j.get("state"),
+          f"{j.get('attempts')}/{j.get('max_attempts')}", _age(j.get("created_at"))] for j in jobs],
+    )
+    if page.get("cursor") is not None:
+        click.echo(f"more: --cursor {page['cursor']}", err=True)
+
+
+@raftq.command()
+@click.argument("job_id", metavar="ID")
+@client_options
+@with_client
+def cancel(client: Client, job_id: str, as_json: bool) -> None:
+    """Cancel a job (a running one is told to stop)."""
+    state = client.cancel(job_id)
+    _emit_state(job_id, state, as_json)
+
+
+@raftq.command()
+@click.argument("job_id", metavar="ID")
+@client_options
+@with_client
+def retry(client: Client, job_id: str, as_json: bool) -> None:
+    """Queue a failed or cancelled job again (attempts start over)."""
+    state = client.retry(job_id)
+    _emit_state(job_id, state, as_json)
+
+
+@raftq.command()
+@client_options
+@with_client
+def stats(client: Client, as_json: bool) -> None:
+    """Job counts by state and by queue."""
+    data = client.stats()
+    if as_json:
+        output.emit_json(data)
+        return
+    by_state = data.get("jobs") or {}
+    click.echo(f"node {data.get('node_id')} ({data.get('role')}), leader {data.get('leader') or '-'}, "
+               f"{data.get('live', '-')} live jobs")
+    click.echo()
+    output.emit_table(["STATE", "JOBS"], [[s, str(by_state.get(s, 0))] for s in JOB_STATES])
+    queues = data.get("queues") or {}
+    if queues:
+        click.echo()
+        output.emit_table(
+            ["QUEUE", *(s.upper() for s in JOB_STATES)],
+            [[q, *(str(counts.get(s, 0)) for s in JOB_STATES)] for q, counts in sorted(queues.items())],
+        )
+
+
+@raftq.group(name="cluster", cls=RaftqGroup)
+def cluster_group() -> None:
+    """Inspect the cluster's nodes."""
+
+
+@cluster_group.command(name="status")
+@client_options
+@with_client
+def cluster_status(client: Client, as_json: bool) -> None:
+    """The leader and each node's role."""
+    data = client.cluster_status()
+    if as_json:
+        output.emit_json(data)
+        return
+    click.echo(f"leader: {data.get('leader') or 'none (election running?)'}")
+    click.echo(f"term {data.get('term', '-')}, commit index {data.get('commit_index', '-')}, "
+               f"last applied {data.get('last_applied', '-')} (as seen by node {data.get('self', '-')})")
+    click.echo()
+    output.emit_table(
+        ["ID", "CLIENT", "RAFT", "ROLE"],
+        [[str(n.get("id")), n.get("client"), n.get("raft"), n.get("role")] for n in data.get("nodes") or []],
+    )
+
+
+def _register_dev() -> None:
+    from cli.dev import dev
+
+    raftq.add_command(dev)
+
+
+_register_dev()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (`raftq`)."""
+    raftq.main(args=argv, prog_name="raftq")
+
+
+if __name__ == "__main__":
+    main()

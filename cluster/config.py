@@ -1,0 +1,310 @@
+"""The cluster configuration file: one TOML file describes the whole cluster.
+
+Every node of a cluster loads the same file and picks its own entry by id, so
+the file is the single source of truth for addresses, the shared secret and the
+client token (contracts.md §5).
+
+Invariants of a loaded `ClusterConfig` (checked by `load_config` and by the
+dataclass itself, so a hand-built config is held to the same rules):
+- at least one node; node ids are unique positive integers;
+- every address is "host:port" with port 1..65535, and no address (client,
+  raft or http, across all nodes) is used twice;
+- `secret` has at least 16 characters: the Raft password is derived from it
+  (`raft_password`), and pysyncobj unpickles what arrives on the Raft port, so
+  that port must never run without a strong password;
+- `data_dir` is absolute (a relative one in the file is resolved against the
+  file's own directory, not the process's working directory).
+
+Every problem raises `ConfigError` with a one-line message naming the key, so
+the CLI can print it as is.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets as _secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DURABILITIES = ("fsync", "none")
+MIN_SECRET_CHARS = 16
+CONFIG_FILENAME = "cluster.toml"
+
+# Domain separation: the Raft password must differ from the secret itself, so
+# that the secret never travels or lands anywhere pysyncobj keeps its password.
+_RAFT_PASSWORD_LABEL = b"raftq raft password v1"
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message is one line."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    id: int
+    client: str
+    raft: str
+    http: str | None = None
+
+    def addresses(self) -> list[tuple[str, str]]:
+        """(key name, address) for every address this node listens on."""
+        out = [(f"nodes[id={self.id}].client", self.client), (f"nodes[id={self.id}].raft", self.raft)]
+        if self.http is not None:
+            out.append((f"nodes[id={self.id}].http", self.http))
+        return out
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    secret: str
+    token: str
+    data_dir: Path
+    durability: str
+    max_live_jobs: int = 1_000_000
+    retention_s: float = 86400
+    lease_ttl_s: float = 30
+    max_frame_bytes: int = 8 * 1024 * 1024
+    nodes: tuple[NodeSpec, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def node(self, node_id: int) -> NodeSpec:
+        for spec in self.nodes:
+            if spec.id == node_id:
+                return spec
+        known = ", ".join(str(n.id) for n in self.nodes)
+        raise ConfigError(f"node id {node_id} is not in the config (known ids: {known})")
+
+    @property
+    def raft_password(self) -> str:
+        return hmac.new(self.secret.encode(), _RAFT_PASSWORD_LABEL, hashlib.sha256).hexdigest()
+
+    def node_data_dir(self, node_id: int) -> Path:
+        self.node(node_id)  # unknown ids are an error, not a silently new directory
+        return self.data_dir / f"node-{node_id}"
+
+    def client_addresses(self) -> list[str]:
+        return [n.client for n in self.nodes]
+
+
+def parse_address(value: Any, key: str) -> tuple[str, int]:
+    """Split "host:port"; ConfigError naming `key` if it is not one."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected an address \"host:port\", got {value!r}")
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ConfigError(f"{key}: expected an address \"host:port\", got {value!r}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{key}: port must be 1..65535, got {port} in {value!r}")
+    return host, port
+
+
+def _validate(cfg: ClusterConfig) -> None:
+    if not isinstance(cfg.secret, str) or not cfg.secret:
+        raise ConfigError("secret: must be a non-empty string")
+    if len(cfg.secret) < MIN_SECRET_CHARS:
+        raise ConfigError(f"secret: must be at least {MIN_SECRET_CHARS} characters (the Raft password is derived from it)")
+    if not isinstance(cfg.token, str) or not cfg.token:
+        raise ConfigError("token: must be a non-empty string")
+    if cfg.durability not in DURABILITIES:
+        raise ConfigError(f"durability: must be \"fsync\" or \"none\", got {cfg.durability!r}")
+    if not isinstance(cfg.data_dir, Path) or not cfg.data_dir.is_absolute():
+        raise ConfigError(f"data_dir: must be an absolute path, got {str(cfg.data_dir)!r}")
+    _positive_int(cfg.max_live_jobs, "max_live_jobs")
+    _positive_int(cfg.max_frame_bytes, "max_frame_bytes")
+    _positive_number(cfg.retention_s, "retention_s")
+    _positive_number(cfg.lease_ttl_s, "lease_ttl_s")
+    if not cfg.nodes:
+        raise ConfigError("nodes: at least one [[nodes]] entry is required")
+    seen_ids: set[int] = set()
+    seen_addrs: dict[tuple[str, int], str] = {}
+    for spec in cfg.nodes:
+        if not isinstance(spec.id, int) or isinstance(spec.id, bool) or spec.id < 1:
+            raise ConfigError(f"nodes.id: must be a positive integer, got {spec.id!r}")
+        if spec.id in seen_ids:
+            raise ConfigError(f"nodes.id: duplicate node id {spec.id}")
+        seen_ids.add(spec.id)
+        for key, addr in spec.addresses():
+            parsed = parse_address(addr, key)
+            if parsed in seen_addrs:
+                raise ConfigError(f"{key}: address {addr!r} is already used by {seen_addrs[parsed]}")
+            seen_addrs[parsed] = key
+
+
+def _positive_int(value: Any, key: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
+
+
+def _positive_number(value: Any, key: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ConfigError(f"{key}: must be a positive number, got {value!r}")
+
+
+_TOP_KEYS = {
+    "secret", "token", "data_dir", "durability", "max_live_jobs",
+    "retention_s", "lease_ttl_s", "max_frame_bytes", "nodes",
+}
+_NODE_KEYS = {"id", "client", "raft", "http"}
+
+
+def load_config(path: str | Path) -> ClusterConfig:
+    """Read and validate a cluster TOML file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return config_from_dict(data, base_dir=path.resolve().parent)
+
+
+def config_from_dict(data: dict[str, Any], base_dir: Path) -> ClusterConfig:
+    """Build a config from parsed TOML; relative data_dir is taken from base_dir."""
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
+    for key in ("secret", "token", "data_dir", "durability"):
+        if key not in data:
+            raise ConfigError(f"{key}: required key is missing")
+    for key in ("secret", "token", "data_dir", "durability"):
+        if not isinstance(data[key], str):
+            raise ConfigError(f"{key}: must be a string, got {data[key]!r}")
+    data_dir = Path(data["data_dir"]).expanduser()
+    if not data_dir.is_absolute():
+        data_dir = (base_dir / data_dir).resolve()
+
+    raw_nodes = data.get("nodes", [])
+    if not isinstance(raw_nodes, list):
+        raise ConfigError("nodes: must be an array of tables ([[nodes]])")
+    nodes = []
+    for i, entry in enumerate(raw_nodes):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"nodes[{i}]: must be a table ([[nodes]])")
+        extra = sorted(set(entry) - _NODE_KEYS)
+        if extra:
+            raise ConfigError(f"nodes[{i}].{extra[0]}: unknown key (known: client, http, id, raft)")
+        for key in ("id", "client", "raft"):
+            if key not in entry:
+                raise ConfigError(f"nodes[{i}].{key}: required key is missing")
+        node_id = entry["id"]
+        if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id < 1:
+            raise ConfigError(f"nodes[{i}].id: must be a positive integer, got {node_id!r}")
+        for key in ("client", "raft", "http"):
+            if key in entry:
+                parse_address(entry[key], f"nodes[{i}].{key}")
+        nodes.append(NodeSpec(id=node_id, client=entry["client"], raft=entry["raft"], http=entry.get("http")))
+
+    kwargs: dict[str, Any] = {}
+    for key in ("max_live_jobs", "retention_s", "lease_ttl_s", "max_frame_bytes"):
+        if key in data:
+            kwargs[key] = data[key]
+    return ClusterConfig(
+        secret=data["secret"],
+        token=data["token"],
+        data_dir=data_dir,
+        durability=data["durability"],
+        nodes=tuple(nodes),
+        **kwargs,
+    )
+
+
+def _toml_str(value: str) -> str:
+    """A TOML basic string: escape the quote, backslash and control characters.
+
+    Not json.dumps: JSON leaves U+007F bare (TOML forbids it) and, with
+    ensure_ascii, writes surrogate pairs (TOML rejects surrogate escapes).
+    """
+    out = []
+    for ch in value:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_num(value: int | float) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def render_config(cfg: ClusterConfig) -> str:
+    """The config as TOML text; `load_config` of it gives back an equal config."""
+    lines = [
+        "# raftq cluster configuration (every node loads this same file)",
+        f"secret = {_toml_str(cfg.secret)}",
+        f"token = {_toml_str(cfg.token)}",
+        f"data_dir = {_toml_str(str(cfg.data_dir))}",
+        f"durability = {_toml_str(cfg.durability)}",
+        f"max_live_jobs = {_toml_num(cfg.max_live_jobs)}",
+        f"retention_s = {_toml_num(cfg.retention_s)}",
+        f"lease_ttl_s = {_toml_num(cfg.lease_ttl_s)}",
+        f"max_frame_bytes = {_toml_num(cfg.max_frame_bytes)}",
+    ]
+    for spec in cfg.nodes:
+        lines += ["", "[[nodes]]", f"id = {spec.id}", f"client = {_toml_str(spec.client)}", f"raft = {_toml_str(spec.raft)}"]
+        if spec.http is not None:
+            lines.append(f"http = {_toml_str(spec.http)}")
+    return "\n".join(lines) + "\n"
+
+
+def dev_config(
+    data_dir: Path,
+    nodes: int = 3,
+    base_port: int = 7700,
+    token: str = "dev",
+    durability: str = "fsync",
+) -> ClusterConfig:
+    """A loopback cluster: client ports BASE+i, raft BASE+100+i, http BASE+200+i.
+
+    The secret is random, except that an existing <data_dir>/cluster.toml keeps
+    its secret: the nodes' journals were written under that Raft password, and
+    a rerun must recover them, not start a cluster nobody can join.
+    """
+    if not isinstance(nodes, int) or nodes < 1:
+        raise ConfigError(f"nodes: must be at least 1, got {nodes!r}")
+    if base_port < 1 or base_port + 200 + nodes - 1 > 65535:
+        raise ConfigError(f"port: base port {base_port} leaves no room for {nodes} nodes (needs BASE..BASE+{200 + nodes - 1} <= 65535)")
+    data_dir = Path(data_dir).expanduser().resolve()
+    secret = _existing_secret(data_dir / CONFIG_FILENAME) or _secrets.token_hex(32)
+    specs = tuple(
+        NodeSpec(
+            id=i + 1,
+            client=f"127.0.0.1:{base_port + i}",
+            raft=f"127.0.0.1:{base_port + 100 + i}",
+            http=f"127.0.0.1:{base_port + 200 + i}",
+        )
+        for i in range(nodes)
+    )
+    return ClusterConfig(secret=secret, token=token, data_dir=data_dir, durability=durability, nodes=specs)
+
+
+def _existing_secret(path: Path) -> str | None:
+    """The secret of a previous dev config, or None if there is none to reuse.
+
+    A file that exists but cannot be read is an error rather than a new secret:
+    silently replacing it would orphan the journals written under the old one.
+    """
+    if not path.exists():
+        return None
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot reuse the secret of the existing config: {exc}") from None
+    secret = data.get("secret")
+    if not isinstance(secret, str) or len(secret) < MIN_SECRET_CHARS:
+        raise ConfigError(f"{path}: secret: the existing config has no usable secret; fix or delete the file")
+    return secret
