@@ -616,3 +616,51 @@ class JobMachine:
     def digest(self) -> str:
         """sha256 hex of the canonical snapshot encoding; equal replicas, equal digests."""
         return hashlib.sha256(msgpack.packb(self.to_snapshot(), use_bin_type=True)).hexdigest()
+
+    def check_invariants(self) -> None:
+        """O(n) self-check of every index against `_jobs` (tests and debugging only).
+
+        Raises AssertionError naming the first broken invariant.
+        """
+        def need(cond: bool, what: str) -> None:
+            if not cond:
+                raise AssertionError(what)
+
+        counts = {s: 0 for s in STATES}
+        per_queue: dict[str, dict[str, int]] = {}
+        for job in self._jobs.values():
+            counts[job.state] += 1
+            per_queue.setdefault(job.queue, {s: 0 for s in STATES})[job.state] += 1
+            need(job.seq < self._next_seq, f"{job.id}: seq {job.seq} >= next_seq")
+            need(0 <= job.attempts <= job.max_attempts, f"{job.id}: attempts {job.attempts} out of range")
+            if job.state in FINAL_STATES:
+                need(job.finished_ms is not None, f"{job.id}: final without finished_ms")
+            else:
+                need(job.finished_ms is None, f"{job.id}: live with finished_ms")
+            if job.state == RUNNING:
+                need(job.worker is not None and job.lease_deadline_ms is not None, f"{job.id}: running without lease")
+            else:
+                need(job.lease_deadline_ms is None, f"{job.id}: lease deadline while {job.state}")
+            if job.unique_key is not None and job.state not in FINAL_STATES:
+                need(self._unique.get(job.unique_key) == job.id, f"{job.id}: unique_key not indexed")
+        need(counts == self._counts, f"state counters {self._counts} != scan {counts}")
+        need(per_queue == self._queue_counts, "per-queue counters differ from a scan")
+        for key, job_id in self._unique.items():
+            job = self._jobs.get(job_id)
+            need(job is not None and job.unique_key == key and job.state not in FINAL_STATES,
+                 f"unique index entry {key!r} -> {job_id!r} is stale")
+        live_ready = {i[2] for h in self._ready.values() for i in h if self._ready_live(i)}
+        live_sched = {i[2] for i in self._scheduled if self._sched_live(i)}
+        live_leases = {i[3] for i in self._leases if self._lease_live(i)}
+        for job in self._jobs.values():
+            if job.state == QUEUED:
+                need(job.id in live_ready and any(i[2] == job.id for i in self._ready.get(job.queue, ())),
+                     f"{job.id}: queued but not in its ready heap")
+            need((job.state == SCHEDULED) == (job.id in live_sched), f"{job.id}: scheduled heap disagrees")
+            need((job.state == RUNNING) == (job.id in live_leases), f"{job.id}: lease heap disagrees")
+        need(all(self._sched_live(self._scheduled[0]) for _ in (1,) if self._scheduled), "stale scheduled top")
+        need(all(self._lease_live(self._leases[0]) for _ in (1,) if self._leases), "stale lease top")
+        seqs = [s for s, _ in self._by_seq]
+        need(seqs == sorted(seqs), "_by_seq out of order")
+        indexed = {(s, i) for s, i in self._by_seq}
+        need(all((j.seq, j.id) in indexed for j in self._jobs.values()), "a job is missing from _by_seq")

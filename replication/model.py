@@ -275,7 +275,8 @@ def _check_progress(progress: Any) -> str | None:
     if not isinstance(progress, (list, tuple)) or len(progress) != 2:
         return "'progress' must be [fraction, message]"
     fraction, message = progress
-    if not (type(fraction) is int or (type(fraction) is float and math.isfinite(fraction))):
+    if not ((type(fraction) is int and MSGPACK_INT_MIN <= fraction <= MSGPACK_INT_MAX)
+            or (type(fraction) is float and math.isfinite(fraction))):
         return "progress fraction must be a finite number"
     if not isinstance(message, str):
         return "progress message must be a string"
