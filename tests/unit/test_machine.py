@@ -618,42 +618,77 @@ def test_fuzz_random_commands_never_raise() -> None:
 # ----------------------------------------------------------- determinism
 
 def _random_log(seed: int, n_entries: int = 300) -> list[dict[str, Any]]:
-    """A plausible command log: submits, leases, outcomes, cancels, ticks."""
+    """A plausible command log: submits, leases, outcomes, cancels, ticks.
+
+    Built against a scratch machine so that most complete/fail/heartbeat
+    commands carry a token some lease really handed out (some of them stale).
+    """
     rng = random.Random(seed)
+    scratch = JobMachine()
     log: list[dict[str, Any]] = []
     now = 1_000
     ids = [f"job-{i}" for i in range(40)]
+    tokens: list[tuple[str, int, str]] = []  # (id, attempt, worker) from lease results
     for _ in range(n_entries):
         now += rng.choice([0, 1, 7, 50, 400, 2000])
         cmds: list[dict[str, Any]] = []
         for _ in range(rng.randrange(1, 4)):
             jid = rng.choice(ids)
+            attempt, worker = rng.randrange(1, 4), rng.choice(["w1", "w2"])
+            if tokens and rng.random() < 0.8:
+                jid, attempt, worker = rng.choice(tokens[-8:])
             kind = rng.random()
             if kind < 0.3:
                 cmds.append({"op": "submit", "job": {
-                    "id": jid, "type": "t", "args": {"n": rng.randrange(100)}, "queue": rng.choice(["a", "b"]),
-                    "priority": rng.choice([0, 0, 1, 5]), "max_attempts": rng.randrange(1, 4),
-                    "backoff_ms": rng.choice([0, 100, 1000]), "delay_ms": rng.choice([None, None, 300]),
+                    "id": rng.choice(ids), "type": "t", "args": {"n": rng.randrange(100)},
+                    "queue": rng.choice(["a", "b"]), "priority": rng.choice([0, 0, 1, 5]),
+                    "max_attempts": rng.randrange(1, 4), "backoff_ms": rng.choice([0, 100, 1000]),
+                    "delay_ms": rng.choice([None, None, 300]),
                     "unique_key": rng.choice([None, None, None, "u1", "u2"])}})
             elif kind < 0.5:
-                cmds.append({"op": "lease", "worker": rng.choice(["w1", "w2"]), "queues": rng.choice(
-                    [["a"], ["b"], ["a", "b"]]), "max": rng.randrange(1, 4), "lease_ms": rng.choice([100, 1000])})
+                cmds.append({"op": "lease", "worker": worker, "queues": rng.choice([["a"], ["b"], ["a", "b"]]),
+                             "max": rng.randrange(1, 4), "lease_ms": rng.choice([100, 1000, 5000])})
             elif kind < 0.62:
-                cmds.append({"op": "complete", "id": jid, "attempt": rng.randrange(1, 4), "result": [jid]})
+                cmds.append({"op": "complete", "id": jid, "attempt": attempt, "result": [jid]})
             elif kind < 0.72:
-                cmds.append({"op": "fail", "id": jid, "attempt": rng.randrange(1, 4), "error": "e",
+                cmds.append({"op": "fail", "id": jid, "attempt": attempt, "error": "e",
                              "retryable": rng.random() < 0.8})
             elif kind < 0.8:
-                cmds.append({"op": "heartbeat", "worker": rng.choice(["w1", "w2"]), "lease_ms": 500,
-                             "leases": [{"id": jid, "attempt": rng.randrange(1, 4), "progress": [0.25, "p"]}]})
+                cmds.append({"op": "heartbeat", "worker": worker, "lease_ms": 1000,
+                             "leases": [{"id": jid, "attempt": attempt, "progress": [0.25, "p"]}]})
             elif kind < 0.85:
                 cmds.append({"op": "cancel", "id": jid})
             elif kind < 0.9:
                 cmds.append({"op": "retry", "id": jid})
             else:
-                cmds.append({"op": "tick", "retention_ms": rng.choice([0, 1000, 100_000])})
-        log.append({"v": 1, "now_ms": now, "cmds": cmds})
+                cmds.append({"op": "tick", "retention_ms": rng.choice([0, 10_000, 100_000])})
+        entry = {"v": 1, "now_ms": now, "cmds": cmds}
+        for cmd, result in zip(cmds, scratch.apply_entry(entry)):
+            if cmd["op"] == "lease":
+                tokens += [(j["id"], j["attempt"], cmd["worker"]) for j in result["jobs"]]
+        log.append(entry)
     return log
+
+
+def _outcomes(log: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    m = JobMachine()
+    counts: dict[tuple[str, str], int] = {}
+    for entry in log:
+        for cmd, r in zip(entry["cmds"], m.apply_entry(entry)):
+            key = (cmd["op"], r.get("error") or r.get("state") or "ok")
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def test_random_log_exercises_every_outcome() -> None:
+    """Guards the determinism tests below against a log that does nothing interesting."""
+    counts: dict[tuple[str, str], int] = {}
+    for seed in (1, 2, 3, 4, 5, 6):
+        for key, n in _outcomes(_random_log(seed)).items():
+            counts[key] = counts.get(key, 0) + n
+    for key in [("complete", "succeeded"), ("complete", "LEASE_LOST"), ("fail", "scheduled"), ("fail", "queued"),
+                ("fail", "failed"), ("cancel", "cancelled"), ("retry", "queued"), ("submit", "queued")]:
+        assert counts.get(key, 0) >= 3, (key, counts)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
