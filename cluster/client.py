@@ -1,0 +1,839 @@
+"""raftq client library: `Client` (blocking sockets) and `AsyncClient` (asyncio).
+
+Both speak the wire protocol of contracts.md §3 and expose the methods of §4,
+written ONCE in `_Api`: each method validates its arguments eagerly, builds a
+plan (a generator of `_Call`s, usually one) and hands it to `self._run`, which
+is a blocking loop in `Client` and a coroutine in `AsyncClient`.
+
+Retry rules (shared through `_Nodes`, `_Backoff` and `_Attempts`):
+- NOT_LEADER with a leader address: go there at once (later redirects in the
+  same call back off, so two confused nodes cannot make us spin).
+- NOT_LEADER without one, NO_LEADER, a server TIMEOUT (outcome unknown),
+  connection refused/reset/EOF, or no reply within the attempt budget: drop the
+  connection, move to the next known node, back off 20 ms, x2, cap 500 ms.
+- Everything is bounded by `timeout_s` per call, extended by the server-side
+  wait of long polls (`wait`, `lease`). Then the call raises `Unavailable`
+  (nothing reachable), `NoLeader`, or `Timeout`.
+- Re-sending is safe because every write is idempotent: the client chose the
+  job id (submit) and presents the same lease token (complete/fail/heartbeat).
+  Any other server error is raised as its registered class from
+  cluster.errors; no raw socket error ever escapes.
+
+An attempt that gets no reply within half the call budget (plus the long-poll
+wait) is abandoned and retried elsewhere: a SIGSTOPped node still accepts TCP
+connections, and waiting the whole budget on it would forfeit the failover.
+
+Learning the cluster: after the first successful connection each client calls
+`cluster_status` once (best effort) and adds every node's client address to
+its list, so a single seed address suffices.
+
+`Client` uses only socket/time from the stdlib, so gevent's monkey patching
+(Locust) makes it cooperative. It is not thread-safe: one per thread/greenlet.
+`AsyncClient` keeps ONE connection and pipelines: a reader task resolves
+futures by request id; on connection loss every in-flight request fails
+internally and is retried under the same rules.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Iterable
+
+from cluster.errors import (
+    BadRequest,
+    Internal,
+    NoLeader,
+    NotLeader,
+    RaftqError,
+    Timeout,
+    Unauthorized,
+    Unavailable,
+    error_from_wire,
+)
+from cluster.protocol import (
+    FINAL_STATES,
+    MAX_FRAME_BYTES,
+    MAX_IN_FLIGHT,
+    ROLES,
+    FrameDecoder,
+    ProtocolViolation,
+    encode_request_frame,
+    format_address,
+    hello_args,
+    job_spec_from_mapping,
+    job_spec_from_options,
+    pack_args,
+    parse_address,
+    parse_nodes,
+)
+
+__all__ = ["Client", "AsyncClient"]
+
+# Replies come from a trusted node; accept somewhat more than a request may be
+# (a `list` page of large JobViews) rather than drop a healthy connection.
+_REPLY_MAX_FRAME_BYTES = 4 * MAX_FRAME_BYTES
+_RESULT_CHUNK_S = 5.0
+_READ_CHUNK = 256 * 1024
+
+
+# ----------------------------------------------------------------- shared machinery
+
+
+@dataclass(frozen=True)
+class _Call:
+    op: str
+    args: dict[str, Any]
+    wait_s: float = 0.0  # server-side long-poll time; extends the call deadline
+    packed: bytes = field(default=b"", compare=False)
+
+    @staticmethod
+    def make(op: str, args: dict[str, Any], wait_s: float = 0.0) -> "_Call":
+        return _Call(op, args, wait_s, pack_args(op, args))
+
+
+Plan = Generator[_Call, Any, Any]
+
+
+def _single(call: _Call, pick: Callable[[Any], Any] | None = None) -> Plan:
+    result = yield call
+    return pick(result) if pick is not None else result
+
+
+def _const(value: Any) -> Plan:
+    """A plan that needs no request (e.g. submit_many of nothing)."""
+    return value
+    yield  # pragma: no cover - makes this a generator
+
+
+class _ConnectionLost(Exception):
+    """Internal: the attempt failed at the transport level (retryable)."""
+
+    def __init__(self, addr: str, reason: str) -> None:
+        super().__init__(f"{addr}: {reason}")
+        self.addr = addr
+        self.reason = reason
+
+
+class _NoReply(_ConnectionLost):
+    """Internal: no reply within the attempt budget (node hung or slow)."""
+
+
+class _Backoff:
+    """20 ms, 40 ms, ... capped at 500 ms."""
+
+    FIRST_S = 0.02
+    FACTOR = 2.0
+    CAP_S = 0.5
+
+    def __init__(self) -> None:
+        self._next = self.FIRST_S
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.CAP_S, delay * self.FACTOR)
+        return delay
+
+
+_UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+class _Nodes:
+    """Known client addresses (seeds first, then learned) and which to try next."""
+
+    def __init__(self, seeds: list[str]) -> None:
+        self.addrs = list(seeds)
+        self._idx = 0
+
+    def current(self) -> str:
+        return self.addrs[self._idx]
+
+    def advance_from(self, addr: str) -> None:
+        """Move past `addr` unless someone else already did (concurrent callers)."""
+        if self.addrs[self._idx] == addr:
+            self._idx = (self._idx + 1) % len(self.addrs)
+
+    def _add(self, addr: Any) -> str | None:
+        if not isinstance(addr, str):
+            return None
+        try:
+            host, port = parse_address(addr)
+        except BadRequest:
+            return None
+        if host in _UNSPECIFIED_HOSTS:
+            return None
+        norm = format_address(host, port)
+        if norm not in self.addrs:
+            self.addrs.append(norm)
+        return norm
+
+    def prefer(self, addr: str) -> str | None:
+        """Make `addr` the next to try; returns its normalised form (None if unusable)."""
+        norm = self._add(addr)
+        if norm is not None:
+            self._idx = self.addrs.index(norm)
+        return norm
+
+    def learn(self, status: Any) -> None:
+        if not isinstance(status, dict):
+            return
+        nodes = status.get("nodes")
+        if isinstance(nodes, list):
+            for node in nodes:
+                if isinstance(node, dict):
+                    self._add(node.get("client"))
+
+    def describe(self) -> str:
+        return ", ".join(self.addrs)
+
+
+class _Attempts:
+    """Per-call retry bookkeeping, identical for Client and AsyncClient."""
+
+    def __init__(self, nodes: _Nodes, deadline: float, clock: Callable[[], float], budget_s: float) -> None:
+        self.nodes = nodes
+        self.deadline = deadline
+        self.clock = clock
+        self.budget_s = budget_s
+        self.backoff = _Backoff()
+        self.redirects = 0
+        self.last: Exception | None = None
+
+    def on_error(self, exc: Exception, addr: str) -> float:
+        """Record a retryable failure at `addr`; return the pause before the
+        next attempt, or raise the call's final error when time is up."""
+        self.last = exc
+        leader = self.nodes.prefer(exc.leader) if isinstance(exc, NotLeader) and exc.leader else None
+        if leader is not None and leader != addr:
+            self.redirects += 1
+            delay = 0.0 if self.redirects == 1 else self.backoff.next()
+        else:
+            self.nodes.advance_from(addr)
+            delay = self.backoff.next()
+        if self.clock() + delay >= self.deadline:
+            raise self.final()
+        return delay
+
+    def final(self) -> RaftqError:
+        last = self.last
+        where = self.nodes.describe()
+        after = f"after {self.budget_s:g}s"
+        if isinstance(last, NoLeader):
+            return NoLeader(f"{last.message} (gave up {after}; nodes: {where})", last.extra)
+        if isinstance(last, NotLeader):
+            return NoLeader(f"no leader found via {where} {after}: {last.message}", last.extra)
+        if isinstance(last, Timeout):
+            return Timeout(f"{last.message} (gave up {after}; nodes: {where})", last.extra)
+        if isinstance(last, _NoReply):
+            return Timeout(f"no reply from raftq at {last.addr} {after} (nodes: {where})")
+        return Unavailable(f"no raftq node reachable at {where}: {last}")
+
+    def attempt_deadline(self, wait_s: float) -> float:
+        return min(self.deadline, self.clock() + wait_s + max(self.budget_s - wait_s, 0.0) / 2)
+
+
+_RETRYABLE = (NotLeader, NoLeader, Timeout, _ConnectionLost)
+
+
+def _reply_error(addr: str, msg: dict[str, Any]) -> Exception:
+    """A reply that does not match the request: a connection-level verdict."""
+    if "err" in msg:
+        err = error_from_wire(msg["err"])
+        if isinstance(err, Unauthorized):
+            return err
+        return _ConnectionLost(addr, f"server error {err.code}: {err.message}")
+    return _ConnectionLost(addr, f"unexpected reply {str(msg)[:120]}")
+
+
+def _result_of(msg: dict[str, Any], addr: str) -> Any:
+    if "ok" in msg:
+        return msg["ok"]
+    if "err" in msg:
+        raise error_from_wire(msg["err"])
+    raise _ConnectionLost(addr, f"malformed reply {str(msg)[:120]}")
+
+
+# -------------------------------------------------------------- argument checking
+
+
+def _job_id(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise BadRequest(f"job id must be a string of 1..200 characters, got {value!r}")
+    return value
+
+
+def _number(name: str, value: Any, minimum: float = 0.0) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not value >= minimum
+    ):
+        raise BadRequest(f"{name} must be a number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _integer(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BadRequest(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _queues(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [q.strip() for q in value.split(",") if q.strip()]
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(q, str) and q for q in value):
+        raise BadRequest(f"queues must be a non-empty list of queue names, got {value!r}")
+    return list(value)
+
+
+def _pick(key: str) -> Callable[[Any], Any]:
+    def pick(result: Any) -> Any:
+        if not isinstance(result, dict) or key not in result:
+            raise Internal(f"malformed reply from server: missing {key!r} in {str(result)[:120]}")
+        return result[key]
+
+    return pick
+
+
+def _pick_ids(result: Any) -> list[str]:
+    return [_pick("id")(r) for r in _pick("results")(result)]
+
+
+def _wait_plan(job_id: str, timeout: float | None, clock: Callable[[], float]) -> Plan:
+    """Poll `wait` in chunks of <= 5 s until the job is final or `timeout` passes."""
+    deadline = None if timeout is None else clock() + timeout
+    while True:
+        left = _RESULT_CHUNK_S if deadline is None else max(0.0, deadline - clock())
+        chunk = min(_RESULT_CHUNK_S, left)
+        view = yield _Call.make("wait", {"id": job_id, "timeout_s": chunk}, wait_s=chunk)
+        state = _pick("state")(view)
+        if state in FINAL_STATES:
+            return view
+        if deadline is not None and clock() >= deadline:
+            raise Timeout(f"job {job_id} is not finished after {timeout:g}s (state: {state})")
+
+
+# ------------------------------------------------------------------- the method list
+
+
+class _Api:
+    """The client methods of contracts §4, shared by Client and AsyncClient.
+
+    In AsyncClient every method returns an awaitable of the annotated type.
+    """
+
+    def _run(self, plan: Plan) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _clock(self) -> float:
+        return time.monotonic()
+
+    # -- jobs
+
+    def submit(
+        self,
+        type: str,
+        args: Any = None,
+        *,
+        id: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int = 3,
+        timeout: float | None = None,
+        delay: float | None = None,
+        run_at: Any = None,
+        backoff: float | None = None,
+        unique_key: str | None = None,
+    ) -> str:
+        """Submit one job; returns its id (the existing one for a duplicate id/unique_key)."""
+        spec = job_spec_from_options(
+            type, args, id=id, queue=queue, priority=priority, max_attempts=max_attempts,
+            timeout=timeout, delay=delay, run_at=run_at, backoff=backoff, unique_key=unique_key,
+        )
+        return self._run(_single(_Call.make("submit", {"job": spec}), _pick("id")))
+
+    def submit_many(self, jobs: Iterable[dict[str, Any]]) -> list[str]:
+        """Submit several jobs in one Raft entry; returns their ids in order."""
+        if isinstance(jobs, (str, bytes, dict)) or not isinstance(jobs, Iterable):
+            raise BadRequest("submit_many takes a list of job dicts")
+        specs = [job_spec_from_mapping(j, f"jobs[{i}]") for i, j in enumerate(jobs)]
+        if not specs:
+            return self._run(_const([]))
+        return self._run(_single(_Call.make("submit_many", {"jobs": specs}), _pick_ids))
+
+    def get(self, id: str, stale_ok: bool = False) -> dict[str, Any]:
+        """The JobView of a job; NotFound if it does not exist (or was purged)."""
+        args: dict[str, Any] = {"id": _job_id(id)}
+        if stale_ok:
+            args["stale_ok"] = True
+        return self._run(_single(_Call.make("get", args)))
+
+    def result(self, id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The JobView once the job is final; Timeout if not final within `timeout` s."""
+        _job_id(id)
+        if timeout is not None:
+            _number("timeout", timeout)
+        return self._run(_wait_plan(id, timeout, self._clock))
+
+    def cancel(self, id: str) -> str:
+        return self._run(_single(_Call.make("cancel", {"id": _job_id(id)}), _pick("state")))
+
+    def retry(self, id: str) -> str:
+        return self._run(_single(_Call.make("retry", {"id": _job_id(id)}), _pick("state")))
+
+    def list(
+        self,
+        state: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        cursor: Any = None,
+        stale_ok: bool = False,
+    ) -> dict[str, Any]:
+        """One page `{"jobs": [JobView], "cursor": next_or_None}`."""
+        args: dict[str, Any] = {"limit": _integer("limit", limit, 1)}
+        if state is not None:
+            args["state"] = _text("state", state)
+        if queue is not None:
+            args["queue"] = _text("queue", queue)
+        if cursor is not None:
+            args["cursor"] = cursor
+        if stale_ok:
+            args["stale_ok"] = True
+        return self._run(_single(_Call.make("list", args)))
+
+    def stats(self, stale_ok: bool = False) -> dict[str, Any]:
+        return self._run(_single(_Call.make("stats", {"stale_ok": True} if stale_ok else {})))
+
+    def cluster_status(self) -> dict[str, Any]:
+        return self._run(_single(_Call.make("cluster_status", {})))
+
+    # -- worker calls
+
+    def lease(
+        self,
+        worker: str,
+        queues: Any,
+        max: int = 1,
+        wait_s: float = 5.0,
+        lease_ms: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Lease up to `max` ready jobs, long-polling up to `wait_s` when none is ready."""
+        wait = _number("wait_s", wait_s)
+        args: dict[str, Any] = {
+            "worker": _text("worker", worker),
+            "queues": _queues(queues),
+            "max": _integer("max", max, 1),
+            "wait_s": wait,
+        }
+        if lease_ms is not None:
+            args["lease_ms"] = _integer("lease_ms", lease_ms, 1)
+        return self._run(_single(_Call.make("lease", args, wait_s=wait), _pick("jobs")))
+
+    def heartbeat(self, worker: str, leases: list[dict[str, Any]]) -> dict[str, Any]:
+        """Extend leases; returns `{"lost": [id], "cancel": [id]}`."""
+        if not isinstance(leases, (list, tuple)) or not all(isinstance(x, dict) for x in leases):
+            raise BadRequest("leases must be a list of {'id', 'attempt', 'progress'?} dicts")
+        args = {"worker": _text("worker", worker), "leases": [dict(x) for x in leases]}
+        return self._run(_single(_Call.make("heartbeat", args)))
+
+    def complete(self, id: str, attempt: int, result: Any = None) -> str:
+        args = {"id": _job_id(id), "attempt": _integer("attempt", attempt, 0), "result": result}
+        return self._run(_single(_Call.make("complete", args), _pick("state")))
+
+    def fail(self, id: str, attempt: int, error: str, retryable: bool = True) -> str:
+        if not isinstance(retryable, bool):
+            raise BadRequest("retryable must be True or False")
+        if not isinstance(error, str):
+            raise BadRequest(f"error must be a string, got {type(error).__name__}")
+        args = {"id": _job_id(id), "attempt": _integer("attempt", attempt, 0), "error": error, "retryable": retryable}
+        return self._run(_single(_Call.make("fail", args), _pick("state")))
+
+
+def _check_client_options(token: Any, role: Any, timeout_s: Any, connect_timeout_s: Any) -> None:
+    if not isinstance(token, str):
+        raise BadRequest("token must be a string")
+    if role not in ROLES:
+        raise BadRequest(f"role must be one of {sorted(ROLES)}, got {role!r}")
+    _number("timeout_s", timeout_s, 0.001)
+    _number("connect_timeout_s", connect_timeout_s, 0.001)
+
+
+# ------------------------------------------------------------------ blocking client
+
+
+class _SyncConn:
+    """One blocking connection; strictly one request at a time."""
+
+    def __init__(self, sock: socket.socket, addr: str) -> None:
+        self.sock = sock
+        self.addr = addr
+        self._decoder = FrameDecoder(_REPLY_MAX_FRAME_BYTES)
+        self._next_id = 1
+
+    def request(self, op: str, packed: bytes, deadline: float) -> Any:
+        rid = self._next_id
+        self._next_id += 1
+        try:
+            self._settimeout(deadline)
+            self.sock.sendall(encode_request_frame(rid, op, packed))
+            while True:
+                self._settimeout(deadline)
+                data = self.sock.recv(_READ_CHUNK)
+                if not data:
+                    raise _ConnectionLost(self.addr, "connection closed by the node")
+                for msg in self._decoder.feed(data):
+                    if msg.get("id") == rid:
+                        return _result_of(msg, self.addr)
+                    # Frames for other ids can only be connection-level errors
+                    # (strict request/response); an unknown "ok" is ignored.
+                    if "err" in msg:
+                        raise _reply_error(self.addr, msg)
+        except TimeoutError:
+            raise _NoReply(self.addr, f"no reply to {op} in time") from None
+        except ProtocolViolation as e:
+            raise _ConnectionLost(self.addr, f"bad frame from node: {e.message}") from None
+        except OSError as e:
+            raise _ConnectionLost(self.addr, str(e) or type(e).__name__) from None
+
+    def _settimeout(self, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError()
+        self.sock.settimeout(left)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Client(_Api):
+    """Blocking raftq client (gevent-patchable plain sockets). Not thread-safe."""
+
+    def __init__(
+        self,
+        nodes: str | list[str],
+        token: str = "dev",
+        *,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 2.0,
+        role: str = "client",
+    ) -> None:
+        _check_client_options(token, role, timeout_s, connect_timeout_s)
+        self._nodes = _Nodes(parse_nodes(nodes))
+        self.token = token
+        self.role = role
+        self.timeout_s = float(timeout_s)
+        self.connect_timeout_s = float(connect_timeout_s)
+        self._conn: _SyncConn | None = None
+        self._learned = False
+
+    @property
+    def nodes(self) -> list[str]:
+        """Known client addresses: the seeds, then those learned from the cluster."""
+        return list(self._nodes.addrs)
+
+    def __repr__(self) -> str:
+        return f"Client({self._nodes.describe()!r}, role={self.role!r})"
+
+    def _run(self, plan: Plan) -> Any:
+        result: Any = None
+        try:
+            while True:
+                call = plan.send(result)
+                result = self._call(call)
+        except StopIteration as stop:
+            return stop.value
+
+    def _call(self, call: _Call) -> Any:
+        budget = self.timeout_s + call.wait_s
+        attempts = _Attempts(self._nodes, time.monotonic() + budget, time.monotonic, budget)
+        while True:
+            addr = self._conn.addr if self._conn is not None else self._nodes.current()
+            try:
+                deadline = attempts.attempt_deadline(call.wait_s)
+                conn = self._conn or self._connect(addr, deadline)
+                return conn.request(call.op, call.packed, deadline)
+            except _RETRYABLE as e:
+                self._drop()
+                time.sleep(attempts.on_error(e, addr))
+
+    def _connect(self, addr: str, deadline: float) -> _SyncConn:
+        host, port = parse_address(addr)
+        left = deadline - time.monotonic()
+        try:
+            sock = socket.create_connection((host, port), timeout=max(0.001, min(self.connect_timeout_s, left)))
+        except OSError as e:
+            raise _ConnectionLost(addr, str(e) or type(e).__name__) from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        conn = _SyncConn(sock, addr)
+        try:
+            conn.request("hello", pack_args("hello", hello_args(self.token, self.role)), deadline)
+            if not self._learned:
+                self._learned = True
+                try:
+                    self._nodes.learn(conn.request("cluster_status", pack_args("cluster_status", {}), deadline))
+                except RaftqError:
+                    pass  # best effort: the seeds still work
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        self._drop()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------- asyncio client
+
+
+class _AsyncConn:
+    """One pipelined asyncio connection: a reader task resolves futures by id."""
+
+    def __init__(self, addr: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.addr = addr
+        self.reader = reader
+        self.writer = writer
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.closed = False
+        self._lost: _ConnectionLost | Unauthorized | None = None
+        self._decoder = FrameDecoder(_REPLY_MAX_FRAME_BYTES)
+        self._next_id = 1
+        self.task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def request(self, op: str, packed: bytes) -> Any:
+        """Send and await the reply; the caller bounds the wait (asyncio.timeout)."""
+        if self.closed:
+            raise self._lost or _ConnectionLost(self.addr, "connection closed")
+        rid = self._next_id
+        self._next_id += 1
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[rid] = fut
+        try:
+            self.writer.write(encode_request_frame(rid, op, packed))
+            await self.writer.drain()
+            return await fut
+        except (ConnectionError, OSError) as e:
+            if isinstance(e, TimeoutError):
+                raise
+            raise _ConnectionLost(self.addr, str(e) or type(e).__name__) from None
+        finally:
+            self.pending.pop(rid, None)
+
+    async def _read_loop(self) -> None:
+        lost: _ConnectionLost | Unauthorized
+        try:
+            while True:
+                data = await self.reader.read(_READ_CHUNK)
+                if not data:
+                    lost = _ConnectionLost(self.addr, "connection closed by the node")
+                    break
+                for msg in self._decoder.feed(data):
+                    self._dispatch(msg)
+                if self._lost is not None:
+                    lost = self._lost
+                    break
+        except ProtocolViolation as e:
+            lost = _ConnectionLost(self.addr, f"bad frame from node: {e.message}")
+        except (ConnectionError, OSError) as e:
+            lost = _ConnectionLost(self.addr, str(e) or type(e).__name__)
+        except asyncio.CancelledError:
+            self._fail_all(_ConnectionLost(self.addr, "client closed"))
+            raise
+        self._fail_all(lost)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        rid = msg.get("id")
+        fut = self.pending.get(rid) if isinstance(rid, int) else None
+        if fut is None:
+            if "err" in msg and self._lost is None:
+                self._lost = _reply_error(self.addr, msg)  # type: ignore[assignment]
+            return
+        if fut.done():
+            return
+        try:
+            fut.set_result(_result_of(msg, self.addr))
+        except Exception as e:  # a server error for this request
+            fut.set_exception(e)
+
+    def _fail_all(self, exc: Exception) -> None:
+        self.closed = True
+        if self._lost is None and isinstance(exc, (_ConnectionLost, Unauthorized)):
+            self._lost = exc
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self.pending.clear()
+        self.writer.close()
+
+    def abort(self) -> None:
+        """Close now; in-flight requests fail with _ConnectionLost (and retry)."""
+        self.closed = True
+        self.writer.close()
+
+    async def aclose(self) -> None:
+        self.abort()
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+class AsyncClient(_Api):
+    """asyncio raftq client: the same methods as Client, as awaitables, on ONE
+    pipelined connection shared by all concurrent calls."""
+
+    def __init__(
+        self,
+        nodes: str | list[str],
+        token: str = "dev",
+        *,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 2.0,
+        role: str = "client",
+    ) -> None:
+        _check_client_options(token, role, timeout_s, connect_timeout_s)
+        self._nodes = _Nodes(parse_nodes(nodes))
+        self.token = token
+        self.role = role
+        self.timeout_s = float(timeout_s)
+        self.connect_timeout_s = float(connect_timeout_s)
+        self._conn: _AsyncConn | None = None
+        self._dropped: set[_AsyncConn] = set()
+        self._learned = False
+        self._connect_lock = asyncio.Lock()
+        # The server stops reading past MAX_IN_FLIGHT; queue here instead.
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.connections_opened = 0  # observability (tests assert pipelining)
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self._nodes.addrs)
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({self._nodes.describe()!r}, role={self.role!r})"
+
+    def _clock(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _run(self, plan: Plan) -> Any:  # type: ignore[override]
+        result: Any = None
+        try:
+            while True:
+                call = plan.send(result)
+                result = await self._call(call)
+        except StopIteration as stop:
+            return stop.value
+
+    async def _call(self, call: _Call) -> Any:
+        clock = asyncio.get_running_loop().time
+        budget = self.timeout_s + call.wait_s
+        attempts = _Attempts(self._nodes, clock() + budget, clock, budget)
+        while True:
+            conn = self._conn if self._conn is not None and not self._conn.closed else None
+            addr = conn.addr if conn is not None else self._nodes.current()
+            try:
+                try:
+                    async with asyncio.timeout_at(attempts.attempt_deadline(call.wait_s)):
+                        conn = await self._connection()
+                        addr = conn.addr
+                        async with self._in_flight:
+                            return await conn.request(call.op, call.packed)
+                except TimeoutError:
+                    raise _NoReply(addr, f"no reply to {call.op} in time") from None
+            except _RETRYABLE as e:
+                if isinstance(e, _ConnectionLost):
+                    addr = e.addr
+                if conn is not None:
+                    self._drop(conn)
+                await asyncio.sleep(attempts.on_error(e, addr))
+
+    async def _connection(self) -> _AsyncConn:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        async with self._connect_lock:
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                return conn
+            self._conn = await self._open(self._nodes.current())
+            return self._conn
+
+    async def _open(self, addr: str) -> _AsyncConn:
+        host, port = parse_address(addr)
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                reader, writer = await asyncio.open_connection(host, port, limit=_READ_CHUNK)
+        except TimeoutError:
+            raise _ConnectionLost(addr, f"connect timed out after {self.connect_timeout_s:g}s") from None
+        except OSError as e:
+            raise _ConnectionLost(addr, str(e) or type(e).__name__) from None
+        self.connections_opened += 1
+        conn = _AsyncConn(addr, reader, writer)
+        try:
+            await conn.request("hello", pack_args("hello", hello_args(self.token, self.role)))
+            if not self._learned:
+                self._learned = True
+                try:
+                    self._nodes.learn(await conn.request("cluster_status", pack_args("cluster_status", {})))
+                except RaftqError:
+                    pass  # best effort
+        except BaseException:
+            await conn.aclose()
+            raise
+        return conn
+
+    def _drop(self, conn: _AsyncConn) -> None:
+        if self._conn is conn:
+            self._conn = None
+        if not conn.closed:
+            conn.abort()
+        # Keep a reference until the reader task ends (it fails the in-flight futures).
+        if not conn.task.done():
+            self._dropped.add(conn)
+            conn.task.add_done_callback(lambda _t, c=conn: self._dropped.discard(c))
+
+    async def close(self) -> None:
+        conns = list(self._dropped)
+        if self._conn is not None:
+            conns.append(self._conn)
+            self._conn = None
+        for conn in conns:
+            await conn.aclose()
+        self._dropped.clear()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
