@@ -100,13 +100,15 @@ class DurableJournal(Journal):
     """pysyncobj `Journal` over an append-only, checksummed, fsynced file."""
 
     def __init__(self, path: Path, meta_path: Path, durability: Durability = "fsync",
-                 on_sync: Callable[[int], None] | None = None) -> None:
+                 on_sync: Callable[[int], None] | None = None,
+                 on_truncate: Callable[[int], None] | None = None) -> None:
         if durability not in ("fsync", "none"):
             raise ValueError(f"durability must be 'fsync' or 'none', not {durability!r}")
         self.path = Path(path)
         self.meta_path = Path(meta_path)
         self._durable = durability == "fsync"
-        self._on_sync = on_sync
+        self._on_sync = on_sync  # called with the last index after each real fdatasync
+        self._on_truncate = on_truncate  # called with the new last index after a tail cut
         self._entries: list[Entry] = []
         self._offsets: list[int] = []  # file offset where each entry's record starts
         self._dirty = False
@@ -217,6 +219,8 @@ class DurableJournal(Journal):
         del self._entries[position:]
         del self._offsets[position:]
         self._dirty = True
+        if self._on_truncate is not None:
+            self._on_truncate(self.last_index())
 
     def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802
         """Drop entries at list positions < entryTo (compaction after a durable dump).

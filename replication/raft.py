@@ -192,8 +192,10 @@ class _Trace:
     `sync <last index>` after each real fdatasync; `send append_entries <last
     index in the message>` and `send next_node_idx <n> success=<bool>` just
     before such a message is sent (after the pre-send sync); `commit_ack <idx>`
-    when a local proposal resolves as success. Every ack of index k must
-    follow a `sync` covering k.
+    when a local proposal resolves as success; `truncate <new last index>` when
+    a conflicting tail is cut (entries past it must be synced again). Every
+    ack of index k must follow a `sync` covering k since the last truncate
+    below k.
     """
 
     def __init__(self, path: Path) -> None:
@@ -345,9 +347,11 @@ class RaftNode:
             raise RaftStartError(f"cannot bind Raft port {config.self_addr}: address in use")
 
         self._trace = _Trace(config.trace_path) if config.trace_path is not None else None
-        on_sync = (lambda idx: self._trace.line(f"sync {idx}")) if self._trace else None
-        self.journal = DurableJournal(self._journal_path, data_dir / META_FILE,
-                                      config.durability, on_sync=on_sync)
+        trace = self._trace
+        self.journal = DurableJournal(
+            self._journal_path, data_dir / META_FILE, config.durability,
+            on_sync=(lambda idx: trace.line(f"sync {idx}")) if trace else None,
+            on_truncate=(lambda idx: trace.line(f"truncate {idx}")) if trace else None)
         self._replica = _Replica(machine, self._lock, on_applied)
         self._dumps = DumpWriter(self._dump_path, machine.to_snapshot, durable)
         conf = SyncObjConf(
