@@ -33,7 +33,6 @@ from cli import output
 from cli.output import CliError, InputError
 from cluster.config import ConfigError, load_config, parse_address
 from cluster.errors import RaftqError
-from cluster.errors import Timeout as RaftqTimeout
 
 if TYPE_CHECKING:
     from cluster.client import Client
@@ -55,16 +54,42 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class RaftqGroup(click.Group):
-    """A group whose commands turn user-facing exceptions into CliError.
+_NO_ARGS_IS_HELP: tuple[type[BaseException], ...] = tuple(
+    c for c in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if c is not None
+)
 
-    Doing it here (not only in `main`) means CliRunner tests of the group see
-    exactly what a user sees.
+
+def _one_line_usage(exc: click.UsageError) -> click.UsageError:
+    """Click's usage error as one `error: ...` line naming the --help to read."""
+    if isinstance(exc, (InputError, *_NO_ARGS_IS_HELP)):
+        return exc  # already one line, or `raftq` alone: show the help
+    hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    return InputError(exc.format_message() + hint, ctx=exc.ctx)
+
+
+class RaftqGroup(click.Group):
+    """A group that prints every failure as one `error: ...` line.
+
+    User-facing exceptions (cluster errors, config errors, OS errors) become
+    CliError (exit 1); click's usage errors become one-line InputErrors (exit
+    2). Doing it here rather than only in `main` means CliRunner tests of the
+    group see exactly what a user sees.
     """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line_usage(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line_usage(exc) from None
+        except BrokenPipeError:
+            raise  # `raftq list | head`: click silences it
         except (RaftqError, ConfigError, OSError) as exc:
             raise CliError(_describe(exc)) from exc
 
@@ -175,13 +200,6 @@ def _finish_with_result(view: dict[str, Any], as_json: bool) -> None:
         raise CliError(_job_line(view))
 
 
-def _wait_final(client: Client, job_id: str, timeout: float) -> dict[str, Any]:
-    try:
-        return client.result(job_id, timeout=timeout)
-    except RaftqTimeout:
-        raise CliError(f"job {job_id} did not finish within {timeout:g}s") from None
-
-
 def _emit_state(job_id: str, state: str, as_json: bool) -> None:
     if as_json:
         output.emit_json({"id": job_id, "state": state})
@@ -224,38 +242,40 @@ def node(config_path: Path, node_id: int) -> None:
 @raftq.command()
 @cluster_options
 @click.option("--queues", envvar="RAFTQ_QUEUES", default=None,
-              help="Comma-separated queues to take jobs from [default: the worker's] [env RAFTQ_QUEUES].")
+              help="Comma-separated queues to take jobs from [default: default] [env RAFTQ_QUEUES].")
 @click.option("--threads", type=click.IntRange(min=1), envvar="RAFTQ_THREADS", default=None,
-              help="Jobs run at once [env RAFTQ_THREADS].")
-@click.option("--name", envvar="RAFTQ_WORKER_NAME", default=None,
-              help="Worker name, unique in the cluster [default: host-pid] [env RAFTQ_WORKER_NAME].")
-@click.option("--import", "imports", multiple=True, envvar="RAFTQ_IMPORT", metavar="MODULE",
-              help="Module defining @job handlers; repeatable [env RAFTQ_IMPORT, space-separated].")
-@click.option("--lease-ttl", type=click.FloatRange(min=0, min_open=True), envvar="RAFTQ_LEASE_TTL", default=None,
-              help="Seconds a lease lasts without a heartbeat [env RAFTQ_LEASE_TTL].")
+              help="Jobs run at once [default: 4] [env RAFTQ_THREADS].")
+@click.option("--processes", type=click.IntRange(min=1), envvar="RAFTQ_PROCESSES", default=None,
+              help="Process-pool size for CPU-bound job types [default: CPU count] [env RAFTQ_PROCESSES].")
+@click.option("--name", envvar="RAFTQ_NAME", default=None,
+              help="Worker name shown on its leases [default: host-pid] [env RAFTQ_NAME].")
+@click.option("--import", "imports", multiple=True, envvar="RAFTQ_IMPORTS", metavar="MODULE",
+              help="Module defining @job handlers; repeatable [env RAFTQ_IMPORTS, space-separated].")
+@click.option("--lease-ttl", type=float, envvar="RAFTQ_LEASE_TTL_S", default=None,
+              help="Seconds a lease lasts without a heartbeat [default: 30] [env RAFTQ_LEASE_TTL_S].")
+@click.option("--grace", type=float, envvar="RAFTQ_GRACE_S", default=None,
+              help="On SIGTERM, seconds running jobs get to finish [default: 30] [env RAFTQ_GRACE_S].")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), envvar="RAFTQ_WORKDIR", default=None,
-              help="Directory for job files [env RAFTQ_WORKDIR].")
-def worker(cluster: str, token: str, queues: str | None, threads: int | None, name: str | None,
-           imports: tuple[str, ...], lease_ttl: float | None, workdir: Path | None) -> None:
+              help="Directory for per-job scratch dirs [default: <tmp>/raftq-worker-NAME] [env RAFTQ_WORKDIR].")
+def worker(cluster: str, token: str, queues: str | None, threads: int | None, processes: int | None,
+           name: str | None, imports: tuple[str, ...], lease_ttl: float | None, grace: float | None,
+           workdir: Path | None) -> None:
     """Run a worker: lease jobs from the cluster, run them, report results."""
-    kwargs: dict[str, Any] = {"cluster": _split_addresses(cluster), "token": token}
-    if queues is not None:
-        names = tuple(q.strip() for q in queues.split(",") if q.strip())
-        if not names:
-            raise InputError("--queues: give at least one queue name")
-        kwargs["queues"] = names
+    kwargs: dict[str, Any] = {"cluster": tuple(_split_addresses(cluster)), "token": token}
     # Options left unset fall back to WorkerConfig's own defaults (one place for them).
-    optional = {"threads": threads, "name": name, "workdir": workdir, "lease_ttl_s": lease_ttl}
+    optional = {"queues": queues, "threads": threads, "processes": processes, "name": name,
+                "lease_ttl_s": lease_ttl, "grace_s": grace, "workdir": workdir}
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     if imports:
         kwargs["imports"] = tuple(imports)
     from worker.config import WorkerConfig
-    from worker.runner import run_worker
 
     try:
         cfg = WorkerConfig(**kwargs)
-    except ValueError as exc:  # the worker's ConfigError is a ValueError
+    except ValueError as exc:  # worker.config.ConfigError: names the field
         raise CliError(str(exc)) from None
+    from worker.runner import run_worker
+
     sys.exit(run_worker(cfg))
 
 
@@ -293,7 +313,7 @@ def submit(client: Client, job_type: str, arg_pairs: tuple[str, ...], args_json:
             click.echo(new_id)
         return
     click.echo(f"submitted {new_id}, waiting...", err=True)
-    _finish_with_result(_wait_final(client, new_id, wait_timeout), as_json)
+    _finish_with_result(client.result(new_id, timeout=wait_timeout), as_json)
 
 
 def _job_fields(view: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -344,7 +364,7 @@ def status(client: Client, job_id: str, as_json: bool) -> None:
 @with_client
 def result(client: Client, job_id: str, wait: bool, timeout: float, as_json: bool) -> None:
     """Print a finished job's result (exit 1 if it failed or was cancelled)."""
-    view = _wait_final(client, job_id, timeout) if wait else client.get(job_id)
+    view = client.result(job_id, timeout=timeout) if wait else client.get(job_id)
     if view.get("state") not in FINAL_STATES:
         if as_json:
             output.emit_json(view)
