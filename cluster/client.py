@@ -537,6 +537,7 @@ class Client(_Api):
         self.connect_timeout_s = float(connect_timeout_s)
         self._conn: _SyncConn | None = None
         self._learned = False
+        self._closed = False
 
     @property
     def nodes(self) -> list[str]:
@@ -559,6 +560,8 @@ class Client(_Api):
         budget = self.timeout_s + call.wait_s
         attempts = _Attempts(self._nodes, time.monotonic() + budget, time.monotonic, budget)
         while True:
+            if self._closed:
+                raise Unavailable("the raftq client is closed")
             addr = self._conn.addr if self._conn is not None else self._nodes.current()
             try:
                 deadline = attempts.attempt_deadline(call.wait_s)
@@ -583,11 +586,11 @@ class Client(_Api):
         try:
             conn.request("hello", pack_args("hello", hello_args(self.token, self.role)), deadline)
             if not self._learned:
-                self._learned = True
                 try:
                     self._nodes.learn(conn.request("cluster_status", pack_args("cluster_status", {}), deadline))
                 except RaftqError:
                     pass  # best effort: the seeds still work
+                self._learned = True
         except BaseException:
             conn.close()
             raise
@@ -600,6 +603,8 @@ class Client(_Api):
             self._conn = None
 
     def close(self) -> None:
+        """Close the connection; later calls raise Unavailable."""
+        self._closed = True
         self._drop()
 
     def __enter__(self) -> "Client":
@@ -731,6 +736,7 @@ class AsyncClient(_Api):
         self._conn: _AsyncConn | None = None
         self._dropped: set[_AsyncConn] = set()
         self._learned = False
+        self._closed = False
         self._connect_lock = asyncio.Lock()
         # The server stops reading past MAX_IN_FLIGHT; queue here instead.
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -760,6 +766,8 @@ class AsyncClient(_Api):
         budget = self.timeout_s + call.wait_s
         attempts = _Attempts(self._nodes, clock() + budget, clock, budget)
         while True:
+            if self._closed:
+                raise Unavailable("the raftq client is closed")
             conn = self._conn if self._conn is not None and not self._conn.closed else None
             addr = conn.addr if conn is not None else self._nodes.current()
             try:
@@ -803,11 +811,11 @@ class AsyncClient(_Api):
         try:
             await conn.request("hello", pack_args("hello", hello_args(self.token, self.role)))
             if not self._learned:
-                self._learned = True
                 try:
                     self._nodes.learn(await conn.request("cluster_status", pack_args("cluster_status", {})))
                 except RaftqError:
-                    pass  # best effort
+                    pass  # best effort: the seeds still work
+                self._learned = True
         except BaseException:
             await conn.aclose()
             raise
@@ -824,6 +832,8 @@ class AsyncClient(_Api):
             conn.task.add_done_callback(lambda _t, c=conn: self._dropped.discard(c))
 
     async def close(self) -> None:
+        """Close the connection; in-flight and later calls raise Unavailable."""
+        self._closed = True
         conns = list(self._dropped)
         if self._conn is not None:
             conns.append(self._conn)

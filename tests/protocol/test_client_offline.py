@@ -395,6 +395,7 @@ def test_submit_many_returns_ids(nodes: Any) -> None:
 # ----------------------------------------------------------------------- async client
 
 
+@pytest.mark.timeout(30)  # a client that does not pipeline would wait forever here
 def test_async_pipelines_100_calls_on_one_connection_out_of_order(nodes: Any) -> None:
     node = nodes({"get": lambda op, a, n: DEFER})
     node.flush_at = 100
@@ -481,3 +482,28 @@ def test_async_result_and_long_poll(nodes: Any) -> None:
             return await c.result("j", timeout=10)
 
     assert asyncio.run(main())["state"] == "failed"
+
+
+def test_async_bad_token_and_closed_client(nodes: Any) -> None:
+    node = nodes(token="secret")
+
+    async def main() -> None:
+        c = AsyncClient(node.addr, token="wrong", timeout_s=5)
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(Unauthorized):
+            await c.stats()
+        assert asyncio.get_running_loop().time() - t0 < 1.0
+        await c.close()
+        with pytest.raises(Unavailable, match="closed"):
+            await c.stats()
+
+    asyncio.run(main())
+
+
+def test_closed_client_raises(nodes: Any) -> None:
+    node = nodes({"stats": lambda op, a, n: {"jobs": {}}})
+    c = Client(node.addr)
+    assert c.stats() == {"jobs": {}}
+    c.close()
+    with pytest.raises(Unavailable, match="closed"):
+        c.stats()
