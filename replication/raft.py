@@ -494,12 +494,15 @@ class RaftNode:
             callback, code = self._deferred.popleft()
             _call(callback, None, code)
         now = time.monotonic()
+        expired: list[_Pending] = []
         with self._pending_lock:
             while self._pending and (self._pending[0].done or final or self._pending[0].deadline <= now):
                 p = self._pending.popleft()
                 if not p.done:
                     p.done = True
-                    _call(p.callback, None, TIMEOUT)
+                    expired.append(p)
+        for p in expired:  # outside the lock: a callback may propose again
+            _call(p.callback, None, TIMEOUT)
 
     def _on_state_changed(self, old: int, new: int) -> None:
         self._role = new
