@@ -376,10 +376,11 @@ def result(client: Client, job_id: str, wait: bool, timeout: float, as_json: boo
 @click.option("--state", type=click.Choice(JOB_STATES), default=None, help="Only jobs in this state.")
 @click.option("--queue", default=None, help="Only jobs of this queue.")
 @click.option("--limit", type=click.IntRange(min=1, max=10_000), default=100, show_default=True)
-@click.option("--cursor", default=None, help="Continue a previous listing (printed at its end).")
+@click.option("--cursor", type=int, default=None,
+              help="Continue a previous listing from the cursor it printed.")
 @client_options
 @with_client
-def list_cmd(client: Client, state: str | None, queue: str | None, limit: int, cursor: str | None,
+def list_cmd(client: Client, state: str | None, queue: str | None, limit: int, cursor: int | None,
              as_json: bool) -> None:
     """List jobs, oldest first."""
     page = client.list(state=state, queue=queue, limit=limit, cursor=cursor)
