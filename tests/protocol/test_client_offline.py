@@ -507,3 +507,19 @@ def test_closed_client_raises(nodes: Any) -> None:
     c.close()
     with pytest.raises(Unavailable, match="closed"):
         c.stats()
+
+
+def test_async_refused_seed_and_hung_node_fail_over(nodes: Any) -> None:
+    good = nodes({"submit": accept_submit}, node_id=3)
+    hung = nodes({"submit": lambda op, a, n: SILENT}, node_id=2)
+
+    async def main() -> list[str]:
+        async with AsyncClient([dead_address(), hung.addr, good.addr], timeout_s=1.0) as c:
+            t0 = asyncio.get_running_loop().time()
+            ids = await asyncio.gather(*(c.submit("t", id=f"h{i}") for i in range(5)))
+            assert asyncio.get_running_loop().time() - t0 < 1.0
+            return ids
+
+    assert asyncio.run(main()) == [f"h{i}" for i in range(5)]
+    assert hung.count("submit") == 5  # all sent there, none answered
+    assert sorted(a["job"]["id"] for a in good.args_of("submit")) == [f"h{i}" for i in range(5)]
