@@ -1,0 +1,141 @@
+"""WorkerConfig: the one frozen, validated configuration of a worker process.
+
+Every field maps to a `raftq worker` option (env var `RAFTQ_<FIELD>`); the CLI
+only parses and builds this object. Validation happens in `__post_init__` and
+raises `ConfigError` (a ValueError) with a message naming the field, so a user
+mistake never surfaces as a traceback. Derived defaults (`name`,
+`heartbeat_s`, `workdir`, `processes`) are filled in there too, so the object
+a Worker receives is always complete.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class ConfigError(ValueError):
+    """A worker setting is invalid; the message says which and why."""
+
+
+def _default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    cluster: tuple[str, ...]  # node client addresses "host:port" (any one suffices)
+    token: str = "dev"  # auth token presented in hello
+    queues: tuple[str, ...] = ("default",)
+    threads: int = 4  # job slots: at most this many jobs run at once (any pool)
+    processes: int | None = None  # process-pool size for pool="process" handlers; None = CPU count
+    name: str | None = None  # worker name recorded on leases; None = "<hostname>-<pid>"
+    lease_ttl_s: float = 30.0
+    heartbeat_s: float | None = None  # None = lease_ttl_s / 3
+    poll_wait_s: float = 5.0  # lease long-poll duration
+    grace_s: float = 30.0  # on stop: time running jobs get to finish
+    workdir: Path | None = None  # per-job scratch dirs live below; None = <tmp>/raftq-worker-<name>
+    imports: tuple[str, ...] = ()  # user job modules to import (--import)
+
+    def __post_init__(self) -> None:
+        set_ = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731 - frozen
+        set_("cluster", _addresses(self.cluster))
+        if not isinstance(self.token, str) or not self.token:
+            raise ConfigError("token must be a non-empty string")
+        set_("queues", _names("queues", self.queues, min_count=1))
+        set_("threads", _int("threads", self.threads, 1, 1024))
+        procs = self.processes if self.processes is not None else (os.cpu_count() or 1)
+        set_("processes", _int("processes", procs, 1, 1024))
+        name = self.name if self.name is not None else _default_name()
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise ConfigError(f"name must be a non-empty string of at most 200 characters, got {name!r}")
+        set_("name", name)
+        ttl = _num("lease_ttl_s", self.lease_ttl_s, lo=0.2, hi=86400.0)
+        set_("lease_ttl_s", ttl)
+        hb = self.heartbeat_s if self.heartbeat_s is not None else ttl / 3
+        hb = _num("heartbeat_s", hb, lo=0.05, hi=86400.0)
+        if hb >= ttl:
+            raise ConfigError(
+                f"heartbeat_s ({hb:g}) must be shorter than lease_ttl_s ({ttl:g}); ttl/3 is a good choice"
+            )
+        set_("heartbeat_s", hb)
+        set_("poll_wait_s", _num("poll_wait_s", self.poll_wait_s, lo=0.0, hi=300.0))
+        set_("grace_s", _num("grace_s", self.grace_s, lo=0.0, hi=86400.0))
+        workdir = self.workdir if self.workdir is not None else (
+            Path(tempfile.gettempdir()) / f"raftq-worker-{_safe(name)}"
+        )
+        if not isinstance(workdir, (str, os.PathLike)):
+            raise ConfigError(f"workdir must be a path, got {workdir!r}")
+        set_("workdir", Path(workdir))
+        imports = _names("imports", self.imports, min_count=0)
+        for mod in imports:
+            if not _MODULE_RE.match(mod):
+                raise ConfigError(f"imports: {mod!r} is not a dotted module name like 'myapp.jobs'")
+        set_("imports", imports)
+
+    @property
+    def lease_ttl_ms(self) -> int:
+        return int(round(self.lease_ttl_s * 1000))
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:100]
+
+
+def _split(field: str, value: Any) -> list[str]:
+    """Accept a comma-separated string or a sequence of strings."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{field} must be strings, got {list(value)!r}")
+        return [v.strip() for v in value]
+    raise ConfigError(f"{field} must be a list of strings or a comma-separated string, got {value!r}")
+
+
+def _names(field: str, value: Any, *, min_count: int) -> tuple[str, ...]:
+    items = _split(field, value)
+    if len(items) < min_count:
+        raise ConfigError(f"{field} must name at least {min_count}, got none")
+    for item in items:
+        if not item or len(item) > 200:
+            raise ConfigError(f"{field}: each entry must be 1-200 characters, got {item!r}")
+    dups = sorted({i for i in items if items.count(i) > 1})
+    if dups:
+        raise ConfigError(f"{field}: duplicate entries {', '.join(dups)}")
+    return tuple(items)
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    items = _split("cluster", value)
+    if not items:
+        raise ConfigError("cluster must list at least one node address host:port")
+    for addr in items:
+        host, sep, port = addr.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"cluster: {addr!r} is not a host:port address (port 1-65535)")
+    return tuple(items)
+
+
+def _int(field: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{field} must be an integer between {lo} and {hi}, got {value!r}")
+    return value
+
+
+def _num(field: str, value: Any, *, lo: float, hi: float) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not lo <= value <= hi
+    ):
+        raise ConfigError(f"{field} must be a number of seconds between {lo:g} and {hi:g}, got {value!r}")
+    return float(value)

@@ -1,0 +1,106 @@
+"""What a running handler sees of its job: `JobContext`.
+
+Threads: a context is created on the worker's event loop, handed to exactly one
+handler thread, and read back by the heartbeat task. The two shared pieces are
+thread-safe: cancellation is a `threading.Event` (set by the event loop when the
+lease is lost, the job is cancelled, times out or the worker shuts down; read by
+the handler), and progress is a (fraction, message) pair replaced under a lock
+(written by the handler, read by the heartbeat).
+
+Cancellation of a thread is cooperative: a long handler should test
+`ctx.cancelled` (or call `ctx.check_cancelled()`, or sleep with `ctx.wait()`)
+between steps. A process-pool handler gets a context whose `cancelled` never
+becomes true and whose `progress` is not forwarded (see worker/runner.py).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from pathlib import Path
+from typing import Any, MutableMapping
+
+
+class JobCancelled(Exception):
+    """Raised by `check_cancelled()` once the job must stop (reason in the message)."""
+
+
+class _JobLogger(logging.LoggerAdapter):
+    """Prefixes every line with the job id and attempt."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = self.extra or {}
+        return f"[{extra.get('job_id')}#{extra.get('attempt')}] {msg}", kwargs
+
+
+class JobContext:
+    """Per-attempt handle passed to a handler as its second argument."""
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002 - the contract's field name
+        attempt: int,
+        args: Any,
+        workdir: Path,
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
+        *,
+        type: str = "",  # noqa: A002
+        cancel_event: threading.Event | None = None,
+    ) -> None:
+        self.id = id
+        self.attempt = attempt
+        self.args = args
+        self.type = type
+        self.workdir = workdir
+        self.logger = logger or _JobLogger(
+            logging.getLogger(f"raftq.job.{type or 'unknown'}"), {"job_id": id, "attempt": attempt}
+        )
+        self._cancel = cancel_event or threading.Event()
+        self._cancel_reason = ""
+        self._lock = threading.Lock()
+        self._progress: tuple[float, str] | None = None
+
+    # --- progress (handler writes, heartbeat reads) ---
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Record progress in [0, 1]; the next heartbeat carries the latest value."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or math.isnan(fraction):
+            raise TypeError(f"progress fraction must be a number between 0 and 1, got {fraction!r}")
+        if not isinstance(message, str):
+            message = str(message)
+        clamped = min(1.0, max(0.0, float(fraction)))
+        with self._lock:
+            self._progress = (clamped, message[:200])
+
+    @property
+    def last_progress(self) -> tuple[float, str] | None:
+        with self._lock:
+            return self._progress
+
+    # --- cancellation (event loop sets, handler reads) ---
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def cancel_reason(self) -> str:
+        return self._cancel_reason
+
+    def check_cancelled(self) -> None:
+        """Raise JobCancelled if the job must stop; call it between steps."""
+        if self._cancel.is_set():
+            raise JobCancelled(self._cancel_reason or "cancelled")
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, waking early on cancellation; True if cancelled."""
+        return self._cancel.wait(max(0.0, seconds))
+
+    def cancel(self, reason: str) -> None:
+        """Ask the handler to stop (worker side). The first reason is kept."""
+        if not self._cancel.is_set():
+            self._cancel_reason = reason
+            self._cancel.set()
+
+    def __repr__(self) -> str:
+        return f"JobContext(id={self.id!r}, attempt={self.attempt}, type={self.type!r})"

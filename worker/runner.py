@@ -1,0 +1,581 @@
+"""The worker: lease jobs, run them, heartbeat, report outcomes, stop gracefully.
+
+Everything below runs on one asyncio event loop except the handlers themselves,
+which run in a ThreadPoolExecutor (pool="thread") or a ProcessPoolExecutor
+(pool="process"). The worker talks to the cluster only through the client's
+`lease`, `heartbeat`, `complete` and `fail` (docs/contracts.md §4).
+
+Tasks and what they own:
+- lease loop: long-polls `lease(max=free slots)` only while a slot is free and
+  the worker is not stopping; starts one job task per leased job.
+- job task (one per attempt): runs the handler and settles the attempt exactly
+  once, by the first of: the handler returned/raised (report it), the per-job
+  timeout (report a retryable "timeout after Ns"), the heartbeat saying the
+  lease is lost or the job cancelled (report nothing: the cluster has moved
+  on), or shutdown past grace (report a retryable "worker shutting down"). Its
+  slot stays taken until the handler has really returned, because the thread
+  or process is busy until then.
+- heartbeat loop: every heartbeat_s, one batched heartbeat for every lease we
+  still hold, i.e. running attempts AND settled ones whose report is still in
+  the outbox (so a result waiting out a leader election keeps its lease).
+- outbox: one delivery task per report, retrying transient errors (no leader,
+  unavailable, timeout, connection loss) with capped exponential backoff until
+  the cluster acknowledges; LEASE_LOST / NOT_FOUND / CONFLICT mean the attempt
+  is no longer ours to report and the report is dropped with a log line.
+
+Invariants:
+- `_leases` holds exactly the (id, attempt) pairs we may still heartbeat.
+- `_runs` holds attempts whose handler has not returned (slots in use).
+- `_outbox` holds every settled outcome not yet acknowledged; nothing leaves it
+  except acknowledgement, a fencing rejection, or the final flush deadline.
+
+Process-pool limits (first version): a process handler cannot observe
+cancellation and its progress is not forwarded; on timeout or a lost lease the
+worker reports/abandons the attempt at once and lets the process finish in the
+background (its slot stays taken until it does). At shutdown past grace the
+pool's processes are terminated.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import inspect
+import logging
+import multiprocessing
+import random
+import re
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import msgpack
+
+from cluster.errors import BadRequest, Conflict, LeaseLost, NotFound, RaftqError, TooLarge
+from worker.config import WorkerConfig
+from worker.context import JobCancelled, JobContext
+from worker.registry import BadArgument, JobError, JobType, Registry, load_module
+
+log = logging.getLogger("raftq.worker")
+
+FLUSH_S = 5.0  # after the grace period, how long undelivered reports still get
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+MAX_ERROR_CHARS = 4000
+
+# Errors that mean "this attempt is no longer ours": drop the report.
+_FENCED = (LeaseLost, NotFound, Conflict)
+
+
+@dataclass
+class Outcome:
+    """A settled attempt's report: complete(result) or fail(error, retryable)."""
+
+    ok: bool
+    result: Any = None
+    error: str = ""
+    retryable: bool = True
+
+    @staticmethod
+    def failure(error: str, retryable: bool = True) -> "Outcome":
+        if len(error) > MAX_ERROR_CHARS:
+            error = error[: MAX_ERROR_CHARS - 3] + "..."
+        return Outcome(False, error=error, retryable=retryable)
+
+
+@dataclass
+class _Attempt:
+    job: dict
+    id: str
+    attempt: int
+    type: str
+    ctx: JobContext
+    timeout_s: float | None
+    settled: bool = False
+    abandoned: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.id, self.attempt)
+
+
+class Worker:
+    """One worker process's job runner. `await run()`; `request_stop()` to stop."""
+
+    def __init__(self, config: WorkerConfig, registry: Registry, client: Any = None) -> None:
+        self.config = config
+        self.registry = registry
+        self._client = client
+        self._own_client = client is None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._stop = asyncio.Event()
+        self._changed = asyncio.Event()  # something the shutdown/lease waits depend on
+        self._stopping = False
+        self._forced = False
+        self._outbox_deadline: float | None = None
+        self._leases: dict[tuple[str, int], JobContext] = {}
+        self._runs: dict[tuple[str, int], _Attempt] = {}
+        self._outbox: dict[tuple[str, int], asyncio.Task] = {}
+        self._undelivered: list[tuple[str, int]] = []  # reports given up at the final deadline
+        self._tasks: set[asyncio.Task] = set()
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        self._procs: concurrent.futures.ProcessPoolExecutor | None = None
+        self.stats = {"leased": 0, "succeeded": 0, "failed": 0, "dropped": 0}
+
+    # --- public control ---
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop; a second call stops at once. Thread-safe."""
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self._on_stop)
+        else:
+            self._on_stop()
+
+    def _on_stop(self) -> None:
+        if self._stopping:
+            if not self._forced:
+                log.warning("second stop request: stopping now without waiting for jobs")
+            self._forced = True
+        else:
+            log.info("stopping: no new leases; running jobs get %gs to finish", self.config.grace_s)
+        self._stopping = True
+        self._stop.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    @property
+    def free_slots(self) -> int:
+        return self.config.threads - len(self._runs)
+
+    # --- main ---
+
+    async def run(self) -> int:
+        """Run until stopped. Returns 0 when every finished result was delivered, else 1."""
+        cfg = self.config
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stop = asyncio.Event()
+        self._changed = asyncio.Event()
+        if self._stopping:  # request_stop() before run(): still honour it
+            self._stop.set()
+        if self._client is None:
+            from cluster.client import AsyncClient  # the only way to the cluster
+
+            self._client = AsyncClient(list(cfg.cluster), token=cfg.token)
+        self._threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=cfg.threads, thread_name_prefix="raftq-job"
+        )
+        log.info(
+            "worker %s: queues=%s threads=%d processes=%d job types=%s",
+            cfg.name, ",".join(cfg.queues), cfg.threads, cfg.processes, ",".join(self.registry.names()),
+        )
+        lease_task = asyncio.create_task(self._lease_loop(), name="raftq-lease")
+        hb_task = asyncio.create_task(self._heartbeat_loop(), name="raftq-heartbeat")
+        lease_task.add_done_callback(self._on_lease_loop_done)
+        undelivered: list[tuple[str, int]] = []
+        try:
+            await self._stop.wait()
+            # Graceful stop: running jobs get grace_s; an in-flight long poll
+            # returns within poll_wait_s and what it brings is handed back.
+            job_deadline = time.monotonic() + cfg.grace_s
+            await self._wait_until(lambda: lease_task.done() and not self._unsettled(), job_deadline)
+            if not lease_task.done():
+                lease_task.cancel()
+            for att in self._unsettled():
+                log.warning("job %s#%d still running after grace: handing it back", att.id, att.attempt)
+                self._settle(att, Outcome.failure("worker shutting down", retryable=True), "worker shutting down")
+            self._outbox_deadline = time.monotonic() + (0.0 if self._forced else FLUSH_S)
+            self._notify()
+            await self._wait_until(lambda: not self._outbox, self._outbox_deadline)
+            for task in list(self._outbox.values()):
+                task.cancel()
+            await asyncio.gather(*self._outbox.values(), return_exceptions=True)
+            undelivered = sorted(self._undelivered)
+            if undelivered:
+                log.error(
+                    "exiting with %d undelivered result(s) (the jobs will run again after their leases expire): %s",
+                    len(undelivered), ", ".join(f"{i}#{a}" for i, a in undelivered),
+                )
+        finally:
+            for task in (lease_task, hb_task, *self._outbox.values(), *self._tasks):
+                task.cancel()
+            await asyncio.gather(lease_task, hb_task, *self._outbox.values(), *self._tasks,
+                                 return_exceptions=True)
+            self._shutdown_pools()
+            if self._own_client and self._client is not None:
+                await _maybe_await(self._client.close())
+        log.info("worker %s stopped: %s", cfg.name, self.stats)
+        return 1 if undelivered else 0
+
+    def _on_lease_loop_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("lease loop crashed; stopping the worker", exc_info=task.exception())
+            self._on_stop()
+        self._notify()
+
+    async def _wait_until(self, cond: Callable[[], bool], deadline: float) -> None:
+        while not cond() and not self._forced:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._changed.clear()
+            if cond():
+                return
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _unsettled(self) -> list[_Attempt]:
+        return [att for att in self._runs.values() if not att.settled]
+
+    async def _sleep(self, seconds: float, *, wake_on_stop: bool) -> None:
+        if wake_on_stop:
+            try:
+                await asyncio.wait_for(self._stop.wait(), seconds)
+            except asyncio.TimeoutError:
+                pass
+        else:
+            await asyncio.sleep(seconds)
+
+    # --- leasing ---
+
+    async def _lease_loop(self) -> None:
+        cfg = self.config
+        backoff = BACKOFF_MIN_S
+        while not self._stopping:
+            if self.free_slots <= 0:
+                self._changed.clear()
+                if self.free_slots <= 0 and not self._stopping:
+                    await self._changed.wait()
+                continue
+            try:
+                jobs = await self._client.lease(
+                    cfg.name, list(cfg.queues), max=self.free_slots,
+                    wait_s=cfg.poll_wait_s, lease_ms=cfg.lease_ttl_ms,
+                )
+                backoff = BACKOFF_MIN_S
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every error: log, back off, retry
+                log.warning("lease failed (%s); retrying in %.1fs", _brief(exc), backoff)
+                await self._sleep(_jitter(backoff), wake_on_stop=True)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            for job in jobs or []:
+                self._start(job)
+
+    def _start(self, job: Any) -> None:
+        try:
+            jid, attempt, jtype = job["id"], int(job["attempt"]), str(job.get("type", ""))
+        except (TypeError, KeyError, ValueError):
+            log.error("ignoring malformed leased job from the cluster: %r", job)
+            return
+        self.stats["leased"] += 1
+        jt = self.registry.get(jtype)
+        timeout = job.get("timeout_s")
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+            timeout = jt.timeout_s if jt is not None else None
+        ctx = JobContext(jid, attempt, job.get("args"), self._workdir(jid, attempt), type=jtype)
+        att = _Attempt(job, jid, attempt, jtype, ctx, float(timeout) if timeout else None)
+        self._leases[att.key] = ctx
+        self._runs[att.key] = att
+        if self._stopping:
+            # Leased by a long poll that was in flight when stop was requested.
+            self._settle(att, Outcome.failure("worker shutting down", retryable=True), "worker shutting down")
+            self._release(att)
+            return
+        log.info("job %s#%d %s: started", jid, attempt, jtype)
+        task = asyncio.create_task(self._run_attempt(att, jt), name=f"raftq-job-{jid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- running one attempt ---
+
+    async def _run_attempt(self, att: _Attempt, jt: JobType | None) -> None:
+        try:
+            await self._execute(att, jt)
+        except Exception as exc:  # noqa: BLE001 - a worker-side failure must still settle the attempt
+            log.exception("job %s#%d: worker error while running it", att.id, att.attempt)
+            self._settle(att, Outcome.failure(f"worker error: {_brief(exc)}", retryable=True))
+        finally:
+            self._release(att)
+
+    async def _execute(self, att: _Attempt, jt: JobType | None) -> None:
+        if jt is None:
+            known = ", ".join(self.registry.names()[:20]) or "none"
+            self._settle(att, Outcome.failure(
+                f"unknown job type {att.type!r} (this worker runs: {known})", retryable=False))
+            return
+        fut = self._submit(jt, att)
+        abandoned = asyncio.ensure_future(att.abandoned.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {fut, abandoned}, timeout=att.timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            abandoned.cancel()
+        if fut in done and not att.settled:
+            self._settle(att, self._outcome(att, fut))
+        elif not done and not att.settled:
+            self._settle(att, Outcome.failure(f"timeout after {att.timeout_s:g}s", retryable=True),
+                         f"timeout after {att.timeout_s:g}s")
+        if not fut.done():
+            # Settled without the handler returning: its thread/process is
+            # still busy, so keep the slot until it really ends.
+            try:
+                await fut
+            except asyncio.CancelledError:
+                raise
+            except BaseException:  # noqa: BLE001 - outcome already settled
+                pass
+            log.info("job %s#%d: handler returned after the attempt was settled (%s)",
+                     att.id, att.attempt, att.ctx.cancel_reason or "settled")
+
+    def _submit(self, jt: JobType, att: _Attempt) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        att.ctx.workdir.mkdir(parents=True, exist_ok=True)
+        if jt.pool == "process":
+            spec = (att.id, att.attempt, att.type, str(att.ctx.workdir))
+            return loop.run_in_executor(self._process_pool(), _call_in_process, jt.fn, att.ctx.args, spec)
+        assert self._threads is not None
+        return loop.run_in_executor(self._threads, _call_handler, jt.fn, att.ctx.args, att.ctx)
+
+    def _outcome(self, att: _Attempt, fut: asyncio.Future) -> Outcome:
+        exc = fut.exception()
+        if exc is None:
+            result = fut.result()
+            try:
+                msgpack.packb(result, use_bin_type=True)
+            except Exception as err:  # noqa: BLE001 - any encoding failure is the handler's
+                return Outcome.failure(
+                    f"{att.type}: result cannot be stored ({type(err).__name__}: {err}); "
+                    "return None, bool, numbers, str, bytes, lists and maps", retryable=False)
+            return Outcome(True, result=result)
+        if isinstance(exc, BadArgument):
+            return Outcome.failure(f"{att.type}: {exc}", retryable=False)
+        if isinstance(exc, JobError):
+            return Outcome.failure(f"{type(exc).__name__}: {exc}", retryable=exc.retryable)
+        if isinstance(exc, JobCancelled) and att.ctx.cancelled:
+            return Outcome.failure(f"cancelled: {exc}", retryable=True)
+        log.warning("job %s#%d %s raised %s", att.id, att.attempt, att.type, _brief(exc),
+                    exc_info=(type(exc), exc, exc.__traceback__))
+        return Outcome.failure(f"{type(exc).__name__}: {exc}", retryable=True)
+
+    def _settle(self, att: _Attempt, outcome: Outcome | None, cancel_reason: str = "") -> None:
+        """Record the attempt's single outcome (None: nothing to report)."""
+        if att.settled:
+            return
+        att.settled = True
+        if cancel_reason:
+            att.ctx.cancel(cancel_reason)
+        att.abandoned.set()
+        self._notify()
+        if outcome is None:
+            self._leases.pop(att.key, None)
+            self.stats["dropped"] += 1
+            return
+        if outcome.ok:
+            log.info("job %s#%d %s: succeeded", att.id, att.attempt, att.type)
+        else:
+            log.info("job %s#%d %s: failed (%s): %s", att.id, att.attempt, att.type,
+                     "will retry" if outcome.retryable else "final", outcome.error)
+        task = asyncio.create_task(self._deliver(att, outcome), name=f"raftq-report-{att.id}")
+        self._outbox[att.key] = task
+
+    def _release(self, att: _Attempt) -> None:
+        """The handler has returned: free its slot and scratch directory."""
+        self._runs.pop(att.key, None)
+        shutil.rmtree(att.ctx.workdir, ignore_errors=True)
+        self._notify()
+
+    def _workdir(self, jid: str, attempt: int) -> Path:
+        # Job ids are arbitrary strings: never let one name a path.
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", jid)[:64]
+        digest = hashlib.sha1(jid.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        return self.config.workdir / f"{safe}-{digest}-a{attempt}"
+
+    # --- outbox ---
+
+    async def _deliver(self, att: _Attempt, outcome: Outcome) -> None:
+        backoff = BACKOFF_MIN_S
+        finished = False  # acknowledged, or deliberately dropped
+        try:
+            while True:
+                try:
+                    if outcome.ok:
+                        state = await self._client.complete(att.id, att.attempt, outcome.result)
+                    else:
+                        state = await self._client.fail(att.id, att.attempt, outcome.error,
+                                                        retryable=outcome.retryable)
+                    self.stats["succeeded" if outcome.ok else "failed"] += 1
+                    log.debug("job %s#%d reported: now %s", att.id, att.attempt, state)
+                    finished = True
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except _FENCED as exc:
+                    self.stats["dropped"] += 1
+                    log.warning("job %s#%d: report dropped, the attempt is no longer ours (%s)",
+                                att.id, att.attempt, _brief(exc))
+                    finished = True
+                    return
+                except (BadRequest, TooLarge) as exc:
+                    if not outcome.ok:
+                        self.stats["dropped"] += 1
+                        log.error("job %s#%d: the cluster rejected the failure report (%s)",
+                                  att.id, att.attempt, _brief(exc))
+                        finished = True
+                        return
+                    outcome = Outcome.failure(
+                        f"{att.type}: result rejected by the cluster ({_brief(exc)})", retryable=False)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - transient: retry until acknowledged
+                    if self._outbox_deadline is not None and time.monotonic() >= self._outbox_deadline:
+                        return
+                    log.warning("job %s#%d: report not acknowledged (%s); retrying in %.1fs",
+                                att.id, att.attempt, _brief(exc), backoff)
+                    await asyncio.sleep(_jitter(backoff))
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+        finally:
+            if not finished:
+                self._undelivered.append(att.key)
+            if self._outbox.get(att.key) is asyncio.current_task():
+                del self._outbox[att.key]
+            self._leases.pop(att.key, None)
+            self._notify()
+
+    # --- heartbeats ---
+
+    async def _heartbeat_loop(self) -> None:
+        cfg = self.config
+        while True:
+            await asyncio.sleep(cfg.heartbeat_s)
+            if not self._leases:
+                continue
+            payload = []
+            for (jid, attempt), ctx in list(self._leases.items()):
+                entry: dict[str, Any] = {"id": jid, "attempt": attempt}
+                progress = ctx.last_progress
+                if progress is not None:
+                    entry["progress"] = [progress[0], progress[1]]
+                payload.append(entry)
+            try:
+                reply = await self._client.heartbeat(cfg.name, payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - next tick retries
+                log.warning("heartbeat for %d lease(s) failed: %s", len(payload), _brief(exc))
+                continue
+            reply = reply if isinstance(reply, dict) else {}
+            for jid in reply.get("lost") or []:
+                self._abandon(jid, "lease lost")
+            for jid in reply.get("cancel") or []:
+                self._abandon(jid, "cancelled")
+
+    def _abandon(self, jid: str, reason: str) -> None:
+        """The cluster says this job is no longer ours: stop it, report nothing."""
+        for key in [k for k in self._leases if k[0] == jid]:
+            self._leases.pop(key, None)
+            att = self._runs.get(key)
+            if att is not None and not att.settled:
+                log.warning("job %s#%d: %s; stopping it", jid, key[1], reason)
+                self._settle(att, None, reason)
+
+    # --- pools ---
+
+    def _process_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._procs is None:
+            # spawn, not fork: forking a process that runs threads and an event
+            # loop can copy held locks into the child.
+            self._procs = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.config.processes, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._procs
+
+    def _shutdown_pools(self) -> None:
+        for att in self._runs.values():
+            att.ctx.cancel(att.ctx.cancel_reason or "worker shutting down")
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._procs is not None:
+            # A process handler cannot be cancelled cooperatively: end it.
+            # (`_processes` is the executor's own map of live children.)
+            for proc in list((getattr(self._procs, "_processes", None) or {}).values()):
+                if proc.is_alive():
+                    proc.terminate()
+            self._procs.shutdown(wait=False, cancel_futures=True)
+
+
+def _call_handler(fn: Callable[[Any, JobContext], Any], args: Any, ctx: JobContext) -> Any:
+    return fn(args if args is not None else {}, ctx)
+
+
+def _call_in_process(fn: Callable[[Any, JobContext], Any], args: Any,
+                     spec: tuple[str, int, str, str]) -> Any:
+    """Entry point in a pool process: build a local context and run the handler."""
+    jid, attempt, jtype, workdir = spec
+    ctx = JobContext(jid, attempt, args, Path(workdir), type=jtype)
+    return fn(args if args is not None else {}, ctx)
+
+
+def _jitter(seconds: float) -> float:
+    return seconds * (0.5 + random.random() / 2)
+
+
+def _brief(exc: BaseException) -> str:
+    code = getattr(exc, "code", None) if isinstance(exc, RaftqError) else None
+    text = str(exc) or type(exc).__name__
+    return f"{code}: {text}" if code and code not in text else f"{type(exc).__name__}: {text}"
+
+
+async def _maybe_await(value: Any) -> None:
+    if inspect.isawaitable(value):
+        await value
+
+
+def run_worker(config: WorkerConfig, registry: Registry | None = None) -> int:
+    """Run a worker in this process until SIGTERM/SIGINT; returns the exit code.
+
+    0: stopped cleanly with every finished result delivered; 1: results were
+    left undelivered (those jobs run again after lease expiry); 2: a job
+    module given in `config.imports` could not be imported.
+    """
+    import uvloop
+
+    import worker.jobs  # noqa: F401 - registers the built-ins in the default registry
+    from worker.registry import LoadError, default_registry
+
+    try:
+        for name in config.imports:
+            load_module(name)
+    except LoadError as exc:
+        log.error("%s", exc)
+        return 2
+    worker = Worker(config, registry if registry is not None else default_registry)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, worker.request_stop)
+                installed.append(sig)
+            except (ValueError, RuntimeError, NotImplementedError):
+                log.debug("cannot install a handler for %s outside the main thread", sig.name)
+        try:
+            return await worker.run()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
