@@ -56,6 +56,7 @@ class LocalCluster:
     def __init__(self, root: Path, nodes: int = 3, durability: str = "none", lease_ttl_s: float = 30.0,
                  extra_config: str = "") -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.n = nodes
         ports = free_ports(3 * nodes)
         self.client_addrs = [f"127.0.0.1:{ports[i]}" for i in range(nodes)]
