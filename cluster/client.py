@@ -416,6 +416,15 @@ class _Api:
     def cluster_status(self) -> dict[str, Any]:
         return self._run(_single(_Call.make("cluster_status", {})))
 
+    def digest(self) -> dict[str, Any]:
+        """The answering node's replica digest and applied index (no redirect:
+        every node answers for itself; tests compare replicas with it)."""
+        return self._run(_single(_Call.make("digest", {})))
+
+    def request(self, op: str, args: dict[str, Any]) -> Any:
+        """Send one raw request with the usual redirect/retry rules (tools and tests)."""
+        return self._run(_single(_Call.make(op, args)))
+
     # -- worker calls
 
     def lease(

@@ -48,6 +48,7 @@ OPS: frozenset[str] = frozenset(
         "list",
         "stats",
         "cluster_status",
+        "digest",
         "lease",
         "heartbeat",
         "complete",

@@ -370,14 +370,18 @@ class ClientConnection(asyncio.Protocol):
         try:
             messages = self.decoder.feed(data)
         except protocol.ProtocolViolation as exc:
-            self._fail_connection(None, error_from_wire([exc.code, exc.message, None]))
+            self._fail_connection(None, exc.error())
             return
         for msg in messages:
             try:
                 req = protocol.parse_request(msg)
             except protocol.ProtocolViolation as exc:
-                self._fail_connection(msg.get("id") if isinstance(msg, dict) else None,
-                                      error_from_wire([exc.code, exc.message, None]))
+                if exc.request_id is not None and self.authenticated:
+                    # A well-framed request with a bad op or args: answer it, keep serving.
+                    self.node.errors[exc.code] = self.node.errors.get(exc.code, 0) + 1
+                    self._send(protocol.response_err(exc.request_id, exc.error()))
+                    continue
+                self._fail_connection(exc.request_id, exc.error())
                 return
             if not self.authenticated:
                 self._hello(req)

@@ -148,7 +148,7 @@ class LocalCluster:
         out = {}
         for i in node_ids:
             with self.node_client(i) as c:
-                d = c._call("digest", {})  # test/debug op: the replica's state digest
+                d = c.digest()
             out[i] = (d["digest"], d["last_applied"])
         return out
 

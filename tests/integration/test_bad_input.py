@@ -67,6 +67,6 @@ def test_bad_frames_get_an_error_and_close(cluster: LocalCluster, name: str, pay
 def test_bad_requests_get_bad_request_and_the_connection_stays_open(cluster: LocalCluster, op: str, args: dict) -> None:
     with cluster.client() as c:
         with pytest.raises(BadRequest):
-            c._call(op, args)
+            c.request(op, args)
         # Same connection, next request works.
         assert c.submit("util.noop", {}) is not None

@@ -172,7 +172,7 @@ def test_parse_request_rejects(msg: dict, request_id: int | None) -> None:
 def test_ops_cover_the_contract() -> None:
     assert OPS == {
         "hello", "submit", "submit_many", "get", "wait", "cancel", "retry", "list",
-        "stats", "cluster_status", "lease", "heartbeat", "complete", "fail",
+        "stats", "cluster_status", "digest", "lease", "heartbeat", "complete", "fail",
     }
 
 
