@@ -95,6 +95,7 @@ class _Attempt:
     type: str
     ctx: JobContext
     timeout_s: float | None
+    started: float = field(default_factory=time.monotonic)
     settled: bool = False
     abandoned: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -118,6 +119,7 @@ class Worker:
         self._stopping = False
         self._forced = False
         self._outbox_deadline: float | None = None
+        self._heartbeat_lease_ms = False
         self._leases: dict[tuple[str, int], JobContext] = {}
         self._runs: dict[tuple[str, int], _Attempt] = {}
         self._outbox: dict[tuple[str, int], asyncio.Task] = {}
@@ -169,7 +171,11 @@ class Worker:
         if self._client is None:
             from cluster.client import AsyncClient  # the only way to the cluster
 
-            self._client = AsyncClient(list(cfg.cluster), token=cfg.token)
+            self._client = AsyncClient(list(cfg.cluster), token=cfg.token, role="worker")
+        # contracts §4's heartbeat(worker, leases) has no lease_ms, so the node
+        # extends by ITS lease_ttl_s; when the client offers lease_ms (the
+        # server reads it) we send ours, so leasing and extending agree.
+        self._heartbeat_lease_ms = _accepts(self._client.heartbeat, "lease_ms")
         self._threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=cfg.threads, thread_name_prefix="raftq-job"
         )
@@ -183,10 +189,21 @@ class Worker:
         undelivered: list[tuple[str, int]] = []
         try:
             await self._stop.wait()
-            # Graceful stop: running jobs get grace_s; an in-flight long poll
-            # returns within poll_wait_s and what it brings is handed back.
+            # Graceful stop: running jobs get grace_s. An in-flight long poll
+            # is cut short once no job is running any more (closing our
+            # connection below ends the server's side of it; a job leased in
+            # that instant is recovered by lease expiry). With an injected
+            # client we cannot close, so the poll is waited out instead and
+            # whatever it brings is handed back at once.
             job_deadline = time.monotonic() + cfg.grace_s
-            await self._wait_until(lambda: lease_task.done() and not self._unsettled(), job_deadline)
+
+            def jobs_done() -> bool:
+                idle = not self._unsettled()
+                if idle and self._own_client and not lease_task.done():
+                    lease_task.cancel()
+                return idle and lease_task.done()
+
+            await self._wait_until(jobs_done, job_deadline)
             if not lease_task.done():
                 lease_task.cancel()
             for att in self._unsettled():
@@ -293,7 +310,7 @@ class Worker:
             self._settle(att, Outcome.failure("worker shutting down", retryable=True), "worker shutting down")
             self._release(att)
             return
-        log.info("job %s#%d %s: started", jid, attempt, jtype)
+        log.debug("job %s#%d %s: started", jid, attempt, jtype)
         task = asyncio.create_task(self._run_attempt(att, jt), name=f"raftq-job-{jid}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -328,17 +345,19 @@ class Worker:
         elif not done and not att.settled:
             self._settle(att, Outcome.failure(f"timeout after {att.timeout_s:g}s", retryable=True),
                          f"timeout after {att.timeout_s:g}s")
-        if not fut.done():
-            # Settled without the handler returning: its thread/process is
-            # still busy, so keep the slot until it really ends.
-            try:
-                await fut
-            except asyncio.CancelledError:
-                raise
-            except BaseException:  # noqa: BLE001 - outcome already settled
-                pass
-            log.info("job %s#%d: handler returned after the attempt was settled (%s)",
-                     att.id, att.attempt, att.ctx.cancel_reason or "settled")
+        if fut in done:
+            return
+        # Settled without the handler returning (timeout, cancel, lost lease,
+        # shutdown): its thread/process is still busy, so keep the slot until
+        # it really ends. Awaiting also consumes whatever it raises.
+        try:
+            await fut
+        except asyncio.CancelledError:
+            raise
+        except BaseException:  # noqa: BLE001 - the outcome is already settled
+            pass
+        log.info("job %s#%d: handler returned after the attempt was settled (%s)",
+                 att.id, att.attempt, att.ctx.cancel_reason or "settled")
 
     def _submit(self, jt: JobType, att: _Attempt) -> asyncio.Future:
         loop = asyncio.get_running_loop()
@@ -383,11 +402,12 @@ class Worker:
             self._leases.pop(att.key, None)
             self.stats["dropped"] += 1
             return
+        took = time.monotonic() - att.started
         if outcome.ok:
-            log.info("job %s#%d %s: succeeded", att.id, att.attempt, att.type)
+            log.info("job %s#%d %s: succeeded in %.3fs", att.id, att.attempt, att.type, took)
         else:
-            log.info("job %s#%d %s: failed (%s): %s", att.id, att.attempt, att.type,
-                     "will retry" if outcome.retryable else "final", outcome.error)
+            log.info("job %s#%d %s: failed in %.3fs (%s): %s", att.id, att.attempt, att.type, took,
+                     "retryable" if outcome.retryable else "final", outcome.error)
         task = asyncio.create_task(self._deliver(att, outcome), name=f"raftq-report-{att.id}")
         self._outbox[att.key] = task
 
@@ -469,7 +489,10 @@ class Worker:
                     entry["progress"] = [progress[0], progress[1]]
                 payload.append(entry)
             try:
-                reply = await self._client.heartbeat(cfg.name, payload)
+                if self._heartbeat_lease_ms:
+                    reply = await self._client.heartbeat(cfg.name, payload, lease_ms=cfg.lease_ttl_ms)
+                else:
+                    reply = await self._client.heartbeat(cfg.name, payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - next tick retries
@@ -537,6 +560,13 @@ def _brief(exc: BaseException) -> str:
     return f"{code}: {text}" if code and code not in text else f"{type(exc).__name__}: {text}"
 
 
+def _accepts(fn: Callable[..., Any], param: str) -> bool:
+    try:
+        return param in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 async def _maybe_await(value: Any) -> None:
     if inspect.isawaitable(value):
         await value
@@ -551,31 +581,34 @@ def run_worker(config: WorkerConfig, registry: Registry | None = None) -> int:
     """
     import uvloop
 
-    import worker.jobs  # noqa: F401 - registers the built-ins in the default registry
+    from worker import jobs as _builtins  # noqa: F401 - registers the built-ins on import
     from worker.registry import LoadError, default_registry
 
+    # A no-op when the embedding program already configured logging.
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s {config.name} %(name)s %(levelname)s %(message)s")
     try:
         for name in config.imports:
             load_module(name)
     except LoadError as exc:
         log.error("%s", exc)
         return 2
-    worker = Worker(config, registry if registry is not None else default_registry)
+    the_worker = Worker(config, registry if registry is not None else default_registry)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
         installed = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                loop.add_signal_handler(sig, worker.request_stop)
+                loop.add_signal_handler(sig, the_worker.request_stop)
                 installed.append(sig)
             except (ValueError, RuntimeError, NotImplementedError):
                 log.debug("cannot install a handler for %s outside the main thread", sig.name)
         try:
-            return await worker.run()
+            return await the_worker.run()
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
+        return loop_runner.run(main())
