@@ -213,14 +213,81 @@ class _Trace:
             self._f.close()
 
 
+class _StaleAppendGuard:
+    """Keeps a follower from truncating entries its leader already counted.
+
+    pysyncobj 0.3.17 deletes every follower entry after `prevLogIdx` whenever
+    an append_entries arrives, even if the entries it carries all match (Raft
+    deletes only on a conflict). Its leader also moves `nextIndex` back when a
+    late ack arrives, so under load followers routinely receive stale
+    retransmissions and cut (then re-add) entries they had acknowledged: for a
+    moment an acknowledged entry is on fewer disks than the leader believes.
+
+    Before pysyncobj sees an append_entries, this rewrites it: entries the
+    journal already holds (same index and term) are skipped, so pysyncobj cuts
+    only at a real conflict. If every entry matches, it becomes a heartbeat at
+    Q = max(last index in the message, min(last journal index, confirmed)),
+    where `confirmed` is the highest index this leader's term has verified on
+    this follower (everything up to it equals the leader's log, by Log
+    Matching). Acks only ever cover verified indexes, so whatever pysyncobj
+    still cuts past Q was never acknowledged to this leader.
+    Runs on the tick thread.
+    """
+
+    def __init__(self, journal: DurableJournal) -> None:
+        self._journal = journal
+        self._term = -1
+        self._confirmed = 0
+
+    def rewrite(self, message: dict[str, Any], current_term: int) -> dict[str, Any]:
+        if (message.get("type") != "append_entries" or "prevLogIdx" not in message
+                or "transmission" in message or message.get("term", -1) < current_term):
+            return message
+        term = message["term"]
+        if term != self._term:
+            self._term, self._confirmed = term, 0
+        j = self._journal
+        if not len(j):
+            return message
+        first, last = j[0][1], j[-1][1]
+        prev_idx, prev_term = message["prevLogIdx"], message["prevLogTerm"]
+        if prev_idx is None or not first <= prev_idx <= last or j[prev_idx - first][2] != prev_term:
+            return message  # pysyncobj rejects it and asks the leader to back up
+        entries = message.get("entries") or []
+        k = 0
+        while k < len(entries) and entries[k][1] <= last and j[entries[k][1] - first][2] == entries[k][2]:
+            k += 1
+        out = dict(message)
+        if k < len(entries):
+            if k:
+                out["prevLogIdx"], out["prevLogTerm"] = entries[k - 1][1], entries[k - 1][2]
+                out["entries"] = entries[k:]
+            self._confirmed = max(self._confirmed, entries[-1][1])
+            return out if k else message
+        end = entries[-1][1] if entries else prev_idx
+        q = max(end, min(last, self._confirmed))
+        self._confirmed = max(self._confirmed, end)
+        if q == prev_idx and not entries:
+            return message
+        out["prevLogIdx"], out["prevLogTerm"], out["entries"] = q, j[q - first][2], []
+        return out
+
+
 class _SyncingTransport(TCPTransport):
-    """pysyncobj's TCP transport, but every send is preceded by a journal sync."""
+    """pysyncobj's TCP transport, but every send is preceded by a journal sync,
+    and append_entries pass through `_StaleAppendGuard` on the way in."""
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any, *,  # noqa: N803
                  journal: DurableJournal, trace: _Trace | None) -> None:
         self._journal = journal
         self._trace = trace
+        self._guard = _StaleAppendGuard(journal)
         super().__init__(syncObj, selfNode, otherNodes)
+
+    def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+        if isinstance(message, dict) and message.get("type") == "append_entries":
+            message = self._guard.rewrite(message, self._syncObj.raftCurrentTerm)
+        super()._onMessageReceived(node, message)
 
     def send(self, node: Any, message: Any) -> bool:
         self._journal.sync()

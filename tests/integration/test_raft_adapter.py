@@ -292,9 +292,31 @@ def check_sync_before_ack(lines: list[tuple[str, ...]]) -> dict[str, int]:
     return counts
 
 
+def propose_burst(node: RaftNode, datas: list[bytes], timeout_s: float = 15.0) -> list[tuple[Any, Any]]:
+    """Propose everything at once (many entries in flight), then wait for all."""
+    results: list[tuple[Any, Any]] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def cb(res: list | None, code: str | None) -> None:
+        with lock:
+            results.append((res, code))
+            if len(results) == len(datas):
+                done.set()
+
+    for d in datas:
+        node.propose(d, cb)
+    assert done.wait(timeout_s), f"only {len(results)} of {len(datas)} callbacks"
+    return results
+
+
 def test_durability_trace_proves_sync_before_ack(cluster: Cluster) -> None:
     leader = cluster.leader()
     submit_ok(cluster, [f"t-{i}" for i in range(25)])
+    # many entries in flight: pysyncobj's leader then retransmits from a stale
+    # nextIndex, which (unguarded) makes followers cut acknowledged entries
+    burst = propose_burst(leader, [entry(submit(f"b-{i}")) for i in range(300)])
+    assert all(code is None for _, code in burst)
     cluster.converged()
     leader_addr = leader.config.self_addr
     cluster.destroy()  # closes the trace files
@@ -303,9 +325,10 @@ def test_durability_trace_proves_sync_before_ack(cluster: Cluster) -> None:
         counts = check_sync_before_ack(lines)
         assert counts["sync"] >= 1
         if addr == leader_addr:
-            assert counts["commit_ack"] == 25 and counts["append_entries"] >= 25
+            assert counts["commit_ack"] == 325 and counts["append_entries"] >= 325
         else:
             assert counts["next_node_idx"] >= 25
+            assert not [ev for ev in lines if ev[0] == "truncate"], "a follower cut its log"
     # the checker itself can fail: an ack ahead of the last sync is caught
     with pytest.raises(AssertionError, match="acked 7 with only 6"):
         check_sync_before_ack([("sync", "6"), ("send", "next_node_idx", "8", "success=True")])
