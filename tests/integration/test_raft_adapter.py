@@ -25,7 +25,7 @@ import pytest
 
 from replication.machine import JobMachine
 from replication.journal import DurableJournal
-from replication.raft import RaftConfig, RaftConfigError, RaftNode
+from replication.raft import RaftConfig, RaftConfigError, RaftNode, RaftStartError
 
 pytestmark = [
     pytest.mark.integration,
@@ -441,3 +441,13 @@ def test_crash_between_dump_and_journal_compaction_loses_nothing(tmp_path: Path)
             assert m.digest() == digest and m.get("early-0") is not None
     finally:
         node.destroy()
+
+
+def test_taken_raft_port_is_a_clear_start_error(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        addr = f"127.0.0.1:{s.getsockname()[1]}"
+        cfg = RaftConfig(self_addr=addr, peers=[], data_dir=tmp_path / "n", password=PASSWORD)
+        with pytest.raises(RaftStartError, match="address in use"):
+            RaftNode(cfg, JobMachine())
