@@ -57,8 +57,12 @@ from pysyncobj.config import FAIL_REASON
 from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as _PSO_VERSION
 
-from replication.journal import DurableJournal, Entry
+from replication.journal import DurableJournal, Entry, JournalError
 from replication.snapshot import Dump, DumpError, DumpWriter, read_dump
+
+# RaftNode() raises RaftStartError (port taken), JournalError (damaged journal
+# or meta) or DumpError (damaged dump): each means "do not start this node".
+__all__ = ["RaftConfig", "RaftConfigError", "RaftNode", "RaftStartError", "JournalError", "DumpError"]
 
 if _PSO_VERSION != "0.3.17":  # pragma: no cover - guarded by the pin in pyproject
     raise ImportError(f"replication.raft wraps pysyncobj 0.3.17 internals; found {_PSO_VERSION}")
