@@ -34,6 +34,13 @@ rebuilt by `restore`):
 - `_counts[state]`, `_queue_counts[queue][state]`: kept on every transition so
   `stats` is O(queues). A queue with no jobs left is dropped.
 
+Leases end only through an explicit command or `tick`: a complete, fail or
+heartbeat presenting the current attempt of a `running` job is accepted even if
+its deadline has passed but no tick has expired it yet (nobody else can hold the
+job in between, so fencing is unaffected). Lease expiry requeues straight to
+`queued` (no backoff; the worker most likely died) and counts `lease_expiries`
+apart from handler failures.
+
 After each entry `_settle` pops stale items off the tops of `_scheduled` and
 `_leases`, so `next_due_ms` is an O(1) peek that queries never need to mutate.
 Heap layouts and stale items never influence a result, and the snapshot holds

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 # --- states -------------------------------------------------------------------
@@ -120,8 +121,11 @@ JOB_FIELDS: tuple[str, ...] = (
 )
 
 
+_row_getter = attrgetter(*JOB_FIELDS)
+
+
 def job_to_row(job: Job) -> list[Any]:
-    return [getattr(job, name) for name in JOB_FIELDS]
+    return list(_row_getter(job))
 
 
 def job_from_row(row: list[Any]) -> Job:

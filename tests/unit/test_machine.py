@@ -747,3 +747,32 @@ def test_restore_rejects_bad_snapshot_and_keeps_state(d: Driver, bad: Any) -> No
     with pytest.raises(ValueError):
         d.m.restore(bad)
     assert d.m.digest() == before
+
+
+def test_late_heartbeat_before_tick_keeps_the_lease(d: Driver) -> None:
+    """A lease ends only through tick: until then its holder may still extend or complete it."""
+    d.submit("a")
+    d.lease(lease_ms=100)
+    d.advance(150)
+    assert d.one({"op": "heartbeat", "worker": "w1", "lease_ms": 100,
+                  "leases": [{"id": "a", "attempt": 1}]}) == {"lost": [], "cancel": []}
+    assert d.tick()["expired"] == 0
+    assert d.complete("a", 1) == {"state": "succeeded"}
+
+
+def test_state_machine_modules_stay_pure() -> None:
+    """STYLE 1: the apply path imports no clock, randomness, I/O, threads or pysyncobj."""
+    import ast
+    import pathlib
+
+    import replication.machine
+    import replication.model
+
+    banned = {"asyncio", "socket", "time", "random", "os", "threading", "pysyncobj", "datetime", "uuid"}
+    for module in (replication.machine, replication.model):
+        tree = ast.parse(pathlib.Path(module.__file__).read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}
+        assert not imported & banned, (module.__name__, imported & banned)
