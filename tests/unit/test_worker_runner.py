@@ -37,6 +37,10 @@ class FakeCluster:
         self.lease_calls: list[int] = []  # `max` of each lease call
         self.down = False  # every call raises Unavailable
         self.report_errors: list[Exception] = []  # raised by the next complete/fail calls
+        self.reports_down_until = 0.0  # complete/fail raise Unavailable until this monotonic time
+        self.ttl_s = 0.5  # what a heartbeat extends a lease by (the cluster's lease_ttl)
+        self.deadline: dict[str, float] = {}  # lease deadlines, judged on every call
+        self.extend_on_heartbeat = True
         self.max_running = 0
         self._ready = asyncio.Event()
 
@@ -70,6 +74,11 @@ class FakeCluster:
     def _check_up(self) -> None:
         if self.down:
             raise Unavailable("no node reachable")
+        now = time.monotonic()
+        for jid, due in list(self.deadline.items()):
+            if due <= now and self.jobs[jid]["state"] == "running":
+                self.expire(jid)
+                del self.deadline[jid]
 
     async def lease(self, worker: str, queues: list[str], max: int = 1, wait_s: float = 5.0,
                     lease_ms: int | None = None) -> list[dict]:
@@ -84,6 +93,7 @@ class FakeCluster:
                 if job["queue"] in queues and job["state"] == "queued":
                     job["state"] = "running"
                     job["attempts"] += 1
+                    self.deadline[job["id"]] = time.monotonic() + (lease_ms or 30000) / 1000
                     picked.append(dict(job, attempt=job["attempts"],
                                        lease_deadline_at=time.time() + (lease_ms or 30000) / 1000))
             self.max_running = builtins_max(self.max_running, self.running())
@@ -110,12 +120,17 @@ class FakeCluster:
                 cancel.append(lease["id"])
             elif not self._holds(lease["id"], lease["attempt"]):
                 lost.append(lease["id"])
-            elif "progress" in lease:
-                job["progress"] = lease["progress"]
+            else:
+                if self.extend_on_heartbeat:
+                    self.deadline[lease["id"]] = time.monotonic() + self.ttl_s
+                if "progress" in lease:
+                    job["progress"] = lease["progress"]
         return {"lost": lost, "cancel": cancel}
 
     def _report_check(self, jid: str, attempt: int) -> None:
         self._check_up()
+        if time.monotonic() < self.reports_down_until:
+            raise Unavailable("no node reachable")
         if self.report_errors:
             raise self.report_errors.pop(0)
         if not self._holds(jid, attempt):
@@ -308,7 +323,7 @@ def test_outbox_retries_until_the_cluster_acknowledges(tmp_path: Path) -> None:
         jid = fake.add("t.quick")
         await until(lambda: fake.state(jid) == "succeeded", what="delivery after retries")
         # While waiting in the outbox, the lease kept being heartbeated.
-        assert any(lease["id"] == jid for beat in fake.heartbeats for lease in beat) or fake.heartbeats == []
+        assert any(lease["id"] == jid for beat in fake.heartbeats for lease in beat)
 
     _, fake, _ = scenario(tmp_path, body, reg)
     assert fake.reports == [("complete", "job-1", 1, 42)]
@@ -323,12 +338,33 @@ def test_outbox_keeps_the_lease_alive_while_the_cluster_is_down(tmp_path: Path) 
         return 7
 
     async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
-        fake.report_errors = [Unavailable("down")] * 3
+        # Reports fail for 2.5 lease TTLs; heartbeats still get through and
+        # keep the lease, so the result is accepted once reports work again.
+        fake.reports_down_until = time.monotonic() + 2.5 * fake.ttl_s
         jid = fake.add("t.quick")
         await until(lambda: fake.state(jid) == "succeeded", what="delivery")
 
     _, fake, _ = scenario(tmp_path, body, reg, heartbeat_s=0.05)
     assert fake.reports == [("complete", "job-1", 1, 7)]
+
+
+def test_without_heartbeats_the_fake_expires_the_lease(tmp_path: Path) -> None:
+    """Guard for the test above: the fake really does expire unrenewed leases."""
+    reg = Registry()
+
+    @reg.job("t.quick")
+    def quick(args: dict, ctx: JobContext) -> int:
+        return 7
+
+    async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
+        fake.reports_down_until = time.monotonic() + 2.5 * fake.ttl_s
+        fake.extend_on_heartbeat = False
+        jid = fake.add("t.quick")
+        await until(lambda: worker.stats["dropped"] == 1, what="fenced report")
+        assert fake.state(jid) == "scheduled"
+
+    _, fake, _ = scenario(tmp_path, body, reg)
+    assert fake.reports == []
 
 
 def test_a_fenced_report_is_dropped_and_the_worker_carries_on(tmp_path: Path) -> None:
@@ -480,7 +516,10 @@ def test_builtin_jobs_run_in_threads_and_processes(tmp_path: Path) -> None:
         fake.add("text.wordcount", {"text": "a b a"}, id="wc")
         fake.add("math.primes", {"n": 1000}, id="pr")  # pool="process"
         fake.add("math.primes", {"n": -1}, id="bad")
-        await until(lambda: len(fake.reports) == 3, timeout=60, what="three reports")
+        # A process job cannot observe cancellation: at its timeout it is
+        # reported failed and left to finish (or be terminated at shutdown).
+        fake.add("math.primes", {"n": 50_000_000}, id="slow", timeout_s=0.05)
+        await until(lambda: len(fake.reports) == 4, timeout=60, what="four reports")
 
     _, fake, _ = scenario(tmp_path, body, reg)
     got = {r[1]: r[3] for r in fake.reports}
@@ -488,6 +527,37 @@ def test_builtin_jobs_run_in_threads_and_processes(tmp_path: Path) -> None:
     assert got["pr"] == {"n": 1000, "count": 168}
     assert got["bad"] == "math.primes: 'n' must be an integer between 0 and 50000000, got -1"
     assert fake.retryable["bad"] is False
+    assert got["slow"] == "timeout after 0.05s" and fake.retryable["slow"] is True
+
+
+def test_heartbeat_sends_our_lease_ms_when_the_client_accepts_it(tmp_path: Path) -> None:
+    class FakeWithLeaseMs(FakeCluster):
+        def __init__(self) -> None:
+            super().__init__()
+            self.heartbeat_lease_ms: list[int | None] = []
+
+        async def heartbeat(self, worker: str, leases: list[dict], lease_ms: int | None = None) -> dict:
+            self.heartbeat_lease_ms.append(lease_ms)
+            return await super().heartbeat(worker, leases)
+
+    reg = Registry()
+
+    @reg.job("t.nap")
+    def nap(args: dict, ctx: JobContext) -> None:
+        ctx.wait(0.3)
+
+    async def main() -> FakeWithLeaseMs:
+        fake = FakeWithLeaseMs()
+        worker = Worker(make_config(tmp_path, lease_ttl_s=1.5), reg, client=fake)
+        runner = asyncio.create_task(worker.run())
+        jid = fake.add("t.nap")
+        await until(lambda: fake.state(jid) == "succeeded", what="completion")
+        worker.request_stop()
+        assert await asyncio.wait_for(runner, 10) == 0
+        return fake
+
+    fake = asyncio.run(main())
+    assert fake.heartbeat_lease_ms and set(fake.heartbeat_lease_ms) == {1500}
 
 
 def test_bad_argument_message_format() -> None:
