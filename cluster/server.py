@@ -192,8 +192,13 @@ class Node:
         queue = _opt_str(args, "queue")
         limit = int(_number(args, "limit", 100, 1, MAX_LIST_LIMIT))
         cursor = args.get("cursor")
-        with self.raft.reading():
-            jobs, next_cursor = self.machine.list_jobs(state=state, queue=queue, limit=limit, cursor=cursor)
+        if cursor is not None and (isinstance(cursor, bool) or not isinstance(cursor, int)):
+            raise BadRequest("'cursor' must be the integer a previous list returned")
+        try:
+            with self.raft.reading():
+                jobs, next_cursor = self.machine.list_jobs(state=state, queue=queue, limit=limit, cursor=cursor)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
         return {"jobs": jobs, "cursor": next_cursor}
 
     async def _op_stats(self, args: dict[str, Any]) -> Any:

@@ -61,6 +61,8 @@ def test_bad_frames_get_an_error_and_close(cluster: LocalCluster, name: str, pay
     ("submit", {"job": {"id": "ok-id", "type": "util.noop", "priority": "high"}}),
     ("get", {"id": 42}),
     ("list", {"limit": -5}),
+    ("list", {"cursor": "abc"}),
+    ("list", {"state": "sleeping"}),
     ("lease", {"worker": "w", "queues": "default"}),
     ("complete", {"id": "x", "attempt": "one", "result": None}),
 ])
