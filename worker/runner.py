@@ -65,6 +65,7 @@ log = logging.getLogger("raftq.worker")
 FLUSH_S = 5.0  # after the grace period, how long undelivered reports still get
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
+MIN_POLL_S = 0.1  # least time between two lease polls that both came back empty
 MAX_ERROR_CHARS = 4000
 
 # Errors that mean "this attempt is no longer ours": drop the report.
@@ -274,6 +275,7 @@ class Worker:
                 if self.free_slots <= 0 and not self._stopping:
                     await self._changed.wait()
                 continue
+            polled_at = time.monotonic()
             try:
                 jobs = await self._client.lease(
                     cfg.name, list(cfg.queues), max=self.free_slots,
@@ -289,12 +291,19 @@ class Worker:
                 continue
             for job in jobs or []:
                 self._start(job)
+            if not jobs and time.monotonic() - polled_at < MIN_POLL_S:
+                # An empty answer that came back at once (poll_wait_s=0, or a
+                # node answering early): do not spin against the cluster.
+                await self._sleep(MIN_POLL_S, wake_on_stop=True)
 
     def _start(self, job: Any) -> None:
         try:
             jid, attempt, jtype = job["id"], int(job["attempt"]), str(job.get("type", ""))
         except (TypeError, KeyError, ValueError):
             log.error("ignoring malformed leased job from the cluster: %r", job)
+            return
+        if (jid, attempt) in self._runs:
+            log.error("ignoring a second delivery of job %s#%d, which is already running", jid, attempt)
             return
         self.stats["leased"] += 1
         jt = self.registry.get(jtype)
@@ -346,6 +355,8 @@ class Worker:
             self._settle(att, Outcome.failure(f"timeout after {att.timeout_s:g}s", retryable=True),
                          f"timeout after {att.timeout_s:g}s")
         if fut in done:
+            if not fut.cancelled():
+                fut.exception()  # settled elsewhere first (e.g. cancel raced the return): consume it
             return
         # Settled without the handler returning (timeout, cancel, lost lease,
         # shutdown): its thread/process is still busy, so keep the slot until

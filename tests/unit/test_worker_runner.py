@@ -10,6 +10,7 @@ tests/integration/.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from pathlib import Path
@@ -177,6 +178,8 @@ def scenario(tmp_path: Path, body: Callable[[FakeCluster, Worker, Registry], Awa
     reg = registry or Registry()
 
     async def main() -> tuple[int, FakeCluster, Worker]:
+        loop_errors: list[dict] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: loop_errors.append(context))
         fake = FakeCluster()
         worker = Worker(make_config(tmp_path, **cfg), reg, client=fake)
         runner = asyncio.create_task(worker.run())
@@ -187,6 +190,8 @@ def scenario(tmp_path: Path, body: Callable[[FakeCluster, Worker, Registry], Awa
             code = await asyncio.wait_for(runner, 20)
         finally:
             runner.cancel()
+        gc.collect()  # an unretrieved future exception is reported when collected
+        assert not loop_errors, f"event loop errors: {loop_errors}"
         return code, fake, worker
 
     return asyncio.run(main())
@@ -280,8 +285,9 @@ def test_registry_timeout_applies_when_the_job_sets_none(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("action, reason", [("cancel", "cancelled"), ("expire", "lease lost")])
+@pytest.mark.parametrize("raises", [False, True])
 def test_cancel_or_lost_lease_stops_the_run_and_reports_nothing(
-        tmp_path: Path, action: str, reason: str) -> None:
+        tmp_path: Path, action: str, reason: str, raises: bool) -> None:
     reg = Registry()
     started = threading.Event()
     reasons: list[str] = []
@@ -293,10 +299,12 @@ def test_cancel_or_lost_lease_stops_the_run_and_reports_nothing(
             ctx.progress(0.5, "halfway")
             ctx.wait(0.02)
         reasons.append(ctx.cancel_reason)
+        if args.get("raise"):
+            ctx.check_cancelled()  # raises JobCancelled: must be consumed quietly
         return "finished anyway"  # must not be reported: the attempt is no longer ours
 
     async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
-        jid = fake.add("t.long")
+        jid = fake.add("t.long", {"raise": raises})
         await until(started.is_set, what="start")
         await until(lambda: fake.jobs[jid]["progress"] == [0.5, "halfway"], what="progress via heartbeat")
         getattr(fake, action)(jid)
