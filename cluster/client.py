@@ -447,11 +447,14 @@ class _Api:
             args["lease_ms"] = _integer("lease_ms", lease_ms, 1)
         return self._run(_single(_Call.make("lease", args, wait_s=wait), _pick("jobs")))
 
-    def heartbeat(self, worker: str, leases: list[dict[str, Any]]) -> dict[str, Any]:
-        """Extend leases; returns `{"lost": [id], "cancel": [id]}`."""
+    def heartbeat(self, worker: str, leases: list[dict[str, Any]], lease_ms: int | None = None) -> dict[str, Any]:
+        """Extend leases (to now + lease_ms, default the cluster's lease TTL);
+        returns `{"lost": [id], "cancel": [id]}`."""
         if not isinstance(leases, (list, tuple)) or not all(isinstance(x, dict) for x in leases):
             raise BadRequest("leases must be a list of {'id', 'attempt', 'progress'?} dicts")
         args = {"worker": _text("worker", worker), "leases": [dict(x) for x in leases]}
+        if lease_ms is not None:
+            args["lease_ms"] = _integer("lease_ms", lease_ms, 100)
         return self._run(_single(_Call.make("heartbeat", args)))
 
     def complete(self, id: str, attempt: int, result: Any = None) -> str:

@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import inspect
+import hashlib
 import logging
 import multiprocessing
 import random
@@ -120,7 +120,6 @@ class Worker:
         self._stopping = False
         self._forced = False
         self._outbox_deadline: float | None = None
-        self._heartbeat_lease_ms = False
         self._leases: dict[tuple[str, int], JobContext] = {}
         self._runs: dict[tuple[str, int], _Attempt] = {}
         self._outbox: dict[tuple[str, int], asyncio.Task] = {}
@@ -173,10 +172,6 @@ class Worker:
             from cluster.client import AsyncClient  # the only way to the cluster
 
             self._client = AsyncClient(list(cfg.cluster), token=cfg.token, role="worker")
-        # contracts §4's heartbeat(worker, leases) has no lease_ms, so the node
-        # extends by ITS lease_ttl_s; when the client offers lease_ms (the
-        # server reads it) we send ours, so leasing and extending agree.
-        self._heartbeat_lease_ms = _accepts(self._client.heartbeat, "lease_ms")
         self._threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=cfg.threads, thread_name_prefix="raftq-job"
         )
@@ -500,10 +495,8 @@ class Worker:
                     entry["progress"] = [progress[0], progress[1]]
                 payload.append(entry)
             try:
-                if self._heartbeat_lease_ms:
-                    reply = await self._client.heartbeat(cfg.name, payload, lease_ms=cfg.lease_ttl_ms)
-                else:
-                    reply = await self._client.heartbeat(cfg.name, payload)
+                # Our own TTL, so leasing and extending agree whatever the node's default.
+                reply = await self._client.heartbeat(cfg.name, payload, lease_ms=cfg.lease_ttl_ms)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - next tick retries
@@ -570,12 +563,6 @@ def _brief(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{code}: {text}" if code and code not in text else f"{type(exc).__name__}: {text}"
 
-
-def _accepts(fn: Callable[..., Any], param: str) -> bool:
-    try:
-        return param in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 async def _maybe_await(value: Any) -> None:

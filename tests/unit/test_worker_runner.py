@@ -111,7 +111,7 @@ class FakeCluster:
         job = self.jobs.get(jid)
         return job is not None and job["state"] == "running" and job["attempts"] == attempt
 
-    async def heartbeat(self, worker: str, leases: list[dict]) -> dict:
+    async def heartbeat(self, worker: str, leases: list[dict], lease_ms: int | None = None) -> dict:
         self._check_up()
         self.heartbeats.append(leases)
         lost, cancel = [], []
@@ -538,7 +538,7 @@ def test_builtin_jobs_run_in_threads_and_processes(tmp_path: Path) -> None:
     assert got["slow"] == "timeout after 0.05s" and fake.retryable["slow"] is True
 
 
-def test_heartbeat_sends_our_lease_ms_when_the_client_accepts_it(tmp_path: Path) -> None:
+def test_heartbeat_sends_our_lease_ms(tmp_path: Path) -> None:
     class FakeWithLeaseMs(FakeCluster):
         def __init__(self) -> None:
             super().__init__()
