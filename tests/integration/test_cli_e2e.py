@@ -4,12 +4,35 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tests.integration.harness import REPO, TOKEN, LocalCluster, WorkerProcess, free_ports, wait_until
+
+
+def _free_dev_base() -> int:
+    """A base port whose whole `raftq dev` layout (BASE+i, +100+i, +200+i) is free now."""
+    for _ in range(50):
+        base = free_ports(1)[0]
+        if base + 210 > 65535:
+            continue
+        wanted = [base + off + i for off in (0, 100, 200) for i in range(3)]
+        try:
+            socks = []
+            for port in wanted:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base
+    raise AssertionError("no free port range for raftq dev")
 
 
 def raftq(cluster: LocalCluster, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -67,8 +90,7 @@ def test_user_mistakes_print_one_line(cluster: LocalCluster) -> None:
 
 
 def test_dev_starts_a_cluster_with_workers_and_recovers_on_rerun(tmp_path: Path) -> None:
-    base = free_ports(1)[0]
-    # Keep all of BASE.. BASE+202 clear of the ports other tests picked; retry a few bases.
+    base = _free_dev_base()
     data = tmp_path / "dev"
     env = {**os.environ, "RAFTQ_TOKEN": "dev"}
 
@@ -83,14 +105,23 @@ def test_dev_starts_a_cluster_with_workers_and_recovers_on_rerun(tmp_path: Path)
 
     dev = start()
     try:
-        wait_until(lambda: cli("cluster", "status", "--json").returncode == 0 and
-                   json.loads(cli("cluster", "status", "--json").stdout)["leader"], 60, "raftq dev to elect a leader")
+        try:
+            wait_until(lambda: cli("cluster", "status", "--json").returncode == 0 and
+                       json.loads(cli("cluster", "status", "--json").stdout)["leader"], 60,
+                       "raftq dev to elect a leader")
+        except AssertionError:
+            dev.send_signal(signal.SIGINT)
+            print(dev.communicate(timeout=40)[0])
+            for log in sorted((data / "logs").glob("*.log")):
+                print(f"--- {log.name}\n{log.read_text()[-3000:]}")
+            raise
         out = cli("submit", "math.factorial", "--arg", "n=20", "--id", "fact-20", "--wait")
         assert out.returncode == 0, out.stderr
         assert "2432902008176640000" in out.stdout
     finally:
-        dev.send_signal(signal.SIGINT)
-        output = dev.communicate(timeout=40)[0]
+        if dev.poll() is None:
+            dev.send_signal(signal.SIGINT)
+        output = dev.communicate(timeout=40)[0] or ""
     assert dev.returncode == 0, output
     assert f"127.0.0.1:{base}" in output
 
