@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import signal
 import time
 from typing import Any, Awaitable, Callable
@@ -45,6 +46,18 @@ MAX_WAIT_S = 60.0          # longest long poll a client may ask for
 TICK_INTERVAL_S = 0.05     # how often the leader checks for due work
 RETENTION_TICK_S = 5.0     # a tick for retention at least this often
 MAX_LIST_LIMIT = 1000
+# Fault-suite only (tests/fault): known bugs its checker must catch, chosen by
+# RAFTQ_TEST_INJECT_BUG, read once when the node starts. Never set in production.
+TEST_BUGS = ("ack_before_commit", "skip_fencing", "lease_without_log")
+
+
+def _test_bug_from_env() -> str | None:
+    name = os.environ.get("RAFTQ_TEST_INJECT_BUG") or None
+    if name is not None and name not in TEST_BUGS:
+        raise ValueError(f"RAFTQ_TEST_INJECT_BUG must be one of {', '.join(TEST_BUGS)}, not {name!r}")
+    if name is not None:
+        log.warning("TEST ONLY: injecting the known bug %r (RAFTQ_TEST_INJECT_BUG)", name)
+    return name
 
 
 class Node:
@@ -54,7 +67,8 @@ class Node:
         self.cfg = cfg
         self.node_id = node_id
         self.spec = cfg.node(node_id)
-        self.machine = JobMachine()
+        self.test_bug = _test_bug_from_env()
+        self.machine = JobMachine(test_bug=self.test_bug)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._applied = asyncio.Event()
         self._raft_to_client = {n.raft: n.client for n in cfg.nodes}
@@ -114,6 +128,11 @@ class Node:
         if problem is not None:
             raise BadRequest(problem)
         self._require_leader()
+        if self.test_bug == "ack_before_commit" and cmd["op"] == "submit":
+            # Injected bug: answer before the entry commits (fire and forget).
+            task = asyncio.ensure_future(self.committer.commit(cmd))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            return {"id": cmd["job"]["id"], "created": True, "state": "queued"}
         try:
             result = await self.committer.commit(cmd)
         except NotLeader:
@@ -251,7 +270,14 @@ class Node:
             self._require_leader()
             with self.raft.reading():
                 ready = self.machine.has_ready(queues)
-            if ready:
+            if ready and self.test_bug == "lease_without_log":
+                # Injected bug: grant from this replica's state, bypassing the log.
+                entry = {"v": 1, "now_ms": int(time.time() * 1000), "cmds": [cmd]}
+                with self.raft.reading():
+                    result = self.machine.apply_entry(entry)[0]
+                if result.get("jobs"):
+                    return result
+            elif ready:
                 result = await self._commit(cmd)
                 if result.get("jobs"):
                     return result

@@ -123,7 +123,12 @@ def backoff_delay_ms(job_id: str, attempt: int, backoff_ms: int) -> int:
 class JobMachine:
     """All replicated job state, changed only by `apply_entry` (docs/contracts.md section 1)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, test_bug: str | None = None) -> None:
+        # Fault-suite only (tests/fault): "skip_fencing" makes complete/fail/heartbeat
+        # ignore the lease token, a known bug the checker must catch. Fixed at
+        # construction (the node reads RAFTQ_TEST_INJECT_BUG once), so apply stays
+        # deterministic; always off in production.
+        self._skip_fencing = test_bug == "skip_fencing"
         self._init_state()
         self._handlers: dict[str, Callable[[dict[str, Any]], Result]] = {
             "submit": self._cmd_submit,
@@ -366,6 +371,8 @@ class JobMachine:
         for lease in cmd["leases"]:
             job = self._jobs.get(lease["id"])
             held = job is not None and job.attempts == lease["attempt"] and job.worker == worker
+            if self._skip_fencing:  # injected bug (tests/fault only)
+                held = job is not None
             if held and job.state == RUNNING:
                 progress = lease.get("progress")
                 if progress is not None:
@@ -385,7 +392,7 @@ class JobMachine:
         job = self._jobs.get(cmd["id"])
         if job is None:
             return error(NOT_FOUND, f"no job {cmd['id']!r}")
-        if job.state != RUNNING or job.attempts != cmd["attempt"]:
+        if job.state != RUNNING or (job.attempts != cmd["attempt"] and not self._skip_fencing):
             return error(LEASE_LOST, f"job {job.id!r} attempt {cmd['attempt']} no longer holds a lease "
                                      f"(state {job.state}, attempt {job.attempts})")
         return job
