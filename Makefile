@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: run test unit bench clean
+.PHONY: run test unit bench clean chaos
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,23 @@ test: $(VENV)/.installed
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest -q tests/unit tests/protocol
+
+# Fault-injection matrix on network namespaces (root; see docs/fault-testing.md):
+# the checker's own tests (injected bugs must be caught), then fault x workload
+# runs and the table. CI: make chaos CHAOS_RUNS=1 CHAOS_WORKLOADS=short CHAOS_DURATION=12
+CHAOS_FAULTS    ?= all
+CHAOS_WORKLOADS ?= short,long
+CHAOS_RUNS      ?= 5
+CHAOS_DURATION  ?= 15
+CHAOS_SEED      ?= 1
+chaos: $(VENV)/.installed
+	@if [ "$$(id -u)" != 0 ]; then echo "chaos: skipped: the fault suite needs root (namespaces, iptables, tmpfs)"; exit 0; fi; \
+	set -e; \
+	command -v iptables >/dev/null && command -v faketime >/dev/null && command -v ip >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 iptables faketime); \
+	RAFTQ_FAULT=1 $(PY) -m pytest -q tests/fault; \
+	$(PY) -m tests.fault.runner --faults $(CHAOS_FAULTS) --workloads $(CHAOS_WORKLOADS) \
+		--runs $(CHAOS_RUNS) --duration $(CHAOS_DURATION) --seed $(CHAOS_SEED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
