@@ -138,6 +138,11 @@ class RaftConfig:
     connection_retry_s: float = 0.5
     propose_timeout_s: float = 10.0  # unresolved proposals then fail with TIMEOUT
     max_queued_proposals: int = 10_000  # beyond: OVERLOADED
+    # One append_entries message carries up to this many bytes of entries. An
+    # entry at least this big is cut into 'transmission' chunks, one message
+    # (pickle + zlib + Fernet) each: pysyncobj's 64 KiB default split every
+    # loaded group-commit batch (a few hundred jobs) that way.
+    append_entries_batch_bytes: int = 4 * 1024 * 1024
     compaction_min_entries: int = 50_000  # dump + drop the journal past this many entries
     compaction_min_time_s: float = 600.0  # ...or this long after the last dump (if changed)
     trace_path: Path | None = None  # test hook: durability event trace (see _Trace)
@@ -166,6 +171,8 @@ class RaftConfig:
             raise RaftConfigError("password: required (the Raft port runs pickle without it)")
         if self.durability not in ("fsync", "none"):
             raise RaftConfigError(f"durability: expected 'fsync' or 'none', got {self.durability!r}")
+        if self.append_entries_batch_bytes < 1024:
+            raise RaftConfigError("append_entries_batch_bytes: must be >= 1024")
         if self.tick_period_s <= 0:
             raise RaftConfigError("tick_period_s: must be > 0")
         if self.append_entries_period_s <= 0:
@@ -431,6 +438,7 @@ class RaftNode:
             autoTickPeriod=config.tick_period_s,
             appendEntriesUseBatch=False,  # send each entry at once (latency)
             appendEntriesPeriod=config.append_entries_period_s,
+            appendEntriesBatchSizeBytes=config.append_entries_batch_bytes,
             raftMinTimeout=config.election_timeout_min_s,
             raftMaxTimeout=config.election_timeout_max_s,
             leaderFallbackTimeout=config.leader_fallback_timeout_s,
