@@ -37,6 +37,8 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     "short": {"job_ms": (20, 200), "threads": 3, "count": 400},
     # long jobs: attempts span leases, pauses and partitions
     "long": {"job_ms": (500, 2500), "threads": 2, "count": 200},
+    # fencing: attempts outlast a paused worker's lease (the skip_fencing bug test)
+    "fence": {"job_ms": (3000, 5000), "threads": 2, "count": 30},
 }
 LIVENESS_S = 30.0   # after healing, a write must succeed within this
 DRAIN_S = 90.0      # and every job must be final within this
@@ -154,6 +156,10 @@ def _common_digests(c: FaultCluster) -> dict[int, tuple[str, int]] | None:
     return None
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 COLUMNS = ["fault", "runs", "operations", "acknowledged", "lost", "duplicated", "fencing", "agreement",
            "liveness", "unexpected", "resurrected"]
 
@@ -187,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write every run's verdict here")
     p.add_argument("--keep", action="store_true", help="keep the directories of passing runs too")
     args = p.parse_args(argv)
+    # SIGTERM (CI timeout, kill) unwinds like Ctrl-C, so every run's `finally`
+    # tears its namespaces and processes down.
+    signal.signal(signal.SIGTERM, _terminate)
     reason = can_run()
     if reason:
         print(f"fault suite skipped: {reason}", file=sys.stderr)
