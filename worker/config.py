@@ -14,9 +14,11 @@ import os
 import re
 import socket
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from worker.context import JobSettings
 
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -43,6 +45,17 @@ class WorkerConfig:
     grace_s: float = 30.0  # on stop: time running jobs get to finish
     workdir: Path | None = None  # per-job scratch dirs live below; None = <tmp>/raftq-worker-<name>
     imports: tuple[str, ...] = ()  # user job modules to import (--import)
+    # What built-in job types may touch (handed to handlers as ctx.settings):
+    data_root: Path | None = None  # file jobs read/write only below it; None = current directory
+    allow_hosts: tuple[str, ...] = ("loopback",)  # http.fetch/web.scrape/health.check targets
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    smtp_starttls: bool = False
+    smtp_ssl: bool = False
+    smtp_user: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_from: str = "raftq@localhost"
+    smtp_ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731 - frozen
@@ -79,6 +92,49 @@ class WorkerConfig:
             if not _MODULE_RE.match(mod):
                 raise ConfigError(f"imports: {mod!r} is not a dotted module name like 'myapp.jobs'")
         set_("imports", imports)
+        root = self.data_root if self.data_root is not None else Path.cwd()
+        if not isinstance(root, (str, os.PathLike)):
+            raise ConfigError(f"data_root must be a directory path, got {root!r}")
+        root = Path(root).expanduser().resolve()
+        if not root.is_dir():
+            raise ConfigError(f"data_root {str(root)!r} is not an existing directory")
+        set_("data_root", root)
+        from worker.jobs.safety import HostRuleError, parse_allow_hosts  # late: jobs import config-free modules
+
+        try:
+            rules = _split("allow_hosts", self.allow_hosts)
+            parse_allow_hosts(rules)
+        except HostRuleError as exc:
+            raise ConfigError(f"allow_hosts: {exc}") from None
+        set_("allow_hosts", tuple(rules))
+        if not isinstance(self.smtp_host, str) or not self.smtp_host.strip():
+            raise ConfigError(f"smtp_host must be a host name or address, got {self.smtp_host!r}")
+        set_("smtp_port", _int("smtp_port", self.smtp_port, 1, 65535))
+        for flag in ("smtp_starttls", "smtp_ssl"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        if self.smtp_starttls and self.smtp_ssl:
+            raise ConfigError("smtp_starttls and smtp_ssl exclude each other (STARTTLS upgrades a plain connection)")
+        if (self.smtp_user is None) != (self.smtp_password is None):
+            raise ConfigError("smtp_user and smtp_password go together: give both or neither")
+        if not isinstance(self.smtp_from, str) or "@" not in self.smtp_from:
+            raise ConfigError(f"smtp_from must be an e-mail address, got {self.smtp_from!r}")
+        if self.smtp_ca_file is not None:
+            ca = Path(self.smtp_ca_file)
+            if not ca.is_file():
+                raise ConfigError(f"smtp_ca_file {str(ca)!r} is not a readable file")
+            set_("smtp_ca_file", ca)
+
+    @property
+    def job_settings(self) -> JobSettings:
+        """The handler-facing part of this config (picklable into process jobs)."""
+        assert self.data_root is not None
+        return JobSettings(
+            data_root=self.data_root, allow_hosts=self.allow_hosts, smtp_host=self.smtp_host,
+            smtp_port=self.smtp_port, smtp_starttls=self.smtp_starttls, smtp_ssl=self.smtp_ssl,
+            smtp_user=self.smtp_user, smtp_password=self.smtp_password, smtp_from=self.smtp_from,
+            smtp_ca_file=str(self.smtp_ca_file) if self.smtp_ca_file else None,
+        )
 
     @property
     def lease_ttl_ms(self) -> int:

@@ -9,16 +9,42 @@ the handler), and progress is a (fraction, message) pair replaced under a lock
 
 Cancellation of a thread is cooperative: a long handler should test
 `ctx.cancelled` (or call `ctx.check_cancelled()`, or sleep with `ctx.wait()`)
-between steps. A process-pool handler gets a context whose `cancelled` never
-becomes true and whose `progress` is not forwarded (see worker/runner.py).
+between steps. A process-pool handler runs in its own child process (see
+worker/process.py): its progress is forwarded through a pipe, and it is stopped
+by SIGTERM (raised in the handler as JobCancelled, so `finally` blocks run),
+then SIGKILL if it does not end within a second.
+
+`JobSettings` is the part of the worker's configuration that handlers read
+(data root, HTTP allowlist, SMTP relay). It is frozen plain data so it can be
+pickled into a process-pool child.
 """
 from __future__ import annotations
 
 import logging
 import math
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, MutableMapping
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What built-in handlers may touch: files under `data_root`, hosts in
+    `allow_hosts` (see worker/jobs/safety.py for the entry syntax), and the SMTP
+    relay used by email.send and health.check alerts."""
+
+    data_root: Path = field(default_factory=Path.cwd)
+    allow_hosts: tuple[str, ...] = ("loopback",)
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    smtp_starttls: bool = False
+    smtp_ssl: bool = False
+    smtp_user: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_from: str = "raftq@localhost"
+    smtp_ca_file: str | None = None  # extra CA bundle to trust for STARTTLS/SSL
+    smtp_timeout_s: float = 30.0
 
 
 class JobCancelled(Exception):
@@ -46,12 +72,14 @@ class JobContext:
         *,
         type: str = "",  # noqa: A002
         cancel_event: threading.Event | None = None,
+        settings: JobSettings | None = None,
     ) -> None:
         self.id = id
         self.attempt = attempt
         self.args = args
         self.type = type
         self.workdir = workdir
+        self.settings = settings if settings is not None else JobSettings()
         self.logger = logger or _JobLogger(
             logging.getLogger(f"raftq.job.{type or 'unknown'}"), {"job_id": id, "attempt": attempt}
         )

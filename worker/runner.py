@@ -1,8 +1,8 @@
 """The worker: lease jobs, run them, heartbeat, report outcomes, stop gracefully.
 
 Everything below runs on one asyncio event loop except the handlers themselves,
-which run in a ThreadPoolExecutor (pool="thread") or a ProcessPoolExecutor
-(pool="process"). The worker talks to the cluster only through the client's
+which run in a ThreadPoolExecutor (pool="thread") or each in its own child
+process (pool="process", see worker/process.py; at most `processes` at once). The worker talks to the cluster only through the client's
 `lease`, `heartbeat`, `complete` and `fail` (docs/contracts.md §4).
 
 Tasks and what they own:
@@ -29,11 +29,10 @@ Invariants:
 - `_outbox` holds every settled outcome not yet acknowledged; nothing leaves it
   except acknowledgement, a fencing rejection, or the final flush deadline.
 
-Process-pool limits (first version): a process handler cannot observe
-cancellation and its progress is not forwarded; on timeout or a lost lease the
-worker reports/abandons the attempt at once and lets the process finish in the
-background (its slot stays taken until it does). At shutdown past grace the
-pool's processes are terminated.
+Stopping a run: a thread handler gets its context's cancel flag (it must poll
+it); a process handler's child is terminated (SIGTERM, then SIGKILL), and the
+slot is freed only once the child has been reaped. Progress from process
+handlers comes up their pipe and is heartbeated like a thread handler's.
 """
 from __future__ import annotations
 
@@ -42,7 +41,6 @@ import concurrent.futures
 import inspect
 import hashlib
 import logging
-import multiprocessing
 import random
 import re
 import shutil
@@ -58,6 +56,7 @@ import msgpack
 from cluster.errors import BadRequest, Conflict, LeaseLost, NotFound, RaftqError, TooLarge
 from worker.config import WorkerConfig
 from worker.context import JobCancelled, JobContext
+from worker.process import ProcessRun, StoppedBeforeStart
 from worker.registry import BadArgument, JobError, JobType, Registry, load_module
 
 log = logging.getLogger("raftq.worker")
@@ -99,6 +98,7 @@ class _Attempt:
     started: float = field(default_factory=time.monotonic)
     settled: bool = False
     abandoned: asyncio.Event = field(default_factory=asyncio.Event)
+    proc: ProcessRun | None = None  # set for pool="process" handlers
 
     @property
     def key(self) -> tuple[str, int]:
@@ -126,7 +126,9 @@ class Worker:
         self._undelivered: list[tuple[str, int]] = []  # reports given up at the final deadline
         self._tasks: set[asyncio.Task] = set()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
-        self._procs: concurrent.futures.ProcessPoolExecutor | None = None
+        # One thread per running process job (start, wait, reap): its size bounds the children.
+        self._proc_io: concurrent.futures.ThreadPoolExecutor | None = None
+        self._settings = config.job_settings
         self.stats = {"leased": 0, "succeeded": 0, "failed": 0, "dropped": 0}
 
     # --- public control ---
@@ -305,7 +307,8 @@ class Worker:
         timeout = job.get("timeout_s")
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             timeout = jt.timeout_s if jt is not None else None
-        ctx = JobContext(jid, attempt, job.get("args"), self._workdir(jid, attempt), type=jtype)
+        ctx = JobContext(jid, attempt, job.get("args"), self._workdir(jid, attempt), type=jtype,
+                         settings=self._settings)
         att = _Attempt(job, jid, attempt, jtype, ctx, float(timeout) if timeout else None)
         self._leases[att.key] = ctx
         self._runs[att.key] = att
@@ -370,7 +373,9 @@ class Worker:
         att.ctx.workdir.mkdir(parents=True, exist_ok=True)
         if jt.pool == "process":
             spec = (att.id, att.attempt, att.type, str(att.ctx.workdir))
-            return loop.run_in_executor(self._process_pool(), _call_in_process, jt.fn, att.ctx.args, spec)
+            att.proc = ProcessRun(jt.fn, att.ctx.args, spec, self._settings, on_progress=att.ctx.progress,
+                                  preload=self.config.imports)
+            return loop.run_in_executor(self._process_io(), att.proc.execute)
         assert self._threads is not None
         return loop.run_in_executor(self._threads, _call_handler, jt.fn, att.ctx.args, att.ctx)
 
@@ -389,6 +394,8 @@ class Worker:
             return Outcome.failure(f"{att.type}: {exc}", retryable=False)
         if isinstance(exc, JobError):
             return Outcome.failure(f"{type(exc).__name__}: {exc}", retryable=exc.retryable)
+        if isinstance(exc, StoppedBeforeStart):
+            return Outcome.failure("stopped before it started", retryable=True)
         if isinstance(exc, JobCancelled) and att.ctx.cancelled:
             return Outcome.failure(f"cancelled: {exc}", retryable=True)
         log.warning("job %s#%d %s raised %s", att.id, att.attempt, att.type, _brief(exc),
@@ -402,6 +409,8 @@ class Worker:
         att.settled = True
         if cancel_reason:
             att.ctx.cancel(cancel_reason)
+            if att.proc is not None:
+                att.proc.stop()  # a process cannot poll a flag: end it
         att.abandoned.set()
         self._notify()
         if outcome is None:
@@ -519,38 +528,26 @@ class Worker:
 
     # --- pools ---
 
-    def _process_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._procs is None:
-            # spawn, not fork: forking a process that runs threads and an event
-            # loop can copy held locks into the child.
-            self._procs = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.config.processes, mp_context=multiprocessing.get_context("spawn")
+    def _process_io(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._proc_io is None:
+            self._proc_io = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.config.processes, thread_name_prefix="raftq-proc"
             )
-        return self._procs
+        return self._proc_io
 
     def _shutdown_pools(self) -> None:
         for att in self._runs.values():
             att.ctx.cancel(att.ctx.cancel_reason or "worker shutting down")
+            if att.proc is not None:
+                att.proc.stop()  # a process handler cannot be cancelled cooperatively: end it
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
-        if self._procs is not None:
-            # A process handler cannot be cancelled cooperatively: end it.
-            # (`_processes` is the executor's own map of live children.)
-            for proc in list((getattr(self._procs, "_processes", None) or {}).values()):
-                if proc.is_alive():
-                    proc.terminate()
-            self._procs.shutdown(wait=False, cancel_futures=True)
+        if self._proc_io is not None:
+            # Waits for the io threads, which reap their (now terminated) children.
+            self._proc_io.shutdown(wait=True, cancel_futures=True)
 
 
 def _call_handler(fn: Callable[[Any, JobContext], Any], args: Any, ctx: JobContext) -> Any:
-    return fn(args if args is not None else {}, ctx)
-
-
-def _call_in_process(fn: Callable[[Any, JobContext], Any], args: Any,
-                     spec: tuple[str, int, str, str]) -> Any:
-    """Entry point in a pool process: build a local context and run the handler."""
-    jid, attempt, jtype, workdir = spec
-    ctx = JobContext(jid, attempt, args, Path(workdir), type=jtype)
     return fn(args if args is not None else {}, ctx)
 
 

@@ -1,31 +1,30 @@
-"""The built-in job types: util.*, text.*, math.*.
+"""util.* job types and the table of every built-in job type.
+
+The built-ins live one family per module (text, math, files, http, images,
+data, archives, email, reports, batch, scrape, logs, maintenance, health);
+each exposes `JOBS = {name: (handler, pool)}`. `BUILTINS` merges them and
+`register(registry)` adds them all (idempotent). Importing `worker.jobs`
+registers them in the default registry.
 
 Each handler validates its arguments first (BadArgument: the job fails at once,
 never retried) and then does real work. Thread-pool handlers poll
-`ctx.cancelled` between steps so a lost lease, a cancel or a timeout stops them;
-the CPU-bound math handlers run in the process pool, where the context is a
-local stand-in (see worker/runner.py), so their progress is not forwarded.
+`ctx.cancelled` between steps so a lost lease, a cancel or a timeout stops
+them; process-pool handlers are terminated instead (worker/process.py).
 """
 from __future__ import annotations
 
-import math
-import re
 import time
-from collections import Counter
-from itertools import compress
 from typing import Any
 
 from worker.context import JobCancelled, JobContext
-from worker.registry import BadArgument, JobError, Registry, check_keys, default_registry, require
+from worker.jobs import (archives, batch, data, email, files, health, http, images, logs, maintenance,
+                         math, reports, scrape, text)
+from worker.jobs.math import (MAX_FACTORIAL_N, MAX_PRIMES_LIST_N, MAX_PRIMES_N, int_to_decimal,  # noqa: F401
+                              math_factorial, math_primes, primes_sieve)
+from worker.jobs.text import text_convert, text_wordcount  # noqa: F401 - re-exported
+from worker.registry import JobError, Registry, check_keys, default_registry, require
 
 MAX_SLEEP_S = 3600
-MAX_PRIMES_N = 50_000_000
-MAX_PRIMES_LIST_N = 1_000_000
-MAX_FACTORIAL_N = 100_000
-MAX_FACTORIAL_VALUE_DIGITS = 10_000
-HEAD_DIGITS = 50
-
-_WORD_RE = re.compile(r"[^\W_]+")  # runs of letters/digits (Unicode-aware), "_" is a separator
 
 
 def util_noop(args: dict, ctx: JobContext) -> None:
@@ -60,99 +59,19 @@ def util_fail(args: dict, ctx: JobContext) -> None:
     raise JobError(message, retryable=retryable)
 
 
-def text_wordcount(args: dict, ctx: JobContext) -> dict:
-    """Count words (lowercased runs of letters/digits), lines and characters of `text`."""
-    check_keys(args, ("text",))
-    text = require(args, "text", str)
-    counts = Counter(w.lower() for w in _WORD_RE.findall(text))
-    # Ties broken alphabetically so the answer is the same on every run.
-    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
-    return {
-        "words": sum(counts.values()),
-        "lines": len(text.splitlines()),
-        "chars": len(text),
-        "top": [[w, c] for w, c in top],
-    }
 
-
-def primes_sieve(n: int, ctx: JobContext | None = None) -> bytearray:
-    """Sieve of Eratosthenes: byte i is 1 iff i is prime, for 0 <= i <= n."""
-    sieve = bytearray([1]) * (n + 1)
-    sieve[0:2] = b"\x00\x00"[: n + 1]
-    limit = math.isqrt(n)
-    for i in range(2, limit + 1):
-        if sieve[i]:
-            start = i * i
-            sieve[start::i] = bytes(len(range(start, n + 1, i)))
-            if ctx is not None and i % 64 == 1:
-                ctx.check_cancelled()
-                ctx.progress(i / limit, "sieving")
-    return sieve
-
-
-def math_primes(args: dict, ctx: JobContext) -> dict:
-    """Count the primes <= `n` (and list them when `list` is true and n <= 1,000,000)."""
-    check_keys(args, ("n", "list"))
-    n = require(args, "n", int, min=0, max=MAX_PRIMES_N)
-    want_list = require(args, "list", bool, default=False)
-    if want_list and n > MAX_PRIMES_LIST_N:
-        raise BadArgument(
-            f"'list' is only allowed for n <= {MAX_PRIMES_LIST_N} (got n={n}); "
-            "omit it to get just the count"
-        )
-    sieve = primes_sieve(n, ctx)
-    out: dict[str, Any] = {"n": n, "count": sieve.count(1)}
-    if want_list:
-        out["primes"] = list(compress(range(n + 1), sieve))
-    return out
-
-
-def int_to_decimal(value: int) -> str:
-    """str(value) without Python's 4300-digit conversion limit (divide and conquer)."""
-    if value < 0:
-        return "-" + int_to_decimal(-value)
-    if value < 10**4000:
-        return str(value)
-    half = (_decimal_digits(value) + 1) // 2
-    high, low = divmod(value, 10**half)
-    return int_to_decimal(high) + int_to_decimal(low).zfill(half)
-
-
-def _decimal_digits(value: int) -> int:
-    """Exact number of decimal digits of value >= 0."""
-    if value == 0:
-        return 1
-    d = max(1, int(value.bit_length() * 0.30102999566398120))
-    while 10**d <= value:
-        d += 1
-    while d > 1 and 10 ** (d - 1) > value:
-        d -= 1
-    return d
-
-
-def math_factorial(args: dict, ctx: JobContext) -> dict:
-    """n! for 0 <= n <= 100,000: digit count, first 50 digits, full value up to 10,000 digits."""
-    check_keys(args, ("n",))
-    n = require(args, "n", int, min=0, max=MAX_FACTORIAL_N)
-    value = math.factorial(n)
-    digits = _decimal_digits(value)
-    if digits <= MAX_FACTORIAL_VALUE_DIGITS:
-        text: str | None = int_to_decimal(value)
-        head = text[:HEAD_DIGITS]
-    else:
-        text = None
-        head = str(value // 10 ** (digits - HEAD_DIGITS))
-    return {"n": n, "digits": digits, "value": text, "digits_head": head}
-
-
-# name -> (handler, pool)
-BUILTINS: dict[str, tuple[Any, str]] = {
+_UTIL: dict[str, tuple[Any, str]] = {
     "util.noop": (util_noop, "thread"),
     "util.sleep": (util_sleep, "thread"),
     "util.fail": (util_fail, "thread"),
-    "text.wordcount": (text_wordcount, "thread"),
-    "math.primes": (math_primes, "process"),
-    "math.factorial": (math_factorial, "process"),
+}
+
+# name -> (handler, pool)
+BUILTINS: dict[str, tuple[Any, str]] = {
+    **_UTIL,
+    **text.JOBS, **math.JOBS, **files.JOBS, **http.JOBS, **images.JOBS, **data.JOBS,
+    **archives.JOBS, **email.JOBS, **reports.JOBS, **batch.JOBS, **scrape.JOBS, **logs.JOBS,
+    **maintenance.JOBS, **health.JOBS,
 }
 
 

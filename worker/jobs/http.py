@@ -1,0 +1,61 @@
+"""http.fetch: one GET to an allowlisted host, with a timeout and a size cap.
+
+The host must pass the worker's allowlist (default: loopback only, so a fresh
+worker is no open proxy); redirects are followed only to allowed hosts; proxies
+from the environment are ignored (worker/jobs/safety.py). I/O-bound: thread pool.
+
+A status >= 400 fails the job unless `fail_on_status` is false: 408, 429 and
+5xx retryably (the server may recover), other 4xx not.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from worker.context import JobContext
+from worker.jobs.safety import atomic_output, http_request, in_root, rel
+from worker.registry import JobError, check_keys, require
+
+DEFAULT_MAX_BYTES = 1 << 20
+MAX_BYTES_LIMIT = 64 << 20
+MAX_TEXT_CHARS = 256 * 1024
+_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript", "image/svg+xml")
+_KEEP_HEADERS = ("content-type", "content-length", "last-modified", "etag", "server", "location")
+
+
+def http_fetch(args: dict, ctx: JobContext) -> dict:
+    """GET `url`; return status, headers, size, sha256 and the text (or save the body to `output`)."""
+    check_keys(args, ("url", "timeout", "max_bytes", "output", "fail_on_status"))
+    url = require(args, "url", str)
+    timeout = require(args, "timeout", float, min=0.1, max=120, default=10.0)
+    max_bytes = require(args, "max_bytes", int, min=1, max=MAX_BYTES_LIMIT, default=DEFAULT_MAX_BYTES)
+    fail_on_status = require(args, "fail_on_status", bool, default=True)
+    out_path = in_root(ctx, args["output"], "output", want="file", must_exist=False) if "output" in args else None
+    resp = http_request(ctx.settings, url, timeout_s=timeout, max_bytes=max_bytes, ctx=ctx)
+    if fail_on_status and resp.status >= 400:
+        retryable = resp.status in (408, 429) or resp.status >= 500
+        raise JobError(f"GET {url} answered HTTP {resp.status}", retryable=retryable)
+    out: dict[str, Any] = {
+        "url": url,
+        "final_url": resp.url,
+        "status": resp.status,
+        "content_type": resp.content_type,
+        "bytes": len(resp.body),
+        "sha256": hashlib.sha256(resp.body).hexdigest(),
+        "elapsed_ms": round(resp.elapsed_ms, 1),
+        "headers": {k: v for k, v in resp.headers.items() if k in _KEEP_HEADERS},
+    }
+    if out_path is not None:
+        with atomic_output(out_path) as fh:
+            fh.write(resp.body)
+        out["output"] = rel(ctx, out_path)
+    elif resp.content_type.startswith(_TEXT_TYPES) or not resp.content_type:
+        text = resp.text()
+        out["text"] = text[:MAX_TEXT_CHARS]
+        out["truncated"] = len(text) > MAX_TEXT_CHARS
+    return out
+
+
+JOBS: dict[str, tuple[Any, str]] = {
+    "http.fetch": (http_fetch, "thread"),
+}
