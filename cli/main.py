@@ -257,14 +257,42 @@ def node(config_path: Path, node_id: int) -> None:
               help="On SIGTERM, seconds running jobs get to finish [default: 30] [env RAFTQ_GRACE_S].")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), envvar="RAFTQ_WORKDIR", default=None,
               help="Directory for per-job scratch dirs [default: <tmp>/raftq-worker-NAME] [env RAFTQ_WORKDIR].")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), envvar="RAFTQ_DATA_ROOT",
+              default=None, help="File job types read and write only below this directory; job paths are "
+              "relative to it [default: the current directory] [env RAFTQ_DATA_ROOT].")
+@click.option("--allow-host", "allow_hosts", multiple=True, envvar="RAFTQ_ALLOW_HOSTS", metavar="RULE",
+              help="Hosts http.fetch/web.scrape/health.check may reach: name, *.domain, IP, CIDR, 'loopback' "
+              "or '*'; repeatable [default: loopback] [env RAFTQ_ALLOW_HOSTS, space-separated].")
+@click.option("--smtp-host", envvar="RAFTQ_SMTP_HOST", default=None,
+              help="SMTP relay for email.send and alerts [default: 127.0.0.1] [env RAFTQ_SMTP_HOST].")
+@click.option("--smtp-port", type=click.IntRange(1, 65535), envvar="RAFTQ_SMTP_PORT", default=None,
+              help="SMTP relay port [default: 8025] [env RAFTQ_SMTP_PORT].")
+@click.option("--smtp-starttls/--no-smtp-starttls", envvar="RAFTQ_SMTP_STARTTLS", default=None,
+              help="Upgrade the SMTP connection with STARTTLS [env RAFTQ_SMTP_STARTTLS].")
+@click.option("--smtp-ssl/--no-smtp-ssl", envvar="RAFTQ_SMTP_SSL", default=None,
+              help="Implicit TLS (SMTPS, usually port 465) [env RAFTQ_SMTP_SSL].")
+@click.option("--smtp-user", envvar="RAFTQ_SMTP_USER", default=None, help="SMTP login [env RAFTQ_SMTP_USER].")
+@click.option("--smtp-password", envvar="RAFTQ_SMTP_PASSWORD", default=None,
+              help="SMTP password; prefer the env var RAFTQ_SMTP_PASSWORD.")
+@click.option("--smtp-from", envvar="RAFTQ_SMTP_FROM", default=None,
+              help="From address of sent mail [default: raftq@localhost] [env RAFTQ_SMTP_FROM].")
+@click.option("--smtp-ca-file", type=click.Path(dir_okay=False, path_type=Path), envvar="RAFTQ_SMTP_CA_FILE",
+              default=None, help="Extra CA certificates to trust for SMTP TLS [env RAFTQ_SMTP_CA_FILE].")
 def worker(cluster: str, token: str, queues: str | None, threads: int | None, processes: int | None,
            name: str | None, imports: tuple[str, ...], lease_ttl: float | None, grace: float | None,
-           workdir: Path | None) -> None:
+           workdir: Path | None, data_root: Path | None, allow_hosts: tuple[str, ...], smtp_host: str | None,
+           smtp_port: int | None, smtp_starttls: bool | None, smtp_ssl: bool | None, smtp_user: str | None,
+           smtp_password: str | None, smtp_from: str | None, smtp_ca_file: Path | None) -> None:
     """Run a worker: lease jobs from the cluster, run them, report results."""
     kwargs: dict[str, Any] = {"cluster": tuple(_split_addresses(cluster)), "token": token}
     # Options left unset fall back to WorkerConfig's own defaults (one place for them).
     optional = {"queues": queues, "threads": threads, "processes": processes, "name": name,
-                "lease_ttl_s": lease_ttl, "grace_s": grace, "workdir": workdir}
+                "lease_ttl_s": lease_ttl, "grace_s": grace, "workdir": workdir, "data_root": data_root,
+                "smtp_host": smtp_host, "smtp_port": smtp_port, "smtp_starttls": smtp_starttls,
+                "smtp_ssl": smtp_ssl, "smtp_user": smtp_user, "smtp_password": smtp_password,
+                "smtp_from": smtp_from, "smtp_ca_file": smtp_ca_file}
+    if allow_hosts:
+        kwargs["allow_hosts"] = tuple(allow_hosts)
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     if imports:
         kwargs["imports"] = tuple(imports)
