@@ -210,7 +210,7 @@ def _plan_zip(zf: zipfile.ZipFile, limits: dict[str, Any]) -> _Plan:
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
             raise UnsafeInput(f"refused: entry {info.filename!r} is a symlink (not extracted from zip files)")
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type recorded
             raise UnsafeInput(f"refused: entry {info.filename!r} is a special file")
         kind = "dir" if info.is_dir() else "file"
         plan.total += info.file_size
