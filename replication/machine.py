@@ -33,6 +33,26 @@ rebuilt by `restore`):
 - `_unique`: unique_key -> id, for live (non-final) jobs only.
 - `_counts[state]`, `_queue_counts[queue][state]`: kept on every transition so
   `stats` is O(queues). A queue with no jobs left is dropped.
+- `_dependents`: parent id -> [child ids] for `pending` children waiting on a
+  live parent; lazy (a child that left `pending` is skipped; a child may be
+  listed twice after a retry, which is harmless because only a `pending`
+  child is acted on). Popped when the parent becomes final: success releases
+  each child whose deps are all done (a dep is done when it succeeded or was
+  purged: a purged failed dep would already have cancelled its children);
+  failure or cancellation cancels the children, transitively, iteratively.
+- `_limits[queue]`: primary data: per-queue `max_running` and a token bucket
+  (`rate_milli` = thousandths of a job per second, `tokens` in millionths of a
+  job, `refill_ms`) refilled in log time, so every replica grants the same.
+- `_schedules[name]`: primary data: cron/interval schedules. The leader
+  computes fire times (croniter, outside apply) and proposes `fire`; the
+  machine accepts a firing only if `fire_ms` > `last_fire_ms`, so a failover
+  can neither double nor re-run one. `_fire_heap`: (next_fire_ms, name) of
+  unpaused schedules; lazy, live iff the schedule has that next_fire_ms and is
+  not paused.
+- `_workers[name]`: primary data: the worker registry (queues, capacity,
+  lease_ms, last_seen_ms, `running` = ids it was granted or last reported;
+  filtered by job state when read). Dropped by `tick` when unseen for more
+  than WORKER_GONE_LEASES x its lease_ms.
 
 Leases end only through an explicit command or `tick`: a complete, fail or
 heartbeat presenting the current attempt of a `running` job is accepted even if
@@ -49,6 +69,10 @@ one that replayed the log.
 
 The machine never mutates `args`, `result` or `progress` values in place (it
 replaces them), so a snapshot's rows may be encoded after the lock is released.
+
+Snapshot format 2 adds job fields (depends_on, schedule, resources,
+max_lease_expiries) and the limits, schedules and workers; `restore` still
+reads format 1.
 """
 from __future__ import annotations
 
@@ -62,6 +86,12 @@ from typing import Any, Callable
 import msgpack
 
 from replication.model import (
+    DEFAULT_MAX_LEASE_EXPIRIES,
+    JOB_FIELDS_V1,
+    MAX_REASON_LEN,
+    MAX_SCHEDULES,
+    PENDING,
+    to_milli,
     BACKOFF_CAP_MS,
     BAD_REQUEST,
     CANCELLED,
@@ -93,7 +123,11 @@ from replication.model import (
     validate_command,
 )
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+LEASE_SCAN_LIMIT = 256     # non-fitting ready jobs one lease may step over (then it stops)
+WORKER_GONE_LEASES = 10    # a worker unseen for this many of its lease_ms is dropped
+JOB_UNIT = 1_000_000       # one job in token-bucket units (millionths)
 ENTRY_VERSION = 1
 LIST_MAX_LIMIT = 10_000
 # list_jobs examines at most this many index entries per call (it runs under the
@@ -120,6 +154,12 @@ def backoff_delay_ms(job_id: str, attempt: int, backoff_ms: int) -> int:
     return base * (8 * (1 << 64) + 4 * jitter) // (10 * (1 << 64))
 
 
+def _dep_reason(parent: Job) -> str:
+    """Why a dependent was cancelled; nests along a chain, bounded in length."""
+    tail = f": {parent.error}" if parent.error else ""
+    return f"dependency {parent.id} {parent.state}{tail}"[:MAX_REASON_LEN]
+
+
 class JobMachine:
     """All replicated job state, changed only by `apply_entry` (docs/contracts.md section 1)."""
 
@@ -140,6 +180,13 @@ class JobMachine:
             "cancel": self._cmd_cancel,
             "retry": self._cmd_retry,
             "tick": self._cmd_tick,
+            "requeue_failed": self._cmd_requeue_failed,
+            "queue_limit": self._cmd_queue_limit,
+            "schedule_add": self._cmd_schedule_add,
+            "schedule_remove": self._cmd_schedule_remove,
+            "schedule_pause": self._cmd_schedule_pause,
+            "schedule_resume": self._cmd_schedule_resume,
+            "fire": self._cmd_fire,
         }
 
     def _init_state(self) -> None:
@@ -154,6 +201,11 @@ class JobMachine:
         self._unique: dict[str, str] = {}
         self._counts: dict[str, int] = {s: 0 for s in STATES}
         self._queue_counts: dict[str, dict[str, int]] = {}
+        self._dependents: dict[str, list[str]] = {}
+        self._limits: dict[str, dict[str, Any]] = {}
+        self._schedules: dict[str, dict[str, Any]] = {}
+        self._fire_heap: list[tuple[int, str]] = []
+        self._workers: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ apply
 
@@ -225,6 +277,10 @@ class JobMachine:
         return (job is not None and job.state == RUNNING and job.seq == item[1]
                 and job.attempts == item[2] and job.lease_deadline_ms == item[0])
 
+    def _fire_live(self, item: tuple[int, str]) -> bool:
+        sched = self._schedules.get(item[1])
+        return sched is not None and not sched["paused"] and sched["next_fire_ms"] == item[0]
+
     def _finished_live(self, item: tuple[int, int, str]) -> bool:
         job = self._jobs.get(item[2])
         return (job is not None and job.state in FINAL_STATES and job.seq == item[1]
@@ -246,12 +302,63 @@ class JobMachine:
         job.lease_deadline_ms = None
 
     def _finish(self, job: Job, state: str) -> None:
+        """Make `job` final, then settle its dependents (iteratively, transitively)."""
+        self._finish_one(job, state)
+        if job.id not in self._dependents:
+            return
+        stack = [job]
+        while stack:
+            parent = stack.pop()
+            for child_id in self._dependents.pop(parent.id, ()):
+                child = self._jobs.get(child_id)
+                if child is None or child.state != PENDING:
+                    continue  # stale entry: the child moved on already
+                if parent.state == SUCCEEDED:
+                    if self._deps_done(child):
+                        self._make_ready_or_scheduled(child, child.run_at_ms)
+                else:
+                    child.error = _dep_reason(parent)
+                    self._finish_one(child, CANCELLED)
+                    stack.append(child)
+
+    def _finish_one(self, job: Job, state: str) -> None:
         self._move(job, state)
         job.finished_ms = self.clock_ms
         job.lease_deadline_ms = None
         if job.unique_key is not None and self._unique.get(job.unique_key) == job.id:
             del self._unique[job.unique_key]
         self._finished.append((job.finished_ms, job.seq, job.id))
+
+    def _deps_done(self, job: Job) -> bool:
+        """Every dependency succeeded (or succeeded and was purged since). O(deps)."""
+        jobs = self._jobs
+        for dep_id in job.depends_on or ():
+            dep = jobs.get(dep_id)
+            if dep is not None and dep.state != SUCCEEDED:
+                return False
+        return True
+
+    def _enter(self, job: Job) -> None:
+        """Place a new or retried job: pending on its deps, cancelled by a failed
+        dep, else queued or scheduled (at `run_at_ms`). `job` is counted as QUEUED."""
+        if job.depends_on:
+            jobs = self._jobs
+            waiting: list[str] = []
+            for dep_id in job.depends_on:
+                dep = jobs.get(dep_id)
+                if dep is None or dep.state == SUCCEEDED:
+                    continue
+                if dep.state in (FAILED, CANCELLED):
+                    job.error = _dep_reason(dep)
+                    self._finish_one(job, CANCELLED)
+                    return
+                waiting.append(dep_id)
+            if waiting:
+                self._move(job, PENDING)
+                for dep_id in waiting:
+                    self._dependents.setdefault(dep_id, []).append(job.id)
+                return
+        self._make_ready_or_scheduled(job, job.run_at_ms)
 
     def _settle(self) -> None:
         """Drop stale heap tops (so next_due_ms is a pure peek) and compact indexes."""
@@ -261,6 +368,12 @@ class JobMachine:
         leases = self._leases
         while leases and not self._lease_live(leases[0]):
             heapq.heappop(leases)
+        fires = self._fire_heap
+        while fires and not self._fire_live(fires[0]):
+            heapq.heappop(fires)
+        if len(fires) > 2 * len(self._schedules) + _COMPACT_SLACK:
+            self._fire_heap = [i for i in fires if self._fire_live(i)]
+            heapq.heapify(self._fire_heap)
         if len(leases) > 2 * self._counts[RUNNING] + _COMPACT_SLACK:
             self._leases = [i for i in leases if self._lease_live(i)]
             heapq.heapify(self._leases)
@@ -286,7 +399,7 @@ class JobMachine:
 
     # --------------------------------------------------------------- commands
 
-    def _submit_one(self, spec: dict[str, Any]) -> Result:
+    def _submit_one(self, spec: dict[str, Any], schedule: str | None = None) -> Result:
         existing = self._jobs.get(spec["id"])
         if existing is None:
             unique_key = spec.get("unique_key")
@@ -294,6 +407,10 @@ class JobMachine:
                 existing = self._jobs[self._unique[unique_key]]
         if existing is not None:
             return {"id": existing.id, "created": False, "state": existing.state}
+        deps = spec.get("depends_on")
+        for dep_id in deps or ():
+            if dep_id not in self._jobs:
+                return error(BAD_REQUEST, f"job {spec['id']!r} depends on unknown job {dep_id!r}")
 
         now = self.clock_ms
         due: int | None = spec.get("run_at_ms")
@@ -304,6 +421,8 @@ class JobMachine:
         max_attempts = spec.get("max_attempts")
         backoff = spec.get("backoff_ms")
         priority = spec.get("priority")
+        resources = spec.get("resources")
+        max_expiries = spec.get("max_lease_expiries")
         job = Job(
             id=spec["id"],
             type=sys.intern(spec["type"]),
@@ -315,65 +434,210 @@ class JobMachine:
             backoff_ms=backoff if backoff is not None else DEFAULT_BACKOFF_MS,
             unique_key=spec.get("unique_key"),
             seq=self._take_seq(),
-            state=QUEUED,  # placeholder: counted by _make_ready_or_scheduled below
+            state=QUEUED,  # placeholder: counted here, moved by _enter below
             created_ms=now,
             run_at_ms=due,
+            depends_on=list(deps) if deps else None,
+            schedule=schedule,
+            resources=None if resources is None else [to_milli(resources.get("cpu", 0)),
+                                                      resources.get("mem_mb", 0)],
+            max_lease_expiries=max_expiries if max_expiries is not None else DEFAULT_MAX_LEASE_EXPIRIES,
         )
         self._jobs[job.id] = job
         self._by_seq.append((job.seq, job.id))
         if job.unique_key is not None:
             self._unique[job.unique_key] = job.id
-        self._count(job.queue, QUEUED, +1)  # _move below subtracts it again
-        self._make_ready_or_scheduled(job, due)
+        self._count(job.queue, QUEUED, +1)  # _enter's _move subtracts it again
+        self._enter(job)
         return {"id": job.id, "created": True, "state": job.state}
 
     def _cmd_submit(self, cmd: dict[str, Any]) -> Result:
         return self._submit_one(cmd["job"])
 
     def _cmd_submit_many(self, cmd: dict[str, Any]) -> Result:
-        return {"results": [self._submit_one(spec) for spec in cmd["jobs"]]}
+        """A batch, possibly a DAG of jobs depending on each other.
+
+        Checked as a whole before anything is applied (unknown dependencies and
+        cycles are BAD_REQUEST), then submitted in a topological order that
+        keeps the batch order among independent jobs; results follow the batch.
+        """
+        specs: list[dict[str, Any]] = cmd["jobs"]
+        jobs = self._jobs
+        first: dict[str, int] = {}  # id of a new job -> its first index in the batch
+        for i, spec in enumerate(specs):
+            if spec["id"] not in jobs:
+                first.setdefault(spec["id"], i)
+        if not any(spec.get("depends_on") for spec in specs):
+            return {"results": [self._submit_one(spec) for spec in specs]}
+        # edges: a batch job must be submitted after the batch jobs it depends on
+        # (and a repeated id after its first occurrence, which wins).
+        after: list[list[int]] = [[] for _ in specs]
+        blockers = [0] * len(specs)
+        for i, spec in enumerate(specs):
+            if spec["id"] in jobs:
+                continue  # an existing job is returned as it is; its deps are moot
+            parents = [first[d] for d in spec.get("depends_on") or () if d in first]
+            if first[spec["id"]] != i:
+                parents.append(first[spec["id"]])
+            for dep_id in spec.get("depends_on") or ():
+                if dep_id not in jobs and dep_id not in first:
+                    return error(BAD_REQUEST, f"jobs[{i}] ({spec['id']!r}) depends on unknown job {dep_id!r}")
+            for p in parents:
+                after[p].append(i)
+                blockers[i] += 1
+        ready = [i for i in range(len(specs)) if blockers[i] == 0]
+        heapq.heapify(ready)
+        order: list[int] = []
+        while ready:
+            i = heapq.heappop(ready)
+            order.append(i)
+            for j in after[i]:
+                blockers[j] -= 1
+                if blockers[j] == 0:
+                    heapq.heappush(ready, j)
+        if len(order) < len(specs):
+            stuck = sorted({specs[i]["id"] for i in range(len(specs)) if blockers[i] > 0})
+            return error(BAD_REQUEST, f"dependency cycle among jobs {', '.join(map(repr, stuck[:10]))}")
+        results: list[Result] = [{} for _ in specs]
+        for i in order:
+            results[i] = self._submit_one(specs[i])
+        return {"results": results}
+
+    # -- leasing
+
+    def _refill(self, limit: dict[str, Any], now: int) -> int:
+        """Tokens (millionths of a job) in `limit`'s bucket at `now`, without storing."""
+        rate = limit["rate_milli"]
+        if rate is None:
+            return 0
+        cap = max(JOB_UNIT, rate * 1000)  # a burst of one second's worth, at least one job
+        elapsed = max(now - limit["refill_ms"], 0)
+        return min(cap, limit["tokens"] + elapsed * rate)  # rate_milli * ms == millionths
+
+    def _allowance(self, queue: str, now: int, *, commit: bool) -> int | None:
+        """How many more jobs `queue` may start now (None = unlimited)."""
+        limit = self._limits.get(queue)
+        if limit is None:
+            return None
+        allow: int | None = None
+        if limit["max_running"] is not None:
+            running = self._queue_counts.get(queue, {}).get(RUNNING, 0)
+            allow = max(limit["max_running"] - running, 0)
+        if limit["rate_milli"] is not None:
+            tokens = self._refill(limit, now)
+            if commit:
+                limit["tokens"], limit["refill_ms"] = tokens, now
+            by_rate = tokens // JOB_UNIT
+            allow = by_rate if allow is None else min(allow, by_rate)
+        return allow
 
     def _cmd_lease(self, cmd: dict[str, Any]) -> Result:
         worker = sys.intern(cmd["worker"])
         lease_ms: int = cmd["lease_ms"]
         want: int = cmd["max"]
-        heaps = [(q, self._ready[q]) for q in sorted(set(cmd["queues"])) if q in self._ready]
         now = self.clock_ms
+        capacity = cmd.get("capacity")
+        cpu_left = mem_left = None
+        if capacity is not None:
+            cpu_left = to_milli(capacity["cpu"]) if "cpu" in capacity else None
+            mem_left = capacity.get("mem_mb")
+        queues = sorted(set(cmd["queues"]))
+        self._see_worker(worker, queues, capacity, lease_ms)
+        allowance: dict[str, int | None] = {}
+        heaps: list[tuple[str, list[tuple[int, int, str]]]] = []
+        for q in queues:
+            if q in self._ready:
+                allowance[q] = self._allowance(q, now, commit=True)
+                if allowance[q] != 0:
+                    heaps.append((q, self._ready[q]))
         leased: list[Result] = []
+        skipped: list[tuple[list[tuple[int, int, str]], tuple[int, int, str]]] = []
         while len(leased) < want and heaps:
-            best: list[tuple[int, int, str]] | None = None
-            for queue, heap in heaps:
+            best: tuple[str, list[tuple[int, int, str]]] | None = None
+            for entry in heaps:
+                heap = entry[1]
                 while heap and not self._ready_live(heap[0]):
                     heapq.heappop(heap)
-                if heap and (best is None or heap[0] < best[0]):
-                    best = heap
+                if heap and (best is None or heap[0] < best[1][0]):
+                    best = entry
             if best is None:
                 break
-            job = self._jobs[heapq.heappop(best)[2]]
-            job.attempts += 1
-            self._move(job, RUNNING)
-            job.worker = worker
-            job.started_ms = now
-            job.lease_deadline_ms = now + lease_ms
-            job.progress = None
-            heapq.heappush(self._leases, (job.lease_deadline_ms, job.seq, job.attempts, job.id))
-            leased.append(leased_view(job))
-        for queue, heap in heaps:
-            if not heap and self._ready.get(queue) is heap:
+            queue, heap = best
+            item = heapq.heappop(heap)
+            job = self._jobs[item[2]]
+            res = job.resources
+            if res is not None and ((cpu_left is not None and res[0] > cpu_left)
+                                    or (mem_left is not None and res[1] > mem_left)):
+                skipped.append((heap, item))  # keeps its place: pushed back below
+                if len(skipped) >= LEASE_SCAN_LIMIT:
+                    break
+                continue
+            if res is not None:
+                cpu_left = None if cpu_left is None else cpu_left - res[0]
+                mem_left = None if mem_left is None else mem_left - res[1]
+            self._grant(job, worker, lease_ms, now)
+            leased.append(self._leased_view(job))
+            allow = allowance[queue]
+            if allow is not None:
+                allowance[queue] = allow - 1
+                limit = self._limits[queue]
+                if limit["rate_milli"] is not None:
+                    limit["tokens"] -= JOB_UNIT
+                if allow == 1:
+                    heaps = [e for e in heaps if e[0] != queue]
+        for heap, item in skipped:
+            heapq.heappush(heap, item)
+        for queue in queues:
+            if self._ready.get(queue) == []:
                 del self._ready[queue]
         return {"jobs": leased}
 
+    def _grant(self, job: Job, worker: str, lease_ms: int, now: int) -> None:
+        job.attempts += 1
+        self._move(job, RUNNING)
+        job.worker = worker
+        job.started_ms = now
+        job.lease_deadline_ms = now + lease_ms
+        job.progress = None
+        heapq.heappush(self._leases, (job.lease_deadline_ms, job.seq, job.attempts, job.id))
+        info = self._workers.get(worker)
+        if info is not None:
+            info["running"].add(job.id)
+
+    def _leased_view(self, job: Job) -> Result:
+        """A LeasedJob; a dependent also gets `parents` = {dep id: result}, O(deps)."""
+        view = leased_view(job)
+        if job.depends_on:
+            jobs = self._jobs
+            view["parents"] = {d: (p.result if (p := jobs.get(d)) is not None else None)
+                               for d in job.depends_on}
+        return view
+
+    def _see_worker(self, worker: str, queues: list[str] | None, capacity: dict[str, Any] | None,
+                    lease_ms: int) -> dict[str, Any]:
+        info = self._workers.get(worker)
+        if info is None:
+            info = self._workers[worker] = {"queues": [], "capacity": None, "lease_ms": lease_ms,
+                                            "last_seen_ms": self.clock_ms, "running": set()}
+        if queues is not None:
+            info["queues"] = queues
+            info["capacity"] = None if capacity is None else dict(capacity)
+        info["lease_ms"] = lease_ms
+        info["last_seen_ms"] = self.clock_ms
+        return info
+
     def _cmd_heartbeat(self, cmd: dict[str, Any]) -> Result:
-        worker: str = cmd["worker"]
+        worker: str = sys.intern(cmd["worker"])
         deadline = self.clock_ms + cmd["lease_ms"]
+        info = self._see_worker(worker, None, None, cmd["lease_ms"])
+        held_ids: set[str] = set()
         lost: list[str] = []
         cancel: list[str] = []
         for lease in cmd["leases"]:
             job = self._jobs.get(lease["id"])
             held = job is not None and job.attempts == lease["attempt"] and job.worker == worker
-            if self._skip_fencing:  # injected bug (tests/fault only)
-                held = job is not None
             if held and job.state == RUNNING:
+                held_ids.add(job.id)
                 progress = lease.get("progress")
                 if progress is not None:
                     fraction = min(max(float(progress[0]), 0.0), 1.0)
@@ -385,6 +649,7 @@ class JobMachine:
                 cancel.append(lease["id"])
             else:
                 lost.append(lease["id"])
+        info["running"] = held_ids
         return {"lost": lost, "cancel": cancel}
 
     def _running_job(self, cmd: dict[str, Any]) -> Job | Result:
@@ -392,10 +657,15 @@ class JobMachine:
         job = self._jobs.get(cmd["id"])
         if job is None:
             return error(NOT_FOUND, f"no job {cmd['id']!r}")
-        if job.state != RUNNING or (job.attempts != cmd["attempt"] and not self._skip_fencing):
+        if job.state != RUNNING or job.attempts != cmd["attempt"]:
             return error(LEASE_LOST, f"job {job.id!r} attempt {cmd['attempt']} no longer holds a lease "
                                      f"(state {job.state}, attempt {job.attempts})")
         return job
+
+    def _off_worker(self, job: Job) -> None:
+        info = self._workers.get(job.worker) if job.worker is not None else None
+        if info is not None:
+            info["running"].discard(job.id)
 
     def _cmd_complete(self, cmd: dict[str, Any]) -> Result:
         job = self._jobs.get(cmd["id"])
@@ -404,6 +674,7 @@ class JobMachine:
         found = self._running_job(cmd)
         if not isinstance(found, Job):
             return found
+        self._off_worker(found)
         found.result = cmd.get("result")
         found.error = None
         self._finish(found, SUCCEEDED)
@@ -414,6 +685,7 @@ class JobMachine:
         if not isinstance(found, Job):
             return found
         job = found
+        self._off_worker(job)
         job.error = cmd["error"][:MAX_ERROR_LEN]
         if cmd.get("retryable", True) and job.attempts < job.max_attempts:
             self._release(job)
@@ -437,16 +709,18 @@ class JobMachine:
             self._compact_waiting(job.queue)
         return {"state": CANCELLED}
 
-    def _cmd_retry(self, cmd: dict[str, Any]) -> Result:
-        job = self._jobs.get(cmd["id"])
-        if job is None:
-            return error(NOT_FOUND, f"no job {cmd['id']!r}")
+    def _retry_job(self, job: Job) -> Result:
         if job.state not in (FAILED, CANCELLED):
             return error(CONFLICT, f"only failed or cancelled jobs can be retried; job {job.id!r} is {job.state}")
         if job.unique_key is not None:
             holder = self._unique.get(job.unique_key)
             if holder is not None and holder != job.id:
                 return error(CONFLICT, f"unique_key {job.unique_key!r} is held by live job {holder!r}")
+        for dep_id in job.depends_on or ():
+            dep = self._jobs.get(dep_id)
+            if dep is not None and dep.state in (FAILED, CANCELLED):
+                return error(CONFLICT, f"job {job.id!r} depends on {dep_id!r}, which is {dep.state}; retry it first")
+        if job.unique_key is not None:
             self._unique[job.unique_key] = job.id
         job.seq = self._take_seq()
         self._by_seq.append((job.seq, job.id))
@@ -460,8 +734,123 @@ class JobMachine:
         job.finished_ms = None
         job.progress = None
         job.run_at_ms = None
-        self._make_ready_or_scheduled(job, None)
-        return {"state": QUEUED}
+        self._move(job, QUEUED)  # _enter moves it on from here
+        self._enter(job)
+        return {"state": job.state}
+
+    def _cmd_retry(self, cmd: dict[str, Any]) -> Result:
+        job = self._jobs.get(cmd["id"])
+        if job is None:
+            return error(NOT_FOUND, f"no job {cmd['id']!r}")
+        return self._retry_job(job)
+
+    def _cmd_requeue_failed(self, cmd: dict[str, Any]) -> Result:
+        """Dead-letter requeue of an explicit id list (chosen by the server from
+        its replica, so every replica requeues exactly the same jobs)."""
+        requeued: list[str] = []
+        skipped: list[str] = []
+        for job_id in cmd["ids"]:
+            job = self._jobs.get(job_id)
+            if job is not None and job.state == FAILED and "error" not in self._retry_job(job):
+                requeued.append(job_id)
+            else:
+                skipped.append(job_id)
+        return {"requeued": requeued, "skipped": skipped}
+
+    def _cmd_queue_limit(self, cmd: dict[str, Any]) -> Result:
+        """Set (replace) a queue's limits; both omitted removes them."""
+        queue: str = cmd["queue"]
+        max_running = cmd.get("max_running")
+        rate = cmd.get("rate_per_s")
+        if max_running is None and rate is None:
+            self._limits.pop(queue, None)
+            return {"queue": queue, "max_running": None, "rate_per_s": None}
+        rate_milli = None if rate is None else to_milli(rate)
+        old = self._limits.get(queue)
+        tokens = JOB_UNIT if rate_milli is None else max(JOB_UNIT, rate_milli * 1000)
+        if old is not None and old["rate_milli"] is not None and rate_milli is not None:
+            tokens = min(self._refill(old, self.clock_ms), tokens)  # no free refill by re-setting
+        self._limits[sys.intern(queue)] = {"max_running": max_running, "rate_milli": rate_milli,
+                                           "tokens": tokens, "refill_ms": self.clock_ms}
+        return {"queue": queue, "max_running": max_running,
+                "rate_per_s": None if rate_milli is None else rate_milli / 1000.0}
+
+    # -- schedules
+
+    def _cmd_schedule_add(self, cmd: dict[str, Any]) -> Result:
+        spec: dict[str, Any] = cmd["schedule"]
+        name: str = spec["name"]
+        definition = {
+            "cron": spec.get("cron"), "every_ms": spec.get("every_ms"), "tz": spec.get("tz") or "UTC",
+            "job": spec["job"], "misfire": spec.get("misfire", "skip"),
+            "max_catch_up": spec.get("max_catch_up") or 1,
+        }
+        existing = self._schedules.get(name)
+        if existing is not None:
+            if all(existing[k] == v for k, v in definition.items()):
+                return {"name": name, "created": False, "next_fire_ms": existing["next_fire_ms"]}
+            return error(CONFLICT, f"schedule {name!r} exists with another definition; remove it first")
+        if len(self._schedules) >= MAX_SCHEDULES:
+            return error(CONFLICT, f"at most {MAX_SCHEDULES} schedules")
+        sched = {"name": name, **definition, "paused": bool(spec.get("paused", False)),
+                 "next_fire_ms": cmd["next_fire_ms"], "last_fire_ms": None, "fired": 0,
+                 "created_ms": self.clock_ms}
+        self._schedules[name] = sched
+        if not sched["paused"]:
+            heapq.heappush(self._fire_heap, (sched["next_fire_ms"], name))
+        return {"name": name, "created": True, "next_fire_ms": sched["next_fire_ms"]}
+
+    def _schedule(self, name: str) -> dict[str, Any] | Result:
+        sched = self._schedules.get(name)
+        return sched if sched is not None else error(NOT_FOUND, f"no schedule {name!r}")
+
+    def _cmd_schedule_remove(self, cmd: dict[str, Any]) -> Result:
+        found = self._schedule(cmd["name"])
+        if "error" in found:
+            return found
+        del self._schedules[cmd["name"]]
+        return {"name": cmd["name"], "removed": True}
+
+    def _cmd_schedule_pause(self, cmd: dict[str, Any]) -> Result:
+        found = self._schedule(cmd["name"])
+        if "error" in found:
+            return found
+        found["paused"] = True
+        return {"name": cmd["name"], "paused": True}
+
+    def _cmd_schedule_resume(self, cmd: dict[str, Any]) -> Result:
+        """Unpause; the leader sends the next fire time after now (no burst of missed firings)."""
+        found = self._schedule(cmd["name"])
+        if "error" in found:
+            return found
+        if found["paused"]:
+            found["paused"] = False
+            found["next_fire_ms"] = cmd["next_fire_ms"]
+            heapq.heappush(self._fire_heap, (found["next_fire_ms"], found["name"]))
+        return {"name": cmd["name"], "paused": False, "next_fire_ms": found["next_fire_ms"]}
+
+    def _cmd_fire(self, cmd: dict[str, Any]) -> Result:
+        """One firing of a schedule: a job with id `sched:NAME:FIRE_MS`, at most once."""
+        name: str = cmd["schedule"]
+        found = self._schedule(name)
+        if "error" in found:
+            return found
+        sched = found
+        fire_ms: int = cmd["fire_ms"]
+        if cmd["next_fire_ms"] <= fire_ms:
+            return error(BAD_REQUEST, "'next_fire_ms' must be after 'fire_ms'")
+        if sched["paused"]:
+            return {"fired": False, "reason": "paused"}
+        if sched["last_fire_ms"] is not None and fire_ms <= sched["last_fire_ms"]:
+            return {"fired": False, "reason": f"already fired at or after {sched['last_fire_ms']}"}
+        result = self._submit_one({**sched["job"], "id": f"sched:{name}:{fire_ms}"}, schedule=name)
+        sched["last_fire_ms"] = fire_ms
+        sched["next_fire_ms"] = cmd["next_fire_ms"]
+        sched["fired"] += 1
+        heapq.heappush(self._fire_heap, (sched["next_fire_ms"], name))
+        return {"fired": True, **result}
+
+    # -- time
 
     def _cmd_tick(self, cmd: dict[str, Any]) -> Result:
         now = self.clock_ms
@@ -474,7 +863,12 @@ class JobMachine:
                 continue
             job = self._jobs[item[3]]
             expired += 1
+            self._off_worker(job)
             job.lease_expiries += 1
+            if job.lease_expiries >= job.max_lease_expiries:
+                job.error = f"quarantined: worker crashed/lost it {job.lease_expiries} times"
+                self._finish(job, FAILED)
+                continue
             job.error = f"lease expired (attempt {job.attempts}, worker {job.worker})"
             if job.attempts < job.max_attempts:
                 self._release(job)
@@ -501,6 +895,11 @@ class JobMachine:
             job = self._jobs.pop(item[2])
             self._count(job.queue, job.state, -1)
             purged += 1
+
+        gone = [w for w, info in self._workers.items()
+                if now - info["last_seen_ms"] > WORKER_GONE_LEASES * info["lease_ms"]]
+        for w in gone:
+            del self._workers[w]
         return {"expired": expired, "promoted": promoted, "purged": purged}
 
     # ---------------------------------------------------------------- queries
@@ -510,7 +909,8 @@ class JobMachine:
         return None if job is None else job_view(job)
 
     def list_jobs(self, state: str | None = None, queue: str | None = None, limit: int = 100,
-                  cursor: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+                  cursor: int | None = None, schedule: str | None = None,
+                  ) -> tuple[list[dict[str, Any]], int | None]:
         """Jobs in seq order after `cursor` (an opaque int from the previous page).
 
         Raises ValueError for bad arguments (the server maps it to BAD_REQUEST).
@@ -519,6 +919,8 @@ class JobMachine:
             raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
         if queue is not None and not isinstance(queue, str):
             raise ValueError("queue must be a string")
+        if schedule is not None and not isinstance(schedule, str):
+            raise ValueError("schedule must be a string")
         if not is_int(limit) or not 1 <= limit <= LIST_MAX_LIMIT:
             raise ValueError(f"limit must be an integer in 1..{LIST_MAX_LIMIT}")
         if cursor is not None and (not is_int(cursor) or cursor < 0):
@@ -533,7 +935,8 @@ class JobMachine:
             job = jobs.get(job_id)
             if job is None or job.seq != seq:
                 continue
-            if (state is None or job.state == state) and (queue is None or job.queue == queue):
+            if ((state is None or job.state == state) and (queue is None or job.queue == queue)
+                    and (schedule is None or job.schedule == schedule)):
                 out.append(job_view(job))
                 if len(out) == limit:
                     return out, (seq if pos + 1 < len(index) else None)
@@ -549,9 +952,75 @@ class JobMachine:
             "live": self.live_count(),
         }
 
-    def has_ready(self, queues: list[str]) -> bool:
+    def has_ready(self, queues: list[str], now_ms: int | None = None) -> bool:
+        """Could a lease over `queues` get a job now (queue limits included;
+        a worker's capacity is not known here)?"""
+        return self.lease_wait_ms(queues, now_ms) == 0
+
+    def lease_wait_ms(self, queues: list[str], now_ms: int | None = None) -> int | None:
+        """0 when some listed queue has a queued job its limits let start at
+        `now_ms` (default: the log clock); else ms until a rate limit would let
+        one start; None when nothing can start until the state changes."""
+        now = self.clock_ms if now_ms is None else max(now_ms, self.clock_ms)
         counts = self._queue_counts
-        return any(counts[q][QUEUED] > 0 for q in queues if q in counts)
+        best: int | None = None
+        for q in queues:
+            if q not in counts or counts[q][QUEUED] == 0:
+                continue
+            limit = self._limits.get(q)
+            if limit is None:
+                return 0
+            if limit["max_running"] is not None and counts[q][RUNNING] >= limit["max_running"]:
+                continue
+            if limit["rate_milli"] is None:
+                return 0
+            missing = JOB_UNIT - self._refill(limit, now)
+            if missing <= 0:
+                return 0
+            wait = -(-missing // limit["rate_milli"])  # ceil: rate_milli millionths per ms
+            best = wait if best is None else min(best, wait)
+        return best
+
+    def next_fire_ms(self) -> int | None:
+        """Earliest next fire time of an unpaused schedule (the top is live after _settle)."""
+        return self._fire_heap[0][0] if self._fire_heap else None
+
+    def due_schedules(self, now_ms: int) -> list[dict[str, Any]]:
+        """Unpaused schedules whose next fire time is <= now_ms, by (time, name). O(schedules)."""
+        due = [dict(s) for s in self._schedules.values() if not s["paused"] and s["next_fire_ms"] <= now_ms]
+        due.sort(key=lambda s: (s["next_fire_ms"], s["name"]))
+        return due
+
+    def get_schedule(self, name: str) -> dict[str, Any] | None:
+        sched = self._schedules.get(name)
+        return None if sched is None else dict(sched)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return [dict(self._schedules[n]) for n in sorted(self._schedules)]
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every queue with jobs or limits: counts by state and its limits."""
+        out = []
+        for q in sorted(set(self._queue_counts) | set(self._limits)):
+            limit = self._limits.get(q)
+            rate = None if limit is None or limit["rate_milli"] is None else limit["rate_milli"] / 1000.0
+            out.append({"queue": q, "jobs": dict(self._queue_counts.get(q) or {s: 0 for s in STATES}),
+                        "max_running": None if limit is None else limit["max_running"],
+                        "rate_per_s": rate})
+        return out
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The worker registry; `running` lists only jobs the worker really holds now."""
+        jobs = self._jobs
+        out = []
+        for name in sorted(self._workers):
+            info = self._workers[name]
+            running = sorted(i for i in info["running"]
+                             if (j := jobs.get(i)) is not None and j.state == RUNNING and j.worker == name)
+            out.append({"name": name, "queues": list(info["queues"]), "capacity": info["capacity"],
+                        "running": running, "lease_ms": info["lease_ms"],
+                        "last_seen_at": info["last_seen_ms"] / 1000.0})
+        return out
 
     def next_due_ms(self) -> int | None:
         """Earliest scheduled run_at or lease deadline (tops are live after _settle)."""
@@ -573,13 +1042,20 @@ class JobMachine:
             "next_seq": self._next_seq,
             "job_fields": list(JOB_FIELDS),
             "jobs": rows,
+            "limits": [[q, lim["max_running"], lim["rate_milli"], lim["tokens"], lim["refill_ms"]]
+                       for q, lim in sorted(self._limits.items())],
+            "schedules": [dict(self._schedules[n]) for n in sorted(self._schedules)],
+            "workers": [[n, list(w["queues"]), w["capacity"], w["lease_ms"], w["last_seen_ms"],
+                         sorted(w["running"])] for n, w in sorted(self._workers.items())],
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Replace all state with `snapshot`'s; raises ValueError (state untouched) if invalid."""
-        if not isinstance(snapshot, dict) or snapshot.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"unsupported snapshot format (expected {SNAPSHOT_FORMAT})")
-        if list(snapshot.get("job_fields") or ()) != list(JOB_FIELDS):
+        fmt = snapshot.get("format") if isinstance(snapshot, dict) else None
+        if fmt not in READABLE_FORMATS:
+            raise ValueError(f"unsupported snapshot format (expected one of {READABLE_FORMATS})")
+        fields = JOB_FIELDS_V1 if fmt == 1 else JOB_FIELDS
+        if list(snapshot.get("job_fields") or ()) != list(fields):
             raise ValueError("snapshot job_fields do not match this version's job layout")
         clock_ms, next_seq, rows = snapshot.get("clock_ms"), snapshot.get("next_seq"), snapshot.get("jobs")
         if not (is_int(clock_ms) and is_int(next_seq) and isinstance(rows, (list, tuple))):
@@ -589,8 +1065,9 @@ class JobMachine:
         fresh._next_seq = next_seq
         last_seq = 0
         finished: list[tuple[int, int, str]] = []
+        pending: list[Job] = []
         for row in rows:
-            job = job_from_row(row)
+            job = job_from_row(row, len(fields))
             if job.state not in STATES or not is_int(job.seq) or job.seq <= last_seq or job.seq >= next_seq:
                 raise ValueError(f"snapshot job {job.id!r}: bad state or seq out of order")
             if job.id in fresh._jobs:
@@ -616,6 +1093,15 @@ class JobMachine:
                 fresh._scheduled.append((job.run_at_ms, job.seq, job.id))
             elif job.state == RUNNING:
                 fresh._leases.append((job.lease_deadline_ms, job.seq, job.attempts, job.id))
+            elif job.state == PENDING:
+                pending.append(job)
+        for job in pending:  # seq order, as a replaying replica would have listed them
+            for dep_id in job.depends_on or ():
+                dep = fresh._jobs.get(dep_id)
+                if dep is not None and dep.state not in FINAL_STATES:
+                    fresh._dependents.setdefault(dep_id, []).append(job.id)
+        if fmt >= 2:
+            fresh._restore_extras(snapshot)
         for heap in fresh._ready.values():
             heapq.heapify(heap)
         heapq.heapify(fresh._scheduled)
@@ -624,8 +1110,28 @@ class JobMachine:
         fresh._finished = deque(finished)
         # Swap in only once everything was built: a bad snapshot leaves us untouched.
         for name in ("clock_ms", "_next_seq", "_jobs", "_by_seq", "_ready", "_scheduled", "_leases",
-                     "_finished", "_unique", "_counts", "_queue_counts"):
+                     "_finished", "_unique", "_counts", "_queue_counts", "_dependents", "_limits",
+                     "_schedules", "_fire_heap", "_workers"):
             setattr(self, name, getattr(fresh, name))
+
+    def _restore_extras(self, snapshot: dict[str, Any]) -> None:
+        """Format 2's limits, schedules and workers (into a fresh machine)."""
+        try:
+            for q, max_running, rate_milli, tokens, refill_ms in snapshot.get("limits") or ():
+                self._limits[sys.intern(q)] = {"max_running": max_running, "rate_milli": rate_milli,
+                                               "tokens": tokens, "refill_ms": refill_ms}
+            for sched in snapshot.get("schedules") or ():
+                sched = dict(sched)
+                self._schedules[sched["name"]] = sched
+                if not sched["paused"]:
+                    self._fire_heap.append((sched["next_fire_ms"], sched["name"]))
+            heapq.heapify(self._fire_heap)
+            for name, queues, capacity, lease_ms, last_seen_ms, running in snapshot.get("workers") or ():
+                self._workers[sys.intern(name)] = {"queues": list(queues), "capacity": capacity,
+                                                   "lease_ms": lease_ms, "last_seen_ms": last_seen_ms,
+                                                   "running": set(running)}
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"snapshot limits/schedules/workers malformed: {exc}") from None
 
     def digest(self) -> str:
         """sha256 hex of the canonical snapshot encoding; equal replicas, equal digests."""
@@ -674,6 +1180,21 @@ class JobMachine:
             need((job.state == RUNNING) == (job.id in live_leases), f"{job.id}: lease heap disagrees")
         need(all(self._sched_live(self._scheduled[0]) for _ in (1,) if self._scheduled), "stale scheduled top")
         need(all(self._lease_live(self._leases[0]) for _ in (1,) if self._leases), "stale lease top")
+        for job in self._jobs.values():
+            if job.state != PENDING:
+                continue
+            need(not self._deps_done(job), f"{job.id}: pending although its deps are done")
+            for dep_id in job.depends_on or ():
+                dep = self._jobs.get(dep_id)
+                need(dep is None or dep.state not in (FAILED, CANCELLED), f"{job.id}: pending on a failed dep")
+                if dep is not None and dep.state not in FINAL_STATES:
+                    need(job.id in self._dependents.get(dep_id, ()), f"{job.id}: not listed under dep {dep_id}")
+        for name, sched in self._schedules.items():
+            if not sched["paused"]:
+                need((sched["next_fire_ms"], name) in self._fire_heap, f"schedule {name}: not in the fire heap")
+        need(all(self._fire_live(self._fire_heap[0]) for _ in (1,) if self._fire_heap), "stale fire top")
+        for name, limit in self._limits.items():
+            need(limit["tokens"] >= 0, f"queue {name}: negative tokens")
         seqs = [s for s, _ in self._by_seq]
         need(seqs == sorted(seqs), "_by_seq out of order")
         indexed = {(s, i) for s, i in self._by_seq}

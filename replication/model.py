@@ -62,13 +62,30 @@ MAX_VALUE_DEPTH = 32        # nesting of args / result
 MSGPACK_INT_MIN = -(2**63)
 MSGPACK_INT_MAX = 2**64 - 1
 
+MAX_DEPS = 1_000             # depends_on entries per job
+MAX_REQUEUE_BATCH = 1_000    # ids per requeue_failed command
+MAX_CPU_M = 10**9            # resources / capacity cpu, in thousandths of a cpu
+MAX_MEM_MB = 2**40
+MAX_LEASE_EXPIRIES = 1_000
+MAX_RUNNING_LIMIT = 10**9
+MAX_RATE_MILLI = 10**9       # rate limits, in thousandths of a job per second
+MAX_SCHEDULE_NAME_LEN = 150  # leaves room in the derived job id "sched:NAME:FIRE_MS"
+MAX_SCHEDULES = 10_000
+MAX_CATCH_UP = 1_000
+MAX_RESULT_BYTES = 1024 * 1024  # encoded result of complete(); the server refuses more (TOO_LARGE)
+MAX_REASON_LEN = 1_000       # error text of a job cancelled through its dependencies
+
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BACKOFF_MS = 1_000
+DEFAULT_MAX_LEASE_EXPIRIES = 3
+MISFIRE_POLICIES: tuple[str, ...] = ("skip", "catch_up")
 
-OPS: frozenset[str] = frozenset(
-    ("submit", "submit_many", "lease", "heartbeat", "complete", "fail", "cancel", "retry", "tick")
-)
+OPS: frozenset[str] = frozenset((
+    "submit", "submit_many", "lease", "heartbeat", "complete", "fail", "cancel", "retry", "tick",
+    "requeue_failed", "queue_limit", "schedule_add", "schedule_remove", "schedule_pause",
+    "schedule_resume", "fire",
+))
 
 
 # --- the job record --------------------------------------------------------------
@@ -84,7 +101,12 @@ class Job:
     `worker`, `lease_deadline_ms` are set while `running`; a job cancelled while
     running keeps `worker` and `attempts` so that worker's next heartbeat is
     told to cancel.
-    `lease_expiries` counts attempts lost to lease expiry (not handler errors).
+    `lease_expiries` counts attempts lost to lease expiry (not handler errors);
+    reaching `max_lease_expiries` quarantines the job (`failed`).
+    `depends_on` lists the jobs that must succeed before this one leaves
+    `pending`; `schedule` names the schedule that fired it; `resources` is
+    `[cpu_m, mem_mb]` (thousandths of a cpu, MiB) a worker's free capacity
+    must cover.
     """
 
     id: str
@@ -109,16 +131,22 @@ class Job:
     lease_deadline_ms: int | None = None
     progress: list[Any] | None = None
     lease_expiries: int = 0
+    depends_on: list[str] | None = None
+    schedule: str | None = None
+    resources: list[int] | None = None
+    max_lease_expiries: int = DEFAULT_MAX_LEASE_EXPIRIES
 
 
 # Snapshot row layout (positional, so a million-job snapshot stays compact).
-# Changing it means a new snapshot format number.
-JOB_FIELDS: tuple[str, ...] = (
+# Changing it means a new snapshot format number. Format 1 rows hold the
+# first len(JOB_FIELDS_V1) fields; the rest take their defaults.
+JOB_FIELDS_V1: tuple[str, ...] = (
     "id", "type", "args", "queue", "priority", "max_attempts", "timeout_ms",
     "backoff_ms", "unique_key", "seq", "state", "created_ms", "run_at_ms",
     "attempts", "started_ms", "finished_ms", "result", "error", "worker",
     "lease_deadline_ms", "progress", "lease_expiries",
 )
+JOB_FIELDS: tuple[str, ...] = JOB_FIELDS_V1 + ("depends_on", "schedule", "resources", "max_lease_expiries")
 
 
 _row_getter = attrgetter(*JOB_FIELDS)
@@ -128,12 +156,17 @@ def job_to_row(job: Job) -> list[Any]:
     return list(_row_getter(job))
 
 
-def job_from_row(row: list[Any]) -> Job:
-    if not isinstance(row, (list, tuple)) or len(row) != len(JOB_FIELDS):
-        raise ValueError(f"snapshot job row must have {len(JOB_FIELDS)} fields")
+def job_from_row(row: list[Any], n_fields: int = len(JOB_FIELDS)) -> Job:
+    """A Job from a snapshot row of `n_fields` fields (a prefix of JOB_FIELDS)."""
+    if not isinstance(row, (list, tuple)) or len(row) != n_fields:
+        raise ValueError(f"snapshot job row must have {n_fields} fields")
     job = Job(*row)
     if job.progress is not None:
         job.progress = list(job.progress)
+    if job.depends_on is not None:
+        job.depends_on = list(job.depends_on)
+    if job.resources is not None:
+        job.resources = list(job.resources)
     return job
 
 
@@ -162,7 +195,24 @@ def job_view(job: Job) -> dict[str, Any]:
         "unique_key": job.unique_key,
         "worker": job.worker,
         "progress": None if job.progress is None else list(job.progress),
+        "depends_on": None if job.depends_on is None else list(job.depends_on),
+        "schedule": job.schedule,
+        "resources": resources_view(job.resources),
+        "lease_expiries": job.lease_expiries,
+        "max_lease_expiries": job.max_lease_expiries,
     }
+
+
+def resources_view(resources: list[int] | None) -> dict[str, Any] | None:
+    """`[cpu_m, mem_mb]` as the public `{"cpu": float, "mem_mb": int}`."""
+    if resources is None:
+        return None
+    return {"cpu": resources[0] / 1000.0, "mem_mb": resources[1]}
+
+
+def to_milli(value: int | float) -> int:
+    """A cpu amount or a rate as integer thousandths (all such arithmetic is integer)."""
+    return int(round(value * 1000))
 
 
 def leased_view(job: Job) -> dict[str, Any]:
@@ -241,8 +291,55 @@ def check_plain(value: Any, depth: int = 0) -> str | None:
 
 _SPEC_KEYS = frozenset((
     "id", "type", "args", "queue", "priority", "max_attempts", "timeout_ms",
-    "delay_ms", "run_at_ms", "backoff_ms", "unique_key",
+    "delay_ms", "run_at_ms", "backoff_ms", "unique_key", "depends_on", "resources",
+    "max_lease_expiries",
 ))
+# What a schedule's job template may hold (a fired job's id, time and
+# dependencies come from the firing).
+_TEMPLATE_KEYS = frozenset((
+    "type", "args", "queue", "priority", "max_attempts", "timeout_ms", "backoff_ms",
+    "unique_key", "resources", "max_lease_expiries",
+))
+
+
+def _check_number(value: Any, name: str, lo: float, hi: float) -> str | None:
+    if not ((type(value) is int or type(value) is float) and math.isfinite(value)):
+        return f"{name!r} must be a finite number"
+    if not lo <= value <= hi:
+        return f"{name!r} must be between {lo:g} and {hi:g}"
+    return None
+
+
+def check_capacity(value: Any, name: str) -> str | None:
+    """A `{cpu?: number, mem_mb?: int}` map (job resources or worker capacity)."""
+    if not isinstance(value, dict):
+        return f"{name!r} must be a map {{cpu, mem_mb}}"
+    unknown = [k for k in value if k not in ("cpu", "mem_mb")]
+    if unknown:
+        return f"{name!r}: unknown key(s) {', '.join(sorted(map(str, unknown)))} (expected cpu, mem_mb)"
+    if "cpu" in value:
+        msg = _check_number(value["cpu"], f"{name}.cpu", 0, MAX_CPU_M / 1000)
+        if msg:
+            return msg
+    return _check_int(value, "mem_mb", 0, MAX_MEM_MB, optional=True)
+
+
+def _check_deps(spec: dict[str, Any]) -> str | None:
+    deps = spec.get("depends_on")
+    if deps is None:
+        return None
+    if not isinstance(deps, (list, tuple)):
+        return "'depends_on' must be a list of job ids"
+    if len(deps) > MAX_DEPS:
+        return f"'depends_on' may hold at most {MAX_DEPS} ids"
+    for dep in deps:
+        if not isinstance(dep, str) or not 1 <= len(dep) <= MAX_ID_LEN:
+            return f"'depends_on' items must be job ids of 1..{MAX_ID_LEN} characters"
+    if len(set(deps)) != len(deps):
+        return "'depends_on' lists a job twice"
+    if spec.get("id") in deps:
+        return "a job cannot depend on itself"
+    return None
 
 
 def validate_spec(spec: Any) -> str | None:
@@ -263,6 +360,9 @@ def validate_spec(spec: Any) -> str | None:
         _check_int(spec, "run_at_ms", 0, MAX_MS, optional=True),
         _check_int(spec, "backoff_ms", 0, MAX_BACKOFF_MS, optional=True),
         _check_str(spec, "unique_key", optional=True),
+        _check_int(spec, "max_lease_expiries", 1, MAX_LEASE_EXPIRIES, optional=True),
+        _check_deps(spec),
+        None if spec.get("resources") is None else check_capacity(spec["resources"], "resources"),
     ):
         if msg:
             return msg
@@ -271,6 +371,41 @@ def validate_spec(spec: Any) -> str | None:
         if msg:
             return f"'args': {msg}"
     return None
+
+
+def validate_template(template: Any) -> str | None:
+    """A schedule's job template: a JobSpec without id, delay, run_at or dependencies."""
+    if not isinstance(template, dict):
+        return "job template must be a map"
+    unknown = [k for k in template if k not in _TEMPLATE_KEYS]
+    if unknown:
+        return f"unknown job template field(s): {', '.join(sorted(map(str, unknown)))}"
+    return validate_spec({**template, "id": "template"})
+
+
+def validate_schedule(sched: Any) -> str | None:
+    """A schedule definition (see docs/contracts.md section 1, `schedule_add`)."""
+    if not isinstance(sched, dict):
+        return "'schedule' must be a map"
+    allowed = ("name", "cron", "every_ms", "tz", "job", "misfire", "max_catch_up", "paused")
+    unknown = [k for k in sched if k not in allowed]
+    if unknown:
+        return f"unknown schedule field(s): {', '.join(sorted(map(str, unknown)))}"
+    msg = (_check_str(sched, "name", max_len=MAX_SCHEDULE_NAME_LEN)
+           or _check_str(sched, "cron", optional=True)
+           or _check_int(sched, "every_ms", 1, MAX_MS, optional=True)
+           or _check_str(sched, "tz", optional=True)
+           or _check_int(sched, "max_catch_up", 1, MAX_CATCH_UP, optional=True))
+    if msg:
+        return msg
+    if (sched.get("cron") is None) == (sched.get("every_ms") is None):
+        return "a schedule needs exactly one of 'cron' and 'every_ms'"
+    if sched.get("misfire", "skip") not in MISFIRE_POLICIES:
+        return f"'misfire' must be one of {', '.join(MISFIRE_POLICIES)}"
+    if not isinstance(sched.get("paused", False), bool):
+        return "'paused' must be a boolean"
+    msg = validate_template(sched.get("job"))
+    return f"job: {msg}" if msg else None
 
 
 def _check_progress(progress: Any) -> str | None:
@@ -328,7 +463,8 @@ def validate_command(cmd: Any) -> str | None:
         return (_check_str(cmd, "worker")
                 or _check_str_list(cmd, "queues", MAX_LEASE_QUEUES)
                 or _check_int(cmd, "max", 1, MAX_LEASE_BATCH)
-                or _check_int(cmd, "lease_ms", 1, MAX_LEASE_MS))
+                or _check_int(cmd, "lease_ms", 1, MAX_LEASE_MS)
+                or (None if cmd.get("capacity") is None else check_capacity(cmd["capacity"], "capacity")))
     if op == "heartbeat":
         msg = _check_str(cmd, "worker") or _check_int(cmd, "lease_ms", 1, MAX_LEASE_MS)
         if msg:
@@ -364,5 +500,36 @@ def validate_command(cmd: Any) -> str | None:
         return None
     if op in ("cancel", "retry"):
         return _check_str(cmd, "id", max_len=MAX_ID_LEN)
+    if op == "requeue_failed":
+        ids = cmd.get("ids")
+        if not isinstance(ids, (list, tuple)) or not ids or len(ids) > MAX_REQUEUE_BATCH:
+            return f"'ids' must be a list of 1..{MAX_REQUEUE_BATCH} job ids"
+        if not all(isinstance(i, str) and 1 <= len(i) <= MAX_ID_LEN for i in ids):
+            return f"'ids' items must be job ids of 1..{MAX_ID_LEN} characters"
+        return None
+    if op == "queue_limit":
+        msg = (_check_str(cmd, "queue")
+               or _check_int(cmd, "max_running", 0, MAX_RUNNING_LIMIT, optional=True))
+        if msg:
+            return msg
+        rate = cmd.get("rate_per_s")
+        if rate is not None:
+            msg = _check_number(rate, "rate_per_s", 0, MAX_RATE_MILLI / 1000)
+            if msg:
+                return msg
+            if to_milli(rate) < 1:
+                return "'rate_per_s' must be at least 0.001"
+        return None
+    if op == "schedule_add":
+        return validate_schedule(cmd.get("schedule")) or _check_int(cmd, "next_fire_ms", 0, MAX_MS)
+    if op in ("schedule_remove", "schedule_pause"):
+        return _check_str(cmd, "name", max_len=MAX_SCHEDULE_NAME_LEN)
+    if op == "schedule_resume":
+        return (_check_str(cmd, "name", max_len=MAX_SCHEDULE_NAME_LEN)
+                or _check_int(cmd, "next_fire_ms", 0, MAX_MS))
+    if op == "fire":
+        return (_check_str(cmd, "schedule", max_len=MAX_SCHEDULE_NAME_LEN)
+                or _check_int(cmd, "fire_ms", 0, MAX_MS)
+                or _check_int(cmd, "next_fire_ms", 0, MAX_MS))
     # tick
     return _check_int(cmd, "retention_ms", 0, MAX_MS)

@@ -119,7 +119,8 @@ def test_leased_job_view_fields(d: Driver) -> None:
     assert job["unique_key"] == "k" and job["progress"] is None
     expected_keys = {"id", "type", "args", "queue", "priority", "state", "attempts", "max_attempts", "result",
                      "error", "created_at", "started_at", "finished_at", "run_at", "timeout_s", "unique_key",
-                     "worker", "progress"}
+                     "worker", "progress", "depends_on", "schedule", "resources", "lease_expiries",
+                     "max_lease_expiries"}
     assert set(job) == expected_keys | {"attempt", "lease_deadline_at"}
     assert set(d.m.get("a")) == expected_keys
 
@@ -734,13 +735,14 @@ def test_snapshot_is_plain_data_in_seq_order(d: Driver) -> None:
     d.submit("b")
     d.submit("a")
     snap = d.m.to_snapshot()
-    assert snap["format"] == 1 and snap["clock_ms"] == d.now and snap["next_seq"] == 3
+    assert snap["format"] == 2 and snap["clock_ms"] == d.now and snap["next_seq"] == 3
     seq_index = snap["job_fields"].index("seq")
     assert [row[seq_index] for row in snap["jobs"]] == [1, 2]
     assert msgpack.unpackb(msgpack.packb(snap)) == snap
 
 
-@pytest.mark.parametrize("bad", [None, {}, {"format": 2}, {"format": 1, "job_fields": ["id"]}])
+@pytest.mark.parametrize("bad", [None, {}, {"format": 3}, {"format": 1, "job_fields": ["id"]},
+                                 {"format": 2, "job_fields": ["id"]}])
 def test_restore_rejects_bad_snapshot_and_keeps_state(d: Driver, bad: Any) -> None:
     d.submit("a")
     before = d.m.digest()

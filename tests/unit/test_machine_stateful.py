@@ -3,7 +3,9 @@ small reference model that keeps jobs in a plain list and scans it linearly.
 
 After every step both must agree on every result (lease order included), and on
 every job's state, attempts and worker; the machine's own index invariants must
-hold. The reference shares only `backoff_delay_ms` with the machine (a pure
+hold. Jobs may depend on each other: the reference re-derives every pending
+job's fate by scanning to a fixpoint after each command (`Reference.settle`),
+where the machine acts only on the parents that just finished. The reference shares only `backoff_delay_ms` with the machine (a pure
 function covered by its own table test).
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ class RefJob:
     worker: str | None = None
     deadline: int | None = None
     finished: int | None = None
+    deps: tuple[str, ...] = ()
 
 
 class Reference:
@@ -62,11 +65,58 @@ class Reference:
             job = next((j for j in self.jobs if j.unique_key == spec["unique_key"] and j.state not in FINAL), None)
         if job is not None:
             return {"id": job.id, "created": False, "state": job.state}
+        deps = tuple(spec.get("depends_on") or ())
+        if any(self.find(d) is None for d in deps):
+            return {"error": "BAD_REQUEST"}
         due = self.clock + spec["delay_ms"] if spec.get("delay_ms") else None
         job = RefJob(spec["id"], spec["queue"], spec["priority"], spec["max_attempts"], spec["backoff_ms"],
-                     spec.get("unique_key"), self.next_seq(), "scheduled" if due else "queued", run_at=due)
+                     spec.get("unique_key"), self.next_seq(), "scheduled" if due else "queued", run_at=due,
+                     deps=deps)
         self.jobs.append(job)
+        self._enter(job)
         return {"id": job.id, "created": True, "state": job.state}
+
+    def _enter(self, job: RefJob) -> None:
+        """Dependencies: cancelled by a failed dep, pending on a live one, else as it was."""
+        states = [d.state for d in map(self.find, job.deps) if d is not None]
+        if any(s in ("failed", "cancelled") for s in states):
+            self._finish(job, "cancelled")
+        elif any(s != "succeeded" for s in states):
+            job.state = "pending"
+
+    def settle(self) -> None:
+        """After every command: cancel dependents of failed deps, release the
+        pending jobs whose deps are done (purged counts as done), to a fixpoint."""
+        changed = True
+        while changed:
+            changed = False
+            for job in self.jobs:
+                if job.state != "pending":
+                    continue
+                states = [d.state for d in map(self.find, job.deps) if d is not None]
+                if any(s in ("failed", "cancelled") for s in states):
+                    self._finish(job, "cancelled")
+                    changed = True
+                elif all(s == "succeeded" for s in states):
+                    job.state = "scheduled" if job.run_at is not None and job.run_at > self.clock else "queued"
+                    changed = True
+
+    def submit_many(self, specs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Whole-batch checks, then a topological order preferring batch order."""
+        new = {sp["id"] for sp in specs if self.find(sp["id"]) is None}
+        for sp in specs:
+            if sp["id"] in new and any(self.find(d) is None and d not in new for d in sp.get("depends_on") or ()):
+                return {"error": "BAD_REQUEST"}
+        results: list[dict[str, Any] | None] = [None] * len(specs)
+        while None in results:
+            for i, sp in enumerate(specs):
+                if results[i] is None and all(self.find(d) is not None or d not in new
+                                              for d in sp.get("depends_on") or ()):
+                    results[i] = self.submit(sp)
+                    break
+            else:
+                return {"error": "BAD_REQUEST"}  # a cycle (nothing was submitted: checked first below)
+        return {"results": results}
 
     def lease(self, worker: str, queues: list[str], n: int, lease_ms: int) -> list[tuple[str, int]]:
         ready = sorted((j for j in self.jobs if j.state == "queued" and j.queue in queues),
@@ -128,9 +178,12 @@ class Reference:
         if job.unique_key is not None and any(
                 j.unique_key == job.unique_key and j.state not in FINAL for j in self.jobs):
             return {"error": "CONFLICT"}
+        if any(d is not None and d.state in ("failed", "cancelled") for d in map(self.find, job.deps)):
+            return {"error": "CONFLICT"}
         job.seq, job.attempts, job.worker, job.finished, job.run_at = self.next_seq(), 0, None, None, None
         job.state = "queued"
-        return {"state": "queued"}
+        self._enter(job)
+        return {"state": job.state}
 
     def heartbeat(self, worker: str, lease_ms: int, leases: list[tuple[str, int]]) -> dict[str, Any]:
         lost, cancel = [], []
@@ -181,19 +234,58 @@ class MachineVsReference(RuleBasedStateMachine):
         self.ref.clock = max(self.ref.clock, self.now)
         return result
 
+
     def token(self, job_id: str, delta: int) -> int:
         job = self.ref.find(job_id)
         return max((job.attempts if job else 1) + delta, 0)
 
     @rule(job_id=st.sampled_from(IDS), queue=st.sampled_from(QUEUES), priority=st.sampled_from([0, 0, 1, 3]),
           delay=st.sampled_from([0, 0, 100, 1500]), max_attempts=st.integers(1, 3),
-          backoff=st.sampled_from([0, 200]), unique_key=st.sampled_from([None, None, "k"]))
+          backoff=st.sampled_from([0, 200]), unique_key=st.sampled_from([None, None, "k"]),
+          deps=st.sampled_from([(), (), (-1,), (-1,), (-2,), (-1, -2), (-3, -1)]))
     def submit(self, job_id: str, queue: str, priority: int, delay: int, max_attempts: int, backoff: int,
-               unique_key: str | None) -> None:
+               unique_key: str | None, deps: tuple[int, ...]) -> None:
+        # deps are offsets in IDS (-1: the previous id), so chains a <- b <- c form often
+        here = IDS.index(job_id)
         spec = {"id": job_id, "type": "t", "queue": queue, "priority": priority, "delay_ms": delay,
-                "max_attempts": max_attempts, "backoff_ms": backoff, "unique_key": unique_key}
+                "max_attempts": max_attempts, "backoff_ms": backoff, "unique_key": unique_key,
+                "depends_on": [IDS[(here + off) % len(IDS)] for off in deps] or None}
         got = self.apply({"op": "submit", "job": spec})
-        assert got == self.ref.submit(spec)
+        assert _strip(got) == self.ref.submit(spec)
+        self.ref.settle()
+
+    @rule(chain=st.permutations(IDS).map(lambda p: p[:3]), reverse=st.booleans(), cycle=st.booleans(),
+          queue=st.sampled_from(QUEUES))
+    def submit_chain(self, chain: list[str], reverse: bool, cycle: bool, queue: str) -> None:
+        """A DAG in one batch: chain[0] <- chain[1] <- chain[2] (optionally a cycle)."""
+        specs = [{"id": chain[0], "type": "t", "queue": queue, "priority": 0, "max_attempts": 1, "backoff_ms": 0,
+                  "depends_on": [chain[2]] if cycle else None}]
+        specs += [{"id": chain[i], "type": "t", "queue": queue, "priority": 0, "max_attempts": 1, "backoff_ms": 0,
+                   "depends_on": [chain[i - 1]]} for i in (1, 2)]
+        if reverse:
+            specs.reverse()
+        if cycle and all(self.ref.find(i) is None for i in chain):
+            assert self.apply({"op": "submit_many", "jobs": specs})["error"] == "BAD_REQUEST"
+            return
+        got = self.apply({"op": "submit_many", "jobs": specs})
+        want = self.ref.submit_many(specs)
+        assert (_strip(got) if "error" in got else {"results": [_strip(r) for r in got["results"]]}) == want
+        self.ref.settle()
+
+    @rule(pick=st.integers(0, 5), ok=st.booleans())
+    def finish_running(self, pick: int, ok: bool) -> None:
+        """Complete or fatally fail one running job (drives dependency chains forward)."""
+        running = sorted(j.id for j in self.ref.jobs if j.state == "running")
+        if not running:
+            return
+        job_id = running[pick % len(running)]
+        attempt = self.token(job_id, 0)
+        if ok:
+            assert self.apply({"op": "complete", "id": job_id, "attempt": attempt}) == self.ref.complete(job_id, attempt)
+        else:
+            got = self.apply({"op": "fail", "id": job_id, "attempt": attempt, "error": "x", "retryable": False})
+            assert got == self.ref.fail(job_id, attempt, False)
+        self.ref.settle()
 
     @rule(worker=st.sampled_from(WORKERS), queues=st.sampled_from([["q1"], ["q2"], ["q1", "q2"], ["q2", "q1"]]),
           n=st.integers(1, 3), lease_ms=st.sampled_from([100, 1000]))
@@ -206,20 +298,24 @@ class MachineVsReference(RuleBasedStateMachine):
         attempt = self.token(job_id, delta)
         got = self.apply({"op": "complete", "id": job_id, "attempt": attempt, "result": job_id})
         assert _strip(got) == self.ref.complete(job_id, attempt)
+        self.ref.settle()
 
     @rule(job_id=st.sampled_from(IDS), delta=st.sampled_from([0, 0, 0, -1]), retryable=st.booleans())
     def fail(self, job_id: str, delta: int, retryable: bool) -> None:
         attempt = self.token(job_id, delta)
         got = self.apply({"op": "fail", "id": job_id, "attempt": attempt, "error": "x", "retryable": retryable})
         assert _strip(got) == self.ref.fail(job_id, attempt, retryable)
+        self.ref.settle()
 
     @rule(job_id=st.sampled_from(IDS))
     def cancel(self, job_id: str) -> None:
         assert _strip(self.apply({"op": "cancel", "id": job_id})) == self.ref.cancel(job_id)
+        self.ref.settle()
 
     @rule(job_id=st.sampled_from(IDS))
     def retry(self, job_id: str) -> None:
         assert _strip(self.apply({"op": "retry", "id": job_id})) == self.ref.retry(job_id)
+        self.ref.settle()
 
     @rule(worker=st.sampled_from(WORKERS), ids=st.lists(st.sampled_from(IDS), max_size=3),
           delta=st.sampled_from([0, 0, -1]), lease_ms=st.sampled_from([100, 1000]))
@@ -233,6 +329,7 @@ class MachineVsReference(RuleBasedStateMachine):
     def tick(self, retention_ms: int) -> None:
         got = self.apply({"op": "tick", "retention_ms": retention_ms})
         assert got == self.ref.tick(retention_ms)
+        self.ref.settle()
 
     @rule(ms=st.sampled_from([1, 50, 99, 100, 400, 1000, 5000]))
     def advance_clock(self, ms: int) -> None:
@@ -253,6 +350,7 @@ class MachineVsReference(RuleBasedStateMachine):
             {"op": "tick", "retention_ms": 100_000}]})
         self.ref.clock = max(self.ref.clock, self.now - back)
         assert got == self.ref.tick(100_000)
+        self.ref.settle()
 
     @invariant()
     def agree(self) -> None:
@@ -260,6 +358,7 @@ class MachineVsReference(RuleBasedStateMachine):
         m.check_invariants()
         assert m.stats()["clock_ms"] == self.ref.clock
         mine = {v["id"]: (v["state"], v["attempts"], v["worker"]) for v in m.list_jobs(limit=100)[0]}
+        assert all(v["depends_on"] in (None, list(self.ref.find(v["id"]).deps)) for v in m.list_jobs(limit=100)[0])
         theirs = {j.id: (j.state, j.attempts, j.worker) for j in self.ref.jobs}
         assert mine == theirs
         assert m.live_count() == sum(j.state not in FINAL for j in self.ref.jobs)
