@@ -636,6 +636,8 @@ class JobMachine:
         for lease in cmd["leases"]:
             job = self._jobs.get(lease["id"])
             held = job is not None and job.attempts == lease["attempt"] and job.worker == worker
+            if self._skip_fencing:  # injected bug (tests/fault only)
+                held = job is not None
             if held and job.state == RUNNING:
                 held_ids.add(job.id)
                 progress = lease.get("progress")
@@ -657,7 +659,7 @@ class JobMachine:
         job = self._jobs.get(cmd["id"])
         if job is None:
             return error(NOT_FOUND, f"no job {cmd['id']!r}")
-        if job.state != RUNNING or job.attempts != cmd["attempt"]:
+        if job.state != RUNNING or (job.attempts != cmd["attempt"] and not self._skip_fencing):
             return error(LEASE_LOST, f"job {job.id!r} attempt {cmd['attempt']} no longer holds a lease "
                                      f"(state {job.state}, attempt {job.attempts})")
         return job
