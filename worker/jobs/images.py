@@ -32,9 +32,10 @@ def _open(ctx: JobContext, args: dict) -> tuple[Path, Any]:
 
     src = in_root(ctx, args.get("path"), "path", want="file")
     try:
-        with warnings.catch_warnings():
+        # Our own file handle, so it is closed whatever Pillow raises.
+        with open(src, "rb") as fh, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(src)
+            img = Image.open(fh)
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise BadArgument(f"'path': {args['path']!r} is {w}x{h} pixels, more than the {MAX_PIXELS} allowed")
