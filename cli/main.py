@@ -19,6 +19,7 @@ fast and works even where a part is broken.
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import sys
@@ -184,6 +185,33 @@ def build_args(pairs: tuple[str, ...], args_json: str | None) -> Any:
     return args
 
 
+def parse_iso_time(text: str) -> datetime.datetime:
+    """--run-at: an ISO 8601 time; without an offset it is local time."""
+    try:
+        return datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"--run-at {text!r}: expected an ISO 8601 time such as 2030-01-02T03:04:05+00:00") from None
+
+
+def parse_resources(text: str) -> dict[str, Any]:
+    """--resources cpu=N,mem_mb=M (either may be left out)."""
+    out: dict[str, Any] = {}
+    for part in (p.strip() for p in text.split(",")):
+        key, sep, raw = part.partition("=")
+        key = key.strip()
+        try:
+            if not sep or key not in ("cpu", "mem_mb") or key in out:
+                raise ValueError
+            value: float | int = int(raw) if key == "mem_mb" else float(raw)
+            if value < 0 or value != value or value == float("inf"):
+                raise ValueError
+        except ValueError:
+            raise InputError(f"--resources {text!r}: expected cpu=N,mem_mb=M with non-negative numbers "
+                             f"(mem_mb an integer)") from None
+        out[key] = value
+    return out
+
+
 def _job_line(view: dict[str, Any]) -> str:
     error = view.get("error")
     tail = f": {error}" if error else ""
@@ -320,6 +348,12 @@ def worker(cluster: str, token: str, queues: str | None, threads: int | None, pr
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Per-attempt run time limit of the job, in seconds.")
 @click.option("--unique-key", default=None, help="While a live job holds this key, return it instead of a new one.")
+@click.option("--run-at", default=None, metavar="ISO8601",
+              help="Run no earlier than this time, e.g. 2030-01-02T03:04:05+00:00 (no offset: local time).")
+@click.option("--depends-on", "depends_on", multiple=True, metavar="ID",
+              help="Run only after job ID succeeded (cancelled if it fails). Repeatable.")
+@click.option("--resources", default=None, metavar="cpu=N,mem_mb=M",
+              help="What the job needs free on a worker, e.g. cpu=2,mem_mb=512.")
 @click.option("--wait", is_flag=True, help="Wait for the job to finish and print its result.")
 @click.option("--wait-timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               help="With --wait: give up after this many seconds.")
@@ -327,12 +361,18 @@ def worker(cluster: str, token: str, queues: str | None, threads: int | None, pr
 @with_client
 def submit(client: Client, job_type: str, arg_pairs: tuple[str, ...], args_json: str | None, queue: str,
            priority: int, max_attempts: int, job_id: str | None, delay: float | None, timeout: float | None,
-           unique_key: str | None, wait: bool, wait_timeout: float, as_json: bool) -> None:
+           unique_key: str | None, run_at: str | None, depends_on: tuple[str, ...], resources: str | None,
+           wait: bool, wait_timeout: float, as_json: bool) -> None:
     """Submit a job of TYPE; print its id (with --wait, its result)."""
     args = build_args(arg_pairs, args_json)
+    if delay is not None and run_at is not None:
+        raise InputError("give either --delay or --run-at, not both")
     new_id = client.submit(
         job_type, args, id=job_id, queue=queue, priority=priority, max_attempts=max_attempts,
         timeout=timeout, delay=delay, unique_key=unique_key,
+        run_at=parse_iso_time(run_at) if run_at is not None else None,
+        depends_on=list(depends_on) or None,
+        resources=parse_resources(resources) if resources is not None else None,
     )
     if not wait:
         if as_json:
@@ -403,15 +443,16 @@ def result(client: Client, job_id: str, wait: bool, timeout: float, as_json: boo
 @raftq.command(name="list")
 @click.option("--state", type=click.Choice(JOB_STATES), default=None, help="Only jobs in this state.")
 @click.option("--queue", default=None, help="Only jobs of this queue.")
+@click.option("--schedule", default=None, metavar="NAME", help="Only jobs fired by this schedule.")
 @click.option("--limit", type=click.IntRange(min=1, max=10_000), default=100, show_default=True)
 @click.option("--cursor", type=int, default=None,
               help="Continue a previous listing from the cursor it printed.")
 @client_options
 @with_client
-def list_cmd(client: Client, state: str | None, queue: str | None, limit: int, cursor: int | None,
-             as_json: bool) -> None:
+def list_cmd(client: Client, state: str | None, queue: str | None, schedule: str | None, limit: int,
+             cursor: int | None, as_json: bool) -> None:
     """List jobs, oldest first."""
-    page = client.list(state=state, queue=queue, limit=limit, cursor=cursor)
+    page = client.list(state=state, queue=queue, limit=limit, cursor=cursor, schedule=schedule)
     if as_json:
         output.emit_json(page)
         return
@@ -489,6 +530,204 @@ def cluster_status(client: Client, as_json: bool) -> None:
     output.emit_table(
         ["ID", "CLIENT", "RAFT", "ROLE"],
         [[str(n.get("id")), n.get("client"), n.get("raft"), n.get("role")] for n in data.get("nodes") or []],
+    )
+
+
+# ------------------------------------------------- dead letters, queues, schedules, workers
+
+
+@raftq.group(name="dlq", cls=RaftqGroup)
+def dlq_group() -> None:
+    """Dead letters: jobs that ended `failed`."""
+
+
+@dlq_group.command(name="list")
+@click.option("--queue", default=None, help="Only dead letters of this queue.")
+@click.option("--limit", type=click.IntRange(min=1, max=10_000), default=100, show_default=True)
+@click.option("--cursor", type=int, default=None, help="Continue from the cursor a previous listing printed.")
+@client_options
+@with_client
+def dlq_list(client: Client, queue: str | None, limit: int, cursor: int | None, as_json: bool) -> None:
+    """List failed jobs with their last error."""
+    page = client.list(state="failed", queue=queue, limit=limit, cursor=cursor)
+    if as_json:
+        output.emit_json(page)
+        return
+    output.emit_table(
+        ["ID", "TYPE", "QUEUE", "ATTEMPTS", "FAILED", "ERROR"],
+        [[j.get("id"), j.get("type"), j.get("queue"), f"{j.get('attempts')}/{j.get('max_attempts')}",
+          _age(j.get("finished_at")) + " ago", (j.get("error") or "").splitlines()[0][:80] if j.get("error") else ""]
+         for j in page.get("jobs") or []],
+    )
+    if page.get("cursor") is not None:
+        click.echo(f"more: --cursor {page['cursor']}", err=True)
+
+
+@dlq_group.command(name="requeue")
+@click.argument("job_ids", metavar="[ID]...", nargs=-1)
+@click.option("--queue", default=None, help="Requeue every failed job of this queue.")
+@click.option("--all", "all_", is_flag=True, help="Requeue every failed job.")
+@client_options
+@with_client
+def dlq_requeue(client: Client, job_ids: tuple[str, ...], queue: str | None, all_: bool, as_json: bool) -> None:
+    """Queue failed jobs again (attempts start over): IDs, --queue Q or --all."""
+    if sum((bool(job_ids), queue is not None, all_)) != 1:
+        raise InputError("give job IDs, or --queue Q, or --all (one of them)")
+    result = client.requeue_failed(list(job_ids) if job_ids else None, queue=queue, all=all_)
+    if as_json:
+        output.emit_json(result)
+        return
+    requeued, skipped = result.get("requeued"), result.get("skipped")
+    n_req = len(requeued) if isinstance(requeued, list) else requeued
+    n_skip = len(skipped) if isinstance(skipped, list) else skipped
+    click.echo(f"requeued {n_req}, skipped {n_skip}")
+    if isinstance(skipped, list) and skipped:
+        click.echo(f"not failed (skipped): {', '.join(skipped)}", err=True)
+
+
+@raftq.group(name="queue", cls=RaftqGroup)
+def queue_group() -> None:
+    """Queues and their cluster-wide limits."""
+
+
+@queue_group.command(name="limit")
+@click.argument("queue")
+@click.option("--max-running", type=click.IntRange(min=0), default=None,
+              help="At most this many jobs of the queue running at once, across all workers (0 pauses it).")
+@click.option("--rate", type=click.FloatRange(min=0.001), default=None, metavar="PER_SECOND",
+              help="Start at most this many jobs of the queue per second, across all workers.")
+@client_options
+@with_client
+def queue_limit(client: Client, queue: str, max_running: int | None, rate: float | None, as_json: bool) -> None:
+    """Set QUEUE's limits (neither option removes them)."""
+    result = client.queue_limit(queue, max_running=max_running, rate_per_s=rate)
+    if as_json:
+        output.emit_json(result)
+        return
+    click.echo(f"queue {queue}: max running {_or_unlimited(result.get('max_running'))}, "
+               f"rate {_or_unlimited(result.get('rate_per_s'))}/s")
+
+
+def _or_unlimited(value: Any) -> str:
+    return "unlimited" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@queue_group.command(name="list")
+@client_options
+@with_client
+def queue_list(client: Client, as_json: bool) -> None:
+    """Every queue: job counts and limits."""
+    queues = client.queues()
+    if as_json:
+        output.emit_json(queues)
+        return
+    states = ("pending", "scheduled", "queued", "running", "failed")
+    output.emit_table(
+        ["QUEUE", *(s.upper() for s in states), "MAX RUNNING", "RATE/S"],
+        [[q.get("queue"), *(str((q.get("jobs") or {}).get(s, 0)) for s in states),
+          _or_unlimited(q.get("max_running")), _or_unlimited(q.get("rate_per_s"))] for q in queues],
+    )
+
+
+@raftq.group(name="schedule", cls=RaftqGroup)
+def schedule_group() -> None:
+    """Cron and interval schedules that submit jobs."""
+
+
+@schedule_group.command(name="add")
+@click.argument("name")
+@click.argument("job_type", metavar="TYPE")
+@click.option("--cron", "cron_expr", default=None, metavar="EXPR", help="Cron expression, e.g. '*/5 * * * *'.")
+@click.option("--every", type=click.FloatRange(min=0.001), default=None, metavar="SECONDS",
+              help="Fire every SECONDS instead of by cron.")
+@click.option("--arg", "arg_pairs", multiple=True, metavar="KEY=VALUE", help="A job argument. Repeatable.")
+@click.option("--args-json", metavar="JSON", help="All job arguments as one JSON value.")
+@click.option("--queue", default="default", show_default=True)
+@click.option("--priority", type=int, default=0, show_default=True)
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Per-attempt run time limit of each job, in seconds.")
+@click.option("--tz", default="UTC", show_default=True, help="Time zone of the cron expression (IANA name).")
+@click.option("--misfire", type=click.Choice(["skip", "catch_up"]), default="skip", show_default=True,
+              help="Missed fire times: run only the latest, or catch up (at most --max-catch-up).")
+@click.option("--max-catch-up", type=click.IntRange(min=1, max=1000), default=1, show_default=True)
+@click.option("--paused", is_flag=True, help="Add it paused.")
+@client_options
+@with_client
+def schedule_add(client: Client, name: str, job_type: str, cron_expr: str | None, every: float | None,
+                 arg_pairs: tuple[str, ...], args_json: str | None, queue: str, priority: int, max_attempts: int,
+                 timeout: float | None, tz: str, misfire: str, max_catch_up: int, paused: bool,
+                 as_json: bool) -> None:
+    """Add schedule NAME firing a TYPE job (--cron EXPR or --every SECONDS)."""
+    if (cron_expr is None) == (every is None):
+        raise InputError("give exactly one of --cron EXPR and --every SECONDS")
+    args = build_args(arg_pairs, args_json)
+    result = client.schedule_add(name, job_type, args, cron=cron_expr, every=every, tz=tz, queue=queue,
+                                 priority=priority, max_attempts=max_attempts, timeout=timeout, misfire=misfire,
+                                 max_catch_up=max_catch_up, paused=paused)
+    if as_json:
+        output.emit_json(result)
+        return
+    verb = "added" if result.get("created") else "unchanged (exists)"
+    click.echo(f"schedule {name} {verb}; next fire {output.format_time(result.get('next_fire_ms', 0) / 1000)}")
+
+
+@schedule_group.command(name="list")
+@client_options
+@with_client
+def schedule_list(client: Client, as_json: bool) -> None:
+    """Every schedule with its next fire time."""
+    schedules = client.schedules()
+    if as_json:
+        output.emit_json(schedules)
+        return
+    output.emit_table(
+        ["NAME", "WHEN", "TZ", "TYPE", "QUEUE", "STATE", "NEXT FIRE", "FIRED"],
+        [[s.get("name"), s.get("cron") or f"every {s.get('every_ms', 0) / 1000:g}s", s.get("tz"),
+          (s.get("job") or {}).get("type"), (s.get("job") or {}).get("queue", "default"),
+          "paused" if s.get("paused") else "active",
+          "-" if s.get("paused") else output.format_time(s.get("next_fire_ms", 0) / 1000), str(s.get("fired"))]
+         for s in schedules],
+    )
+
+
+def _schedule_action(action: str, doc: str) -> None:
+    @schedule_group.command(name=action, help=doc)
+    @click.argument("name")
+    @client_options
+    @with_client
+    def command(client: Client, name: str, as_json: bool) -> None:
+        result = getattr(client, f"schedule_{action}")(name)
+        if as_json:
+            output.emit_json(result)
+        else:
+            click.echo(f"schedule {name} {action}d")
+
+
+_schedule_action("remove", "Delete schedule NAME (jobs it fired stay).")
+_schedule_action("pause", "Stop schedule NAME from firing until resumed.")
+_schedule_action("resume", "Let schedule NAME fire again, from its next fire time after now.")
+
+
+@raftq.command()
+@client_options
+@with_client
+def workers(client: Client, as_json: bool) -> None:
+    """Workers the cluster has heard from: queues, capacity, running jobs, last heartbeat."""
+    data = client.workers()
+    if as_json:
+        output.emit_json(data)
+        return
+
+    def cap(c: Any) -> str:
+        if not isinstance(c, dict):
+            return "-"
+        return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(c.items())) or "-"
+
+    output.emit_table(
+        ["NAME", "QUEUES", "CAPACITY", "RUNNING", "LAST SEEN"],
+        [[w.get("name"), ",".join(w.get("queues") or []), cap(w.get("capacity")),
+          " ".join(w.get("running") or []) or "-", _age(w.get("last_seen_at")) + " ago"] for w in data],
     )
 
 

@@ -353,11 +353,20 @@ class _Api:
         run_at: Any = None,
         backoff: float | None = None,
         unique_key: str | None = None,
+        depends_on: list[str] | None = None,
+        resources: dict[str, Any] | None = None,
+        max_lease_expiries: int | None = None,
     ) -> str:
-        """Submit one job; returns its id (the existing one for a duplicate id/unique_key)."""
+        """Submit one job; returns its id (the existing one for a duplicate id/unique_key).
+
+        `depends_on`: ids that must succeed first (the job is `pending` until
+        then); `resources`: `{"cpu": n, "mem_mb": m}` a worker's free capacity
+        must cover; `max_lease_expiries`: lost leases before quarantine.
+        """
         spec = job_spec_from_options(
             type, args, id=id, queue=queue, priority=priority, max_attempts=max_attempts,
             timeout=timeout, delay=delay, run_at=run_at, backoff=backoff, unique_key=unique_key,
+            depends_on=depends_on, resources=resources, max_lease_expiries=max_lease_expiries,
         )
         return self._run(_single(_Call.make("submit", {"job": spec}), _pick("id")))
 
@@ -397,9 +406,12 @@ class _Api:
         limit: int = 100,
         cursor: Any = None,
         stale_ok: bool = False,
+        schedule: str | None = None,
     ) -> dict[str, Any]:
         """One page `{"jobs": [JobView], "cursor": next_or_None}`."""
         args: dict[str, Any] = {"limit": _integer("limit", limit, 1)}
+        if schedule is not None:
+            args["schedule"] = _text("schedule", schedule)
         if state is not None:
             args["state"] = _text("state", state)
         if queue is not None:
@@ -421,6 +433,76 @@ class _Api:
         every node answers for itself; tests compare replicas with it)."""
         return self._run(_single(_Call.make("digest", {})))
 
+    # -- dead letters, queues, schedules, workers (issue 3)
+
+    def requeue_failed(self, ids: list[str] | None = None, *, queue: str | None = None,
+                       all: bool = False) -> dict[str, Any]:
+        """Dead letters back to `queued`: the given ids, or every failed job
+        (of `queue`, or of all queues with all=True). Returns
+        `{"requeued", "skipped"}` (lists for ids, counts otherwise)."""
+        args: dict[str, Any] = {}
+        if ids is not None:
+            if isinstance(ids, str) or not isinstance(ids, (list, tuple)) or not ids:
+                raise BadRequest("ids must be a non-empty list of job ids")
+            args["ids"] = [_job_id(i) for i in ids]
+        elif queue is not None:
+            args["queue"] = _text("queue", queue)
+        elif all:
+            args["all"] = True
+        else:
+            raise BadRequest("requeue_failed needs ids, queue=... or all=True")
+        return self._run(_single(_Call.make("requeue_failed", args)))
+
+    def queue_limit(self, queue: str, max_running: int | None = None,
+                    rate_per_s: float | None = None) -> dict[str, Any]:
+        """Set a queue's cluster-wide limits (both None removes them)."""
+        args: dict[str, Any] = {"queue": _text("queue", queue)}
+        if max_running is not None:
+            args["max_running"] = _integer("max_running", max_running, 0)
+        if rate_per_s is not None:
+            args["rate_per_s"] = _number("rate_per_s", rate_per_s, 0.001)
+        return self._run(_single(_Call.make("queue_limit", args)))
+
+    def queues(self, stale_ok: bool = False) -> list[dict[str, Any]]:
+        """Every queue: `{"queue", "jobs": {state: n}, "max_running", "rate_per_s"}`."""
+        return self._run(_single(_Call.make("queues", {"stale_ok": True} if stale_ok else {}), _pick("queues")))
+
+    def workers(self, stale_ok: bool = False) -> list[dict[str, Any]]:
+        """The worker registry: `{"name", "queues", "capacity", "running", "lease_ms", "last_seen_at"}`."""
+        return self._run(_single(_Call.make("workers", {"stale_ok": True} if stale_ok else {}), _pick("workers")))
+
+    def schedule_add(self, name: str, type: str, args: Any = None, *, cron: str | None = None,
+                     every: float | None = None, tz: str = "UTC", queue: str = "default", priority: int = 0,
+                     max_attempts: int = 3, timeout: float | None = None, unique_key: str | None = None,
+                     misfire: str = "skip", max_catch_up: int = 1, paused: bool = False) -> dict[str, Any]:
+        """Add a schedule firing a job of `type` by `cron` (in `tz`) or `every` seconds."""
+        if (cron is None) == (every is None):
+            raise BadRequest("give exactly one of cron and every")
+        template = job_spec_from_options(type, args, queue=queue, priority=priority, max_attempts=max_attempts,
+                                         timeout=timeout, unique_key=unique_key)
+        del template["id"]
+        sched: dict[str, Any] = {"name": _text("name", name), "tz": _text("tz", tz), "job": template,
+                                 "misfire": misfire, "max_catch_up": _integer("max_catch_up", max_catch_up, 1),
+                                 "paused": bool(paused)}
+        if cron is not None:
+            sched["cron"] = _text("cron", cron)
+        else:
+            sched["every_ms"] = max(1, round(_number("every", every, 0.001) * 1000))
+        return self._run(_single(_Call.make("schedule_add", {"schedule": sched})))
+
+    def schedules(self, stale_ok: bool = False) -> list[dict[str, Any]]:
+        return self._run(_single(_Call.make("schedule_list", {"stale_ok": True} if stale_ok else {}),
+                                 _pick("schedules")))
+
+    def schedule_remove(self, name: str) -> dict[str, Any]:
+        return self._run(_single(_Call.make("schedule_remove", {"name": _text("name", name)})))
+
+    def schedule_pause(self, name: str) -> dict[str, Any]:
+        return self._run(_single(_Call.make("schedule_pause", {"name": _text("name", name)})))
+
+    def schedule_resume(self, name: str) -> dict[str, Any]:
+        return self._run(_single(_Call.make("schedule_resume", {"name": _text("name", name)})))
+
     def request(self, op: str, args: dict[str, Any]) -> Any:
         """Send one raw request with the usual redirect/retry rules (tools and tests)."""
         return self._run(_single(_Call.make(op, args)))
@@ -434,8 +516,12 @@ class _Api:
         max: int = 1,
         wait_s: float = 5.0,
         lease_ms: int | None = None,
+        capacity: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
-        """Lease up to `max` ready jobs, long-polling up to `wait_s` when none is ready."""
+        """Lease up to `max` ready jobs, long-polling up to `wait_s` when none is ready.
+
+        `capacity`: the worker's free `{"cpu": n, "mem_mb": m}`; only jobs whose
+        `resources` fit are granted (None: any job)."""
         wait = _number("wait_s", wait_s)
         args: dict[str, Any] = {
             "worker": _text("worker", worker),
@@ -445,6 +531,10 @@ class _Api:
         }
         if lease_ms is not None:
             args["lease_ms"] = _integer("lease_ms", lease_ms, 1)
+        if capacity is not None:
+            if not isinstance(capacity, dict):
+                raise BadRequest(f"capacity must be a dict {{cpu, mem_mb}}, got {capacity!r}")
+            args["capacity"] = dict(capacity)
         return self._run(_single(_Call.make("lease", args, wait_s=wait), _pick("jobs")))
 
     def heartbeat(self, worker: str, leases: list[dict[str, Any]], lease_ms: int | None = None) -> dict[str, Any]:

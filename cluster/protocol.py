@@ -53,12 +53,22 @@ OPS: frozenset[str] = frozenset(
         "heartbeat",
         "complete",
         "fail",
+        "requeue_failed",
+        "queue_limit",
+        "queues",
+        "workers",
+        "schedule_add",
+        "schedule_list",
+        "schedule_remove",
+        "schedule_pause",
+        "schedule_resume",
     }
 )
 # Ops that change replicated state. All of them are idempotent (client-chosen
 # job ids, lease tokens), which is what makes the clients' retries safe.
 WRITE_OPS: frozenset[str] = frozenset(
-    {"submit", "submit_many", "cancel", "retry", "lease", "heartbeat", "complete", "fail"}
+    {"submit", "submit_many", "cancel", "retry", "lease", "heartbeat", "complete", "fail",
+     "requeue_failed", "queue_limit", "schedule_add", "schedule_remove", "schedule_pause", "schedule_resume"}
 )
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 ROLES: frozenset[str] = frozenset({"client", "worker"})
@@ -261,7 +271,8 @@ def parse_nodes(nodes: str | list[str] | tuple[str, ...]) -> list[str]:
 # --------------------------------------------------------------------------- JobSpec
 
 SPEC_OPTIONS: frozenset[str] = frozenset(
-    {"id", "queue", "priority", "max_attempts", "timeout", "delay", "run_at", "backoff", "unique_key"}
+    {"id", "queue", "priority", "max_attempts", "timeout", "delay", "run_at", "backoff", "unique_key",
+     "depends_on", "resources", "max_lease_expiries"}
 )
 
 
@@ -310,6 +321,9 @@ def job_spec_from_options(
     run_at: float | _dt.datetime | None = None,
     backoff: float | None = None,
     unique_key: str | None = None,
+    depends_on: list[str] | tuple[str, ...] | None = None,
+    resources: Mapping[str, Any] | None = None,
+    max_lease_expiries: int | None = None,
 ) -> dict[str, Any]:
     """Build a JobSpec (contracts §1) from client-side options in seconds.
 
@@ -345,6 +359,17 @@ def job_spec_from_options(
         spec["backoff_ms"] = backoff_ms
     if unique_key is not None:
         spec["unique_key"] = _check_str("unique_key", unique_key)
+    if depends_on is not None:
+        if isinstance(depends_on, str) or not isinstance(depends_on, (list, tuple)):
+            raise BadRequest(f"depends_on must be a list of job ids, got {depends_on!r}")
+        if depends_on:
+            spec["depends_on"] = [_check_str("depends_on id", d) for d in depends_on]
+    if resources is not None:
+        if not isinstance(resources, Mapping):
+            raise BadRequest(f"resources must be a dict {{cpu, mem_mb}}, got {resources!r}")
+        spec["resources"] = dict(resources)
+    if max_lease_expiries is not None:
+        spec["max_lease_expiries"] = _check_int("max_lease_expiries", max_lease_expiries, 1)
     return spec
 
 

@@ -31,12 +31,15 @@ import signal
 import time
 from typing import Any, Awaitable, Callable
 
+import msgpack
+
 from cluster import protocol
 from cluster.commit import GroupCommitter
 from cluster.config import ClusterConfig
-from cluster.errors import (BadRequest, Internal, NoLeader, NotFound, NotLeader, Overloaded,
+from cluster.errors import (BadRequest, Internal, NoLeader, NotFound, NotLeader, Overloaded, TooLarge,
                             RaftqError, Unauthorized, error_from_wire)
 from replication.machine import JobMachine, validate_command
+from replication.model import MAX_REQUEUE_BATCH, MAX_RESULT_BYTES
 from replication.raft import RaftConfig, RaftNode
 
 log = logging.getLogger("raftq.node")
@@ -46,6 +49,8 @@ MAX_WAIT_S = 60.0          # longest long poll a client may ask for
 TICK_INTERVAL_S = 0.05     # how often the leader checks for due work
 RETENTION_TICK_S = 5.0     # a tick for retention at least this often
 MAX_LIST_LIMIT = 1000
+EMPTY_LEASE_PAUSE_S = 0.1  # after a lease commit that granted nothing (limits, capacity): poll no faster
+MAX_REQUEUE_ROUNDS = 1000  # requeue --all: at most this many batches per request
 # Fault-suite only (tests/fault): known bugs its checker must catch, chosen by
 # RAFTQ_TEST_INJECT_BUG, read once when the node starts. Never set in production.
 TEST_BUGS = ("ack_before_commit", "skip_fencing", "lease_without_log")
@@ -215,7 +220,8 @@ class Node:
             raise BadRequest("'cursor' must be the integer a previous list returned")
         try:
             with self.raft.reading():
-                jobs, next_cursor = self.machine.list_jobs(state=state, queue=queue, limit=limit, cursor=cursor)
+                jobs, next_cursor = self.machine.list_jobs(state=state, queue=queue, limit=limit, cursor=cursor,
+                                                           schedule=_opt_str(args, "schedule"))
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         return {"jobs": jobs, "cursor": next_cursor}
@@ -266,10 +272,14 @@ class Node:
         lease_ms = int(_number(args, "lease_ms", self.cfg.lease_ttl_s * 1000, 100, 24 * 3600 * 1000))
         deadline = time.monotonic() + wait_s
         cmd = {"op": "lease", "worker": worker, "queues": queues, "max": max_jobs, "lease_ms": lease_ms}
+        if args.get("capacity") is not None:
+            cmd["capacity"] = args["capacity"]  # validated with the command
         while True:
             self._require_leader()
             with self.raft.reading():
-                ready = self.machine.has_ready(queues)
+                # queue limits included; a rate limit says how long until a token
+                wait_ms = self.machine.lease_wait_ms(queues, int(time.time() * 1000))
+            ready = wait_ms == 0
             if ready and self.test_bug == "lease_without_log":
                 # Injected bug: grant from this replica's state, bypassing the log.
                 entry = {"v": 1, "now_ms": int(time.time() * 1000), "cmds": [cmd]}
@@ -281,10 +291,13 @@ class Node:
                 result = await self._commit(cmd)
                 if result.get("jobs"):
                     return result
+                # Nothing fitted (capacity) or a race: do not spin on commits that
+                # wake every other poller, which would commit again.
+                await asyncio.sleep(min(EMPTY_LEASE_PAUSE_S, max(deadline - time.monotonic(), 0)))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return {"jobs": []}
-            await self._until_applied(min(remaining, 1.0))
+            await self._until_applied(min(remaining, 1.0, wait_ms / 1000 if wait_ms else 1.0))
 
     async def _op_heartbeat(self, args: dict[str, Any]) -> Any:
         leases = args.get("leases")
@@ -295,12 +308,126 @@ class Node:
                                    "lease_ms": lease_ms, "leases": leases})
 
     async def _op_complete(self, args: dict[str, Any]) -> Any:
+        try:
+            size = len(msgpack.packb(args.get("result"), use_bin_type=True))
+        except (TypeError, ValueError, OverflowError):
+            size = 0  # validation rejects it with a clearer message
+        if size > MAX_RESULT_BYTES:
+            raise TooLarge(f"result of {size} bytes exceeds the {MAX_RESULT_BYTES}-byte limit; "
+                           f"store large outputs elsewhere and return a reference")
         return await self._commit({"op": "complete", "id": _job_id(args),
                                    "attempt": args.get("attempt"), "result": args.get("result")})
 
     async def _op_fail(self, args: dict[str, Any]) -> Any:
         return await self._commit({"op": "fail", "id": _job_id(args), "attempt": args.get("attempt"),
                                    "error": args.get("error"), "retryable": args.get("retryable", True)})
+
+    # ---- lifecycle ops (issue 3) ------------------------------------------
+
+    async def _op_requeue_failed(self, args: dict[str, Any]) -> Any:
+        """Dead letters back to queued: explicit ids, or every failed job (of a queue)
+        picked from this leader's replica in batches; each batch is one command
+        naming its ids, so every replica requeues exactly the same jobs."""
+        ids = args.get("ids")
+        if ids is not None:
+            if not isinstance(ids, list) or not ids:
+                raise BadRequest("'ids' must be a non-empty list of job ids")
+            requeued: list[str] = []
+            skipped: list[str] = []
+            for i in range(0, len(ids), MAX_REQUEUE_BATCH):
+                r = await self._commit({"op": "requeue_failed", "ids": ids[i:i + MAX_REQUEUE_BATCH]})
+                requeued += r["requeued"]
+                skipped += r["skipped"]
+            return {"requeued": requeued, "skipped": skipped}
+        if not args.get("all") and args.get("queue") is None:
+            raise BadRequest("requeue_failed needs 'ids', 'queue' or 'all': true")
+        queue = _opt_str(args, "queue")
+        cursor: int | None = None
+        n_requeued = n_skipped = 0
+        for _ in range(MAX_REQUEUE_ROUNDS):
+            self._require_leader()
+            with self.raft.reading():
+                page, cursor = self.machine.list_jobs(state="failed", queue=queue, limit=MAX_REQUEUE_BATCH,
+                                                      cursor=cursor)
+            if page:
+                r = await self._commit({"op": "requeue_failed", "ids": [j["id"] for j in page]})
+                n_requeued += len(r["requeued"])
+                n_skipped += len(r["skipped"])
+            if cursor is None:
+                break
+        return {"requeued": n_requeued, "skipped": n_skipped, "more": cursor is not None}
+
+    async def _op_queue_limit(self, args: dict[str, Any]) -> Any:
+        cmd: dict[str, Any] = {"op": "queue_limit", "queue": _str(args, "queue")}
+        for key in ("max_running", "rate_per_s"):
+            if args.get(key) is not None:
+                cmd[key] = args[key]
+        return await self._commit(cmd)
+
+    async def _op_queues(self, args: dict[str, Any]) -> Any:
+        self._read_guard(args)
+        with self.raft.reading():
+            return {"queues": self.machine.queues()}
+
+    async def _op_workers(self, args: dict[str, Any]) -> Any:
+        self._read_guard(args)
+        with self.raft.reading():
+            return {"workers": self.machine.workers()}
+
+    async def _op_schedule_add(self, args: dict[str, Any]) -> Any:
+        from cluster import cron  # croniter: the leader's business, never apply's
+
+        sched = args.get("schedule")
+        if not isinstance(sched, dict):
+            raise BadRequest("schedule_add needs 'schedule': a map")
+        cron.check_schedule(sched)
+        next_fire_ms = cron.next_fire_after(sched, int(time.time() * 1000))
+        return await self._commit({"op": "schedule_add", "schedule": sched, "next_fire_ms": next_fire_ms})
+
+    async def _op_schedule_list(self, args: dict[str, Any]) -> Any:
+        self._read_guard(args)
+        with self.raft.reading():
+            return {"schedules": self.machine.schedules()}
+
+    async def _op_schedule_remove(self, args: dict[str, Any]) -> Any:
+        return await self._commit({"op": "schedule_remove", "name": _str(args, "name")})
+
+    async def _op_schedule_pause(self, args: dict[str, Any]) -> Any:
+        return await self._commit({"op": "schedule_pause", "name": _str(args, "name")})
+
+    async def _op_schedule_resume(self, args: dict[str, Any]) -> Any:
+        from cluster import cron
+
+        name = _str(args, "name")
+        self._require_leader()
+        with self.raft.reading():
+            sched = self.machine.get_schedule(name)
+        if sched is None:
+            raise NotFound(f"no schedule {name!r}")
+        next_fire_ms = cron.next_fire_after(sched, int(time.time() * 1000))
+        return await self._commit({"op": "schedule_resume", "name": name, "next_fire_ms": next_fire_ms})
+
+    async def _fire_due_schedules(self, now_ms: int) -> None:
+        """Leader: propose one `fire` per due fire time (the machine drops repeats)."""
+        from cluster import cron
+
+        with self.raft.reading():
+            top = self.machine.next_fire_ms()
+            due = self.machine.due_schedules(now_ms) if top is not None and top <= now_ms else []
+        cmds = []
+        for sched in due:
+            try:
+                firings = cron.due_firings(sched, now_ms)
+            except Exception:  # a zone that vanished from tzdata: log, do not stop the ticker
+                log.exception("schedule %r: cannot compute fire times", sched.get("name"))
+                continue
+            cmds += [{"op": "fire", "schedule": sched["name"], "fire_ms": t, "next_fire_ms": n}
+                     for t, n in firings]
+        if cmds:
+            results = await asyncio.gather(*(self.committer.commit(c) for c in cmds), return_exceptions=True)
+            for cmd, r in zip(cmds, results):
+                if isinstance(r, BaseException) or "error" in r:
+                    log.debug("fire %s@%s not applied: %s", cmd["schedule"], cmd["fire_ms"], r)
 
     _handlers: dict[str, Callable[["Node", dict[str, Any]], Awaitable[Any]]] = {
         "submit": _op_submit,
@@ -317,6 +444,15 @@ class Node:
         "heartbeat": _op_heartbeat,
         "complete": _op_complete,
         "fail": _op_fail,
+        "requeue_failed": _op_requeue_failed,
+        "queue_limit": _op_queue_limit,
+        "queues": _op_queues,
+        "workers": _op_workers,
+        "schedule_add": _op_schedule_add,
+        "schedule_list": _op_schedule_list,
+        "schedule_remove": _op_schedule_remove,
+        "schedule_pause": _op_schedule_pause,
+        "schedule_resume": _op_schedule_resume,
     }
 
     # ---- leader duties -------------------------------------------------
@@ -335,6 +471,7 @@ class Node:
                 if due or now - self._last_tick >= RETENTION_TICK_S:
                     self._last_tick = now
                     await self.committer.commit({"op": "tick", "retention_ms": int(self.cfg.retention_s * 1000)})
+                await self._fire_due_schedules(int(now * 1000))
             except RaftqError as exc:
                 log.debug("tick not committed: %s", exc)
             except Exception:
