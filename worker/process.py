@@ -18,7 +18,8 @@ EOF without "ok"/"err" means the child died (killed, crashed, out of memory).
 
 Stopping (`ProcessRun.stop()`, thread-safe, idempotent): SIGTERM, which the
 child turns into JobCancelled inside the handler so its `finally` blocks run
-(temporary files are removed); SIGKILL after KILL_AFTER_S if it is still alive.
+(temporary files are removed); SIGKILL after KILL_AFTER_S if it is still alive
+(the io thread waiting on the pipe polls for that).
 The parent always reaps the child before `execute()` returns, so when the
 worker frees the job's slot the PID is gone.
 
@@ -41,6 +42,7 @@ from worker.context import JobCancelled, JobContext, JobSettings
 from worker.registry import JobError
 
 KILL_AFTER_S = 1.0
+POLL_S = 0.1  # how often a waiting io thread checks whether to escalate to SIGKILL
 PROGRESS_EVERY_S = 0.1
 
 _mp_lock = threading.Lock()
@@ -137,6 +139,7 @@ class ProcessRun:
         self._preload = preload
         self._lock = threading.Lock()
         self._stopped = False
+        self._stop_at: float | None = None
         self._proc: Any = None
         self.pid: int | None = None
         self.exitcode: int | None = None
@@ -144,6 +147,8 @@ class ProcessRun:
     def stop(self) -> None:
         """Ask the child to end (SIGTERM now, SIGKILL later from execute()). Thread-safe."""
         with self._lock:
+            if not self._stopped:
+                self._stop_at = time.monotonic()
             self._stopped = True
             proc = self._proc
         # No exitcode check here: with forkserver, polling it reads the pipe the
@@ -182,8 +187,16 @@ class ProcessRun:
                 send.close()
 
     def _receive(self, recv: multiprocessing.connection.Connection) -> Any:
+        killed = False
         while True:
             try:
+                if not recv.poll(POLL_S):
+                    # A child that ignores or outlasts SIGTERM gets SIGKILL.
+                    stop_at = self._stop_at
+                    if not killed and stop_at is not None and time.monotonic() - stop_at >= KILL_AFTER_S:
+                        killed = True
+                        self._proc.kill()
+                    continue
                 msg = recv.recv()
             except (EOFError, OSError):
                 proc = self._proc

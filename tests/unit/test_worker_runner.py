@@ -524,8 +524,8 @@ def test_builtin_jobs_run_in_threads_and_processes(tmp_path: Path) -> None:
         fake.add("text.wordcount", {"text": "a b a"}, id="wc")
         fake.add("math.primes", {"n": 1000}, id="pr")  # pool="process"
         fake.add("math.primes", {"n": -1}, id="bad")
-        # A process job cannot observe cancellation: at its timeout it is
-        # reported failed and left to finish (or be terminated at shutdown).
+        # At its timeout a process job is reported failed and its child
+        # terminated (tests/unit/test_worker_process.py checks the PID).
         fake.add("math.primes", {"n": 50_000_000}, id="slow", timeout_s=0.05)
         await until(lambda: len(fake.reports) == 4, timeout=60, what="four reports")
 
