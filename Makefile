@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: run test unit bench clean chaos
+.PHONY: run test unit bench loadtest clean chaos
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,19 @@ chaos: $(VENV)/.installed
 	RAFTQ_FAULT=1 $(PY) -m pytest -q tests/fault; \
 	$(PY) -m tests.fault.runner --faults $(CHAOS_FAULTS) --workloads $(CHAOS_WORKLOADS) \
 		--runs $(CHAOS_RUNS) --duration $(CHAOS_DURATION) --seed $(CHAOS_SEED)
+
+# raftq vs Celery and RQ on this machine (installs Debian redis-server and the
+# `bench` extra). ROUNDS, JOBS, PRODUCERS, SYSTEMS override the defaults.
+bench: $(VENV)/.installed
+	$(PIP) install -q -e '.[bench]'
+	$(PY) -m loadtest.bench
+
+# Locust, headless, against a fresh local cluster: USERS (1000), SPAWN_RATE (200),
+# RUN_TIME (60 s), KILL_LEADER_AT (seconds; unset = no kill), CSV (output prefix),
+# SLO_P95_MS (1000), SLO_FAIL_RATIO (0.01), SLO_MIN_RPS (100).
+loadtest: $(VENV)/.installed
+	$(PIP) install -q -e '.[load]'
+	$(PY) -m loadtest.run_locust
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -68,7 +68,11 @@ def producer_main(args: argparse.Namespace) -> int:
     """Child process: `threads` producers, `count` jobs in all, from `start_at`."""
     system = _make_system(args.system, args.addrs.split(",") if args.addrs else [], Path(tempfile.gettempdir()))
     per = [args.count // args.threads + (1 if i < args.count % args.threads else 0) for i in range(args.threads)]
-    producers = [system.producer() for _ in range(args.threads)]
+    from loadtest.peers import ENQ_QUEUE, RUN_QUEUE
+    queue = ENQ_QUEUE if args.mode == "enqueue" else RUN_QUEUE
+    if args.mode == "e2e":
+        args.mode = "enqueue"
+    producers = [system.producer(queue) for _ in range(args.threads)]
     lat: list[list[float]] = [[] for _ in producers]
     errors: list[str] = []
 
@@ -234,13 +238,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 add("enqueue_1", one["rate"]); add("submit_p50", one["p50"]); add("submit_p99", one["p99"])
                 many = run_producers(s, addrs, 5 * args.jobs, args.producers, 2)
                 add("enqueue_N", many["rate"])
+                sysobjs[s].purge_enqueued()
                 # Workers run only for the workloads that need them: idle peers'
                 # workers would otherwise tax the enqueue-only runs of the others.
                 sysobjs[s].start_workers()
                 run_producers(s, addrs, 1, 1, 1, mode="round_trip")  # proves the workers are up
                 n_e2e = 2 * args.jobs
                 base = sysobjs[s].completed()
-                e2e = run_producers(s, addrs, n_e2e, args.producers, 2)
+                e2e = run_producers(s, addrs, n_e2e, args.producers, 2, mode="e2e")
                 # warm-up enqueues (one per producer thread) also complete
                 done_at = wait_completed(sysobjs[s], base + n_e2e + e2e["warm_jobs"], 300)
                 add("e2e", n_e2e / (done_at - e2e["start_at"]))
@@ -325,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--count", type=int, required=True)
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--start-at", type=float, required=True)
-        p.add_argument("--mode", choices=["enqueue", "round_trip"], default="enqueue")
+        p.add_argument("--mode", choices=["enqueue", "e2e", "round_trip"], default="enqueue")
         return producer_main(p.parse_args(argv[1:]))
     p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", 3)))

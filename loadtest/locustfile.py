@@ -16,7 +16,7 @@ the user's jobs 2, result (wait for a final state, 5 s) 1.
 
 SLO gate (an `events.quitting` listener sets the exit code to 1 when any is
 missed, and prints which): failure ratio <= --slo-fail-ratio (default 0.01),
-p95 <= --slo-p95-ms (default 1000), aggregate rate >= --slo-min-rps
+p95 of every request but the `result` long poll <= --slo-p95-ms (default 1000), aggregate rate >= --slo-min-rps
 (default 100 requests/s).
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from locust import User, between, events, task
 from locust.env import Environment
+from locust.stats import StatsEntry
 
 from cluster.client import Client
 from cluster.errors import RaftqError, Timeout
@@ -126,11 +127,18 @@ def _slo_gate(environment: Environment, **_kw: Any) -> None:
             print("SLO FAIL: no requests were made")
             environment.process_exit_code = 1
         return
-    p95 = total.get_response_time_percentile(0.95) or 0.0
+    # `result` is a long poll (up to 5 s while workers are behind): its time
+    # measures the backlog, not the cluster's responsiveness, so the p95 gate
+    # covers every other request.
+    gated = StatsEntry(environment.stats, "gated", "", use_response_times_cache=False)
+    for (name, _method), entry in environment.stats.entries.items():
+        if name != "result":
+            gated.extend(entry)
+    p95 = gated.get_response_time_percentile(0.95) or 0.0
     rps = total.num_requests / max(1e-9, (total.last_request_timestamp or 0) - total.start_time)
     checks = [
         ("failure ratio", total.fail_ratio, "<=", opts.slo_fail_ratio),
-        ("p95 ms", p95, "<=", opts.slo_p95_ms),
+        ("p95 ms (all but result)", p95, "<=", opts.slo_p95_ms),
         ("requests/s", rps, ">=", opts.slo_min_rps),
     ]
     failed = False
@@ -139,5 +147,6 @@ def _slo_gate(environment: Environment, **_kw: Any) -> None:
         failed |= not ok
         print(f"SLO {'ok  ' if ok else 'FAIL'} {name}: {value:.4g} (limit {op} {limit:g})")
     print(f"SLO summary: {total.num_requests} requests, {total.num_failures} failures, "
-          f"p50 {total.get_response_time_percentile(0.5):.0f} ms, p95 {p95:.0f} ms, {rps:.0f} req/s")
+          f"p50 {total.get_response_time_percentile(0.5):.0f} ms, p95 {p95:.0f} ms (all but result), "
+          f"{rps:.0f} req/s")
     environment.process_exit_code = 1 if failed else 0

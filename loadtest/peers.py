@@ -50,8 +50,17 @@ def _make_celery() -> Any:
 celery_app = _make_celery()
 
 
+# Enqueue-only workloads use their own queue, which no worker serves, so they
+# leave no backlog in front of the end-to-end and round-trip jobs.
+ENQ_QUEUE = "bench_enqueue"
+RUN_QUEUE = "bench_run"
+
+
 class System:
     name = "?"
+
+    def purge_enqueued(self) -> None:
+        """Drop the jobs the enqueue-only workloads left (where the system can)."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -94,16 +103,16 @@ class RaftqSystem(System):
         self.addrs = addrs
         self.token = token
 
-    def producer(self) -> Any:
+    def producer(self, queue: str = RUN_QUEUE) -> Any:
         from cluster.client import Client
         client = Client(self.addrs, token=self.token, timeout_s=30.0)
 
         class P:
             def enqueue(self) -> str:
-                return client.submit("util.noop", {})
+                return client.submit("util.noop", {}, queue=queue)
 
             def round_trip(self) -> None:
-                job_id = client.submit("util.noop", {})
+                job_id = client.submit("util.noop", {}, queue=RUN_QUEUE)
                 view = client.result(job_id, timeout=30)
                 if view["state"] != "succeeded":
                     raise RuntimeError(f"job {job_id} ended {view['state']}")
@@ -120,22 +129,22 @@ class RaftqSystem(System):
     def start_workers(self) -> None:
         for i in range(2):
             self._spawn([sys.executable, "-m", "cli.main", "worker", "--cluster", ",".join(self.addrs),
-                         "--token", self.token, "--threads", "16", "--name", f"bench-{i}",
+                         "--token", self.token, "--threads", "16", "--name", f"bench-{i}", "--queues", RUN_QUEUE,
                          "--workdir", str(self.workdir / f"raftq-work-{i}")], f"worker{i}")
 
 
 class CelerySystem(System):
     name = "celery"
 
-    def producer(self) -> Any:
+    def producer(self, queue: str = RUN_QUEUE) -> Any:
         app = celery_app
 
         class P:
             def enqueue(self) -> str:
-                return app.send_task("bench.noop").id
+                return app.send_task("bench.noop", queue=queue).id
 
             def round_trip(self) -> None:
-                app.send_task("bench.noop").get(timeout=30)
+                app.send_task("bench.noop", queue=RUN_QUEUE).get(timeout=30)
 
             def close(self) -> None:
                 pass
@@ -145,26 +154,32 @@ class CelerySystem(System):
         import redis
         return int(redis.Redis.from_url(f"{REDIS_URL}/1").dbsize())
 
+    def purge_enqueued(self) -> None:
+        import redis
+        redis.Redis.from_url(f"{REDIS_URL}/0").delete(ENQ_QUEUE)
+
     def start_workers(self) -> None:
         self._spawn([sys.executable, "-m", "celery", "-A", "loadtest.peers:celery_app", "worker",
-                     "--pool", "prefork", "-c", "2", "--loglevel", "WARNING",
+                     "--pool", "prefork", "-c", "2", "--loglevel", "WARNING", "-Q", RUN_QUEUE,
                      "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"], "worker")
 
 
 class RqSystem(System):
     name = "rq"
 
-    def producer(self) -> Any:
+    def producer(self, queue: str = RUN_QUEUE) -> Any:
         import redis
         from rq import Queue
-        q = Queue("bench", connection=redis.Redis.from_url(f"{REDIS_URL}/2"))
+        conn = redis.Redis.from_url(f"{REDIS_URL}/2")
+        q = Queue(queue, connection=conn)
+        run_q = Queue(RUN_QUEUE, connection=conn)
 
         class P:
             def enqueue(self) -> str:
                 return q.enqueue(noop).id
 
             def round_trip(self) -> None:
-                job = q.enqueue(noop)
+                job = run_q.enqueue(noop)
                 deadline = time.monotonic() + 30
                 while job.get_status(refresh=True) != "finished":  # RQ has no blocking wait
                     if time.monotonic() > deadline:
@@ -178,10 +193,15 @@ class RqSystem(System):
     def completed(self) -> int:
         import redis
         from rq import Queue
-        q = Queue("bench", connection=redis.Redis.from_url(f"{REDIS_URL}/2"))
+        q = Queue(RUN_QUEUE, connection=redis.Redis.from_url(f"{REDIS_URL}/2"))
         return int(q.finished_job_registry.count)
+
+    def purge_enqueued(self) -> None:
+        import redis
+        from rq import Queue
+        Queue(ENQ_QUEUE, connection=redis.Redis.from_url(f"{REDIS_URL}/2")).empty()
 
     def start_workers(self) -> None:
         for i in range(2):
             self._spawn([str(Path(sys.executable).with_name("rq")), "worker", "-w", "rq.worker.SimpleWorker",
-                         "--url", f"{REDIS_URL}/2", "--logging_level", "WARNING", "bench"], f"worker{i}")
+                         "--url", f"{REDIS_URL}/2", "--logging_level", "WARNING", RUN_QUEUE], f"worker{i}")

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv", default=os.environ.get("CSV", str(REPO / "loadtest" / "results" / "locust")))
     p.add_argument("--durability", choices=["fsync", "none"], default="fsync")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--slo-p95-ms", type=float, default=float(os.environ.get("SLO_P95_MS", 1000)))
+    p.add_argument("--slo-fail-ratio", type=float, default=float(os.environ.get("SLO_FAIL_RATIO", 0.01)))
+    p.add_argument("--slo-min-rps", type=float, default=float(os.environ.get("SLO_MIN_RPS", 100)))
     p.add_argument("locust_args", nargs="*", help="extra arguments for locust (after --)")
     args = p.parse_args(argv)
     if args.users < 1 or args.spawn_rate <= 0 or args.run_time < 1:
@@ -58,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"), "--headless",
                "-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{args.run_time}s",
                "--csv", args.csv, "--only-summary", "--stop-timeout", "10",
-               "--raftq-nodes", ",".join(cluster.addrs), "--raftq-token", TOKEN, *args.locust_args]
+               "--raftq-nodes", ",".join(cluster.addrs), "--raftq-token", TOKEN,
+               "--slo-p95-ms", str(args.slo_p95_ms), "--slo-fail-ratio", str(args.slo_fail_ratio),
+               "--slo-min-rps", str(args.slo_min_rps), *args.locust_args]
         started = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=REPO)
         killer = None
