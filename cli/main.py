@@ -306,11 +306,16 @@ def node(config_path: Path, node_id: int) -> None:
               help="From address of sent mail [default: raftq@localhost] [env RAFTQ_SMTP_FROM].")
 @click.option("--smtp-ca-file", type=click.Path(dir_okay=False, path_type=Path), envvar="RAFTQ_SMTP_CA_FILE",
               default=None, help="Extra CA certificates to trust for SMTP TLS [env RAFTQ_SMTP_CA_FILE].")
+@click.option("--cpu", type=click.FloatRange(min=0, min_open=True), envvar="RAFTQ_CPU", default=None,
+              help="CPUs offered to jobs declaring resources [default: one per free job slot] [env RAFTQ_CPU].")
+@click.option("--mem-mb", type=click.IntRange(min=1), envvar="RAFTQ_MEM_MB", default=None,
+              help="Memory (MB) offered to jobs declaring resources [default: no limit] [env RAFTQ_MEM_MB].")
 def worker(cluster: str, token: str, queues: str | None, threads: int | None, processes: int | None,
            name: str | None, imports: tuple[str, ...], lease_ttl: float | None, grace: float | None,
            workdir: Path | None, data_root: Path | None, allow_hosts: tuple[str, ...], smtp_host: str | None,
            smtp_port: int | None, smtp_starttls: bool | None, smtp_ssl: bool | None, smtp_user: str | None,
-           smtp_password: str | None, smtp_from: str | None, smtp_ca_file: Path | None) -> None:
+           smtp_password: str | None, smtp_from: str | None, smtp_ca_file: Path | None, cpu: float | None,
+           mem_mb: int | None) -> None:
     """Run a worker: lease jobs from the cluster, run them, report results."""
     kwargs: dict[str, Any] = {"cluster": tuple(_split_addresses(cluster)), "token": token}
     # Options left unset fall back to WorkerConfig's own defaults (one place for them).
@@ -318,7 +323,7 @@ def worker(cluster: str, token: str, queues: str | None, threads: int | None, pr
                 "lease_ttl_s": lease_ttl, "grace_s": grace, "workdir": workdir, "data_root": data_root,
                 "smtp_host": smtp_host, "smtp_port": smtp_port, "smtp_starttls": smtp_starttls,
                 "smtp_ssl": smtp_ssl, "smtp_user": smtp_user, "smtp_password": smtp_password,
-                "smtp_from": smtp_from, "smtp_ca_file": smtp_ca_file}
+                "smtp_from": smtp_from, "smtp_ca_file": smtp_ca_file, "cpu": cpu, "mem_mb": mem_mb}
     if allow_hosts:
         kwargs["allow_hosts"] = tuple(allow_hosts)
     kwargs.update({k: v for k, v in optional.items() if v is not None})

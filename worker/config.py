@@ -56,6 +56,9 @@ class WorkerConfig:
     smtp_password: str | None = field(default=None, repr=False)
     smtp_from: str = "raftq@localhost"
     smtp_ca_file: Path | None = None
+    # Capacity offered when leasing (jobs declaring `resources` must fit what is free):
+    cpu: float | None = None  # None = one cpu per free job slot
+    mem_mb: int | None = None  # None = memory is not offered as a limit
 
     def __post_init__(self) -> None:
         set_ = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731 - frozen
@@ -119,6 +122,12 @@ class WorkerConfig:
             raise ConfigError("smtp_user and smtp_password go together: give both or neither")
         if not isinstance(self.smtp_from, str) or "@" not in self.smtp_from:
             raise ConfigError(f"smtp_from must be an e-mail address, got {self.smtp_from!r}")
+        if self.cpu is not None:
+            if isinstance(self.cpu, bool) or not isinstance(self.cpu, (int, float)) or not 0 < self.cpu <= 4096:
+                raise ConfigError(f"cpu must be a number of CPUs between 0 and 4096, got {self.cpu!r}")
+            set_("cpu", float(self.cpu))
+        if self.mem_mb is not None:
+            set_("mem_mb", _int("mem_mb", self.mem_mb, 1, 1 << 30))
         if self.smtp_ca_file is not None:
             ca = Path(self.smtp_ca_file)
             if not ca.is_file():

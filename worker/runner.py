@@ -159,6 +159,22 @@ class Worker:
     def free_slots(self) -> int:
         return self.config.threads - len(self._runs)
 
+    def free_capacity(self) -> dict[str, Any]:
+        """What a job's `resources` may use now: configured cpu/mem_mb less the
+        running jobs' declared resources (cpu defaults to one per free slot)."""
+        used_cpu = used_mem = 0.0
+        for att in self._runs.values():
+            res = att.job.get("resources") if isinstance(att.job, dict) else None
+            if isinstance(res, dict):
+                used_cpu += _number_or_zero(res.get("cpu"))
+                used_mem += _number_or_zero(res.get("mem_mb"))
+        cfg = self.config
+        cpu = max(0.0, cfg.cpu - used_cpu) if cfg.cpu is not None else float(self.free_slots)
+        capacity: dict[str, Any] = {"cpu": round(cpu, 3)}
+        if cfg.mem_mb is not None:
+            capacity["mem_mb"] = max(0, int(cfg.mem_mb - used_mem))
+        return capacity
+
     # --- main ---
 
     async def run(self) -> int:
@@ -276,7 +292,7 @@ class Worker:
             try:
                 jobs = await self._client.lease(
                     cfg.name, list(cfg.queues), max=self.free_slots,
-                    wait_s=cfg.poll_wait_s, lease_ms=cfg.lease_ttl_ms,
+                    wait_s=cfg.poll_wait_s, lease_ms=cfg.lease_ttl_ms, capacity=self.free_capacity(),
                 )
                 backoff = BACKOFF_MIN_S
             except asyncio.CancelledError:
@@ -549,6 +565,10 @@ class Worker:
 
 def _call_handler(fn: Callable[[Any, JobContext], Any], args: Any, ctx: JobContext) -> Any:
     return fn(args if args is not None else {}, ctx)
+
+
+def _number_or_zero(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def _jitter(seconds: float) -> float:

@@ -36,6 +36,7 @@ class FakeCluster:
         self.retryable: dict[str, bool] = {}
         self.heartbeats: list[list[dict]] = []
         self.lease_calls: list[int] = []  # `max` of each lease call
+        self.capacities: list[dict | None] = []  # `capacity` of each lease call
         self.down = False  # every call raises Unavailable
         self.report_errors: list[Exception] = []  # raised by the next complete/fail calls
         self.reports_down_until = 0.0  # complete/fail raise Unavailable until this monotonic time
@@ -82,10 +83,11 @@ class FakeCluster:
                 del self.deadline[jid]
 
     async def lease(self, worker: str, queues: list[str], max: int = 1, wait_s: float = 5.0,
-                    lease_ms: int | None = None) -> list[dict]:
+                    lease_ms: int | None = None, capacity: dict | None = None) -> list[dict]:
         self._check_up()
         assert max >= 1, "the worker must lease only with free capacity"
         self.lease_calls.append(max)
+        self.capacities.append(capacity)
         deadline = time.monotonic() + wait_s
         while True:
             picked = []
@@ -423,6 +425,35 @@ def test_leases_only_free_capacity(tmp_path: Path) -> None:
     _, fake, _ = scenario(tmp_path, body, reg, threads=2)
     assert peak[0] == 2
     assert all(1 <= m <= 2 for m in fake.lease_calls)
+
+
+def test_lease_offers_free_capacity(tmp_path: Path) -> None:
+    reg = Registry()
+    gate = threading.Event()
+
+    @reg.job("t.gate")
+    def gated(args: dict, ctx: JobContext) -> None:
+        gate.wait(10)
+
+    async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
+        assert worker.free_capacity() == {"cpu": 4.0, "mem_mb": 4096}
+        jid = fake.add("t.gate", id="big")
+        fake.jobs[jid]["resources"] = {"cpu": 1.5, "mem_mb": 1000}
+        await until(lambda: fake.running() == 1, what="running")
+        await until(lambda: fake.capacities[-1] == {"cpu": 2.5, "mem_mb": 3096}, what="a poll with less capacity")
+        gate.set()
+        await until(lambda: fake.reports, what="report")
+
+    _, fake, _ = scenario(tmp_path, body, reg, threads=2, cpu=4, mem_mb=4096)
+    assert fake.capacities[0] == {"cpu": 4.0, "mem_mb": 4096}
+
+
+def test_lease_capacity_defaults_to_free_slots(tmp_path: Path) -> None:
+    async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
+        await until(lambda: fake.capacities, what="first poll")
+
+    _, fake, _ = scenario(tmp_path, body, threads=3)
+    assert fake.capacities[0] == {"cpu": 3.0}
 
 
 def test_graceful_stop_waits_for_running_jobs(tmp_path: Path) -> None:
