@@ -33,6 +33,19 @@ def test_builtins_are_registered_on_import() -> None:
         assert jt is not None and jt.pool == pool, name
 
 
+def test_every_builtin_is_registered_and_documented() -> None:
+    from worker.jobs import BUILTINS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "job-types.md").read_text()
+    assert len(BUILTINS) == 25
+    for name, (fn, pool) in BUILTINS.items():
+        jt = default_registry.get(name)
+        assert jt is not None and jt.fn is fn and jt.pool == pool, name
+        assert f"`{name}`" in doc, f"{name} is missing from docs/job-types.md"
+        if name not in ("util.noop", "util.fail"):
+            assert f"raftq submit {name} " in doc, f"{name} has no CLI example in docs/job-types.md"
+
+
 def test_noop(ctx: JobContext) -> None:
     assert builtin.util_noop({"anything": [1, 2]}, ctx) is None
 

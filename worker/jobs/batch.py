@@ -1,8 +1,8 @@
 """batch.pipeline: several job steps run in order, each fed the previous result.
 
-The steps run sequentially inside this one job, in this worker (job
-dependencies between separate jobs are not in the state machine yet; when they
-land, a pipeline can also be expressed as dependent jobs). A step is
+The steps run sequentially inside this one job, in this worker, so each step
+can read the previous step's result (job dependencies, `depends_on`, order
+separate jobs but do not hand results from one job to the next). A step is
 `{"type": "file.compress", "args": {...}}`; its handler is looked up in the
 worker's registry (built-ins and --import modules), and its arguments are
 validated by that handler as usual. Nested pipelines are refused.
