@@ -31,13 +31,19 @@ def parse_number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def summarize(values: list[float], missing: int = 0) -> dict[str, Any]:
+def summarize(values: list[float], missing: int | None = 0) -> dict[str, Any]:
+    """Statistics of one column; `missing` None leaves the key out (per-group stats do not count it)."""
+    out = _summary(values)
+    if missing is not None:
+        out["missing"] = missing
+    return out
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
     if not values:
-        return {"count": 0, "missing": missing, "mean": None, "median": None, "stdev": None,
-                "min": None, "max": None, "sum": 0}
+        return {"count": 0, "mean": None, "median": None, "stdev": None, "min": None, "max": None, "sum": 0}
     return {
         "count": len(values),
-        "missing": missing,
         "mean": _round(statistics.fmean(values)),
         "median": _round(statistics.median(values)),
         "stdev": _round(statistics.stdev(values)) if len(values) > 1 else None,
@@ -146,7 +152,7 @@ def column_stats(path: Path, ctx: JobContext, *, columns: list[str] | None = Non
     }
     if group_by:
         out["group_by"] = group_by
-        out["groups"] = {g: {"rows": group_rows[g], "columns": {c: summarize(groups[g][c]) for c in numeric}}
+        out["groups"] = {g: {"rows": group_rows[g], "columns": {c: summarize(groups[g][c], None) for c in numeric}}
                          for g in sorted(groups)}
     return out
 
