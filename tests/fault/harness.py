@@ -8,7 +8,7 @@ netns.ThreadInNetns). Each process is started with `ip netns exec`, which
 execs it, so the Popen pid is the node/worker itself and signals reach it
 directly. Only processes started here are ever signalled.
 
-A node may be started under libfaketime (clock skew) and with its data dir on
+A node may be started with a skewed wall clock (tests/fault/skewed.py) and with its data dir on
 a small tmpfs (disk full); `FaultCluster.close()` stops everything, unmounts,
 and deletes the namespaces, whatever state the run ended in.
 """
@@ -30,7 +30,6 @@ from tests.fault.netns import Net, ThreadInNetns, _run
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "fault-token"
 CLIENT_PORT, RAFT_PORT, HTTP_PORT = 7700, 7800, 7900
-FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 
 def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -63,7 +62,7 @@ class FaultCluster:
         self.bug = bug
         self.client_addrs = [f"{self.net.ip(f'n{i}')}:{CLIENT_PORT}" for i in range(1, self.n + 1)]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.skew: dict[int, str] = {}  # node id -> FAKETIME offset for its next start
+        self.skew: dict[int, str] = {}  # node id -> clock offset in seconds ("+40") for its next start
         self.mounts: list[Path] = []
         self.ctl: ThreadInNetns | None = None
         (root / "logs").mkdir(parents=True, exist_ok=True)
@@ -130,9 +129,8 @@ class FaultCluster:
         argv = [sys.executable, "-m", "cli.main", "node", "--config", str(self.config_path), "--id", str(node_id)]
         env: dict[str, str] = {}
         skew = self.skew.get(node_id)
-        if skew:
-            argv = ["env", f"LD_PRELOAD={FAKETIME_LIB}", f"FAKETIME={skew}",
-                    "FAKETIME_DONT_FAKE_MONOTONIC=1", "FAKETIME_NO_CACHE=1"] + argv
+        if skew:  # seconds, e.g. "+40" (see tests/fault/skewed.py for why not libfaketime)
+            argv = [sys.executable, "-m", "tests.fault.skewed", skew] + argv[3:]
         self._spawn(f"n{node_id}", f"n{node_id}", argv, env)
 
     def start_nodes(self) -> None:

@@ -14,7 +14,7 @@ from RAFTQ_FAULT_WORKER:
   worker's "raftq.worker" log records, so the worker runs unmodified.
 
 `t` is time.time() on this machine; all namespaces share one clock (workers are
-never started under faketime).
+never started with a skewed clock).
 """
 from __future__ import annotations
 

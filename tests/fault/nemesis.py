@@ -126,17 +126,17 @@ class PacketLoss(Nemesis):
 
 
 class ClockSkew(Nemesis):
-    """Restart the leader under libfaketime, ahead or behind; the skew stays to the end."""
+    """Restart the leader with its wall clock ahead or behind; the skew stays to the end."""
 
     name = "clock-skew"
 
     def inject(self, c: FaultCluster) -> str:
         victim = _leader_or_random(c, self.rng)
-        skew = self.rng.choice(["+40s", "-40s", "+5s", "-5s"])
+        skew = self.rng.choice(["+40", "-40", "+5", "-5"])
         c.signal(f"n{victim}", signal.SIGKILL)
         c.skew[victim] = skew
         c.start_node(victim)
-        return f"n{victim} restarted with clock {skew}"
+        return f"n{victim} restarted with its clock {skew}s off"
 
 
 class RestartAll(Nemesis):

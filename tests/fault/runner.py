@@ -127,7 +127,9 @@ def run_one(fault: str, workload: str, seed: int, duration: float, workdir: Path
         for w in c.workers:
             if not c.wait_exit(w, timeout=20):
                 c.signal(w, signal.SIGKILL)
-        digests = _common_digests(c)
+        digests, last_seen = _common_digests(c)
+        if digests is None:
+            events.append(f"replicas never at one applied index; last seen {last_seen}")
         ok = True
     except Exception as exc:  # noqa: BLE001 - a harness failure is reported, never hidden
         liveness.append(f"harness error: {type(exc).__name__}: {exc}")
@@ -141,19 +143,23 @@ def run_one(fault: str, workload: str, seed: int, duration: float, workdir: Path
     return result
 
 
-def _common_digests(c: FaultCluster) -> dict[int, tuple[str, int]] | None:
-    """Digests of all replicas taken at one applied index (retried until they line up)."""
+def _common_digests(c: FaultCluster) -> tuple[dict[int, tuple[str, int]] | None, Any]:
+    """Digests of all replicas taken at one applied index (retried until they line up),
+    else None and the last observation."""
     deadline = time.monotonic() + 30
+    last: Any = None
     while time.monotonic() < deadline:
         try:
             d = c.digests()
-        except RaftqError:
+        except RaftqError as exc:
+            last = f"{type(exc).__name__}: {exc}"
             time.sleep(0.3)
             continue
+        last = {i: (digest[:8], index) for i, (digest, index) in d.items()}
         if len({index for _, index in d.values()}) == 1:
-            return d
+            return d, last
         time.sleep(0.2)
-    return None
+    return None, last
 
 
 def _terminate(signum: int, frame: Any) -> None:
