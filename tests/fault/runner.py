@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not r.verdict.ok:
                     for e in r.events:
                         print(f"      {e}")
+        if run + 1 < args.runs:  # a table after every pass, so a cut-short matrix still reports
+            print(f"\n--- after {run + 1} pass(es) ---\n{table(results)}\n", flush=True)
     print()
     print(table(results))
     print(f"\n{len(results)} runs in {time.monotonic() - t0:.0f}s")
