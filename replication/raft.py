@@ -8,15 +8,28 @@ lacks for raftq:
   pysyncobj has no hook for that, so `createJournal` in `pysyncobj.syncobj` is
   swapped only while `SyncObj.__init__` runs (under a module lock). With
   durability="fsync":
-    - `_SyncingTransport.send` syncs the journal before ANY Raft message leaves
-      the node, so an append_entries, a follower's next_node_idx ack or a vote
-      never describes log state that is not on disk;
-    - the journal is also synced at the end of every tick (a lone leader's own
-      entries; the commit index on disk never runs ahead of the journal);
+    - a follower or candidate syncs the journal before ANY Raft message leaves
+      it (`_SyncingTransport.send`), so a next_node_idx ack or a vote never
+      describes log state that is not on disk;
+    - a leader sends append_entries WITHOUT syncing first, so its fdatasync
+      runs in parallel with the followers' (not in series before them). Raft
+      only needs the leader's own copy of k durable before the leader counts
+      itself towards committing k. pysyncobj computes the commit index at the
+      START of a tick, and the journal is synced at the END of every tick
+      (an on-tick callback, after `_checkCommandsToApply` appended the new
+      proposals), before the poll that waits for acks. So every entry a leader
+      appends in a tick is on its disk before the next commit calculation.
+      The one entry appended elsewhere is the no-op a new leader adds inside
+      the poll (`__onBecomeLeader`) and sends at once: the first send after
+      becoming leader syncs first (`_SyncingTransport.leader_synced`);
+    - the commit index on disk never runs ahead of the journal (the meta
+      write syncs the journal first);
     - term and vote are written with fsync before `setCurrentTerm` returns.
-  A leader only commits index k after a follower acknowledged k, and the
-  follower acknowledged only after syncing k; the leader synced k before
-  sending it. So an acknowledged entry is on disk on a majority.
+  A leader only commits index k after a follower acknowledged k (the follower
+  synced k before acking) and after its own end-of-tick sync covered k. So an
+  acknowledged entry is on disk on a majority. (A leader that crashes before
+  its sync loses an entry that was never committed: a follower holding it is
+  just a partially replicated entry, which Raft allows.)
 * Snapshots without pickle: pysyncobj's custom serializer hooks write our own
   msgpack dump from a forked child (replication/snapshot.py).
 * One replicated method. State lives in `_Replica`, a `SyncObjConsumer` with
@@ -285,15 +298,26 @@ class _StaleAppendGuard:
 
 
 class _SyncingTransport(TCPTransport):
-    """pysyncobj's TCP transport, but every send is preceded by a journal sync,
-    and append_entries pass through `_StaleAppendGuard` on the way in."""
+    """pysyncobj's TCP transport, but a follower's or candidate's every send is
+    preceded by a journal sync (a leader's is not: see the module docstring),
+    and append_entries pass through `_StaleAppendGuard` on the way in.
+    Tick thread only."""
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any, *,  # noqa: N803
                  journal: DurableJournal, trace: _Trace | None) -> None:
         self._journal = journal
         self._trace = trace
         self._guard = _StaleAppendGuard(journal)
+        # False until the first send after this node became leader: that send
+        # carries the no-op appended inside the poll, which no end-of-tick
+        # sync covered yet. Set by RaftNode._on_state_changed (tick thread).
+        self.leader_synced = False
+        self.is_leader = False
         super().__init__(syncObj, selfNode, otherNodes)
+
+    def set_leader(self, leader: bool) -> None:
+        self.is_leader = leader
+        self.leader_synced = False
 
     def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
         if isinstance(message, dict) and message.get("type") == "append_entries":
@@ -301,7 +325,9 @@ class _SyncingTransport(TCPTransport):
         super()._onMessageReceived(node, message)
 
     def send(self, node: Any, message: Any) -> bool:
-        self._journal.sync()
+        if not self.is_leader or not self.leader_synced:
+            self._journal.sync()
+            self.leader_synced = self.is_leader
         if self._trace is not None and isinstance(message, dict):
             kind = message.get("type")
             if kind == "next_node_idx":
@@ -458,7 +484,12 @@ class RaftNode:
             onStateChanged=self._on_state_changed,
             maxBindRetries=1,
         )
-        transport = functools.partial(_SyncingTransport, journal=self.journal, trace=self._trace)
+        self._transport: _SyncingTransport | None = None
+
+        def make_transport(*args: Any) -> _SyncingTransport:
+            self._transport = _SyncingTransport(*args, journal=self.journal, trace=self._trace)
+            return self._transport
+        transport = make_transport
         try:
             with _journal_injected(self.journal):
                 self._sync = SyncObj(config.self_addr, list(config.peers), conf,
@@ -585,6 +616,8 @@ class RaftNode:
 
     def _on_state_changed(self, old: int, new: int) -> None:
         self._role = new
+        if self._transport is not None:
+            self._transport.set_leader(new == 2)  # _RAFT_STATE.LEADER
 
     def _deserialize(self, file_name: str) -> tuple[Entry, Entry, list[str]]:
         """pysyncobj's deserializer: restore the machine from a dump (at startup,

@@ -269,9 +269,13 @@ def parse_trace(path: Path) -> list[tuple[str, ...]]:
 
 def check_sync_before_ack(lines: list[tuple[str, ...]]) -> dict[str, int]:
     """Every message acknowledging index k follows a sync covering k (a tail
-    truncation lowers what counts as synced). Returns counts per event kind."""
+    truncation lowers what counts as synced): a follower's next_node_idx ack,
+    and a leader's commit_ack (the leader counts itself towards k only after
+    its own sync covered k). A leader's append_entries may run ahead of its
+    sync (its fdatasync overlaps the followers'): counted as `early_sends`.
+    Returns counts per event kind."""
     synced = 0
-    counts = {"sync": 0, "append_entries": 0, "next_node_idx": 0, "commit_ack": 0}
+    counts = {"sync": 0, "append_entries": 0, "early_sends": 0, "next_node_idx": 0, "commit_ack": 0}
     for ev in lines:
         if ev[0] == "sync":
             synced = max(synced, int(ev[1]))
@@ -279,8 +283,8 @@ def check_sync_before_ack(lines: list[tuple[str, ...]]) -> dict[str, int]:
         elif ev[0] == "truncate":
             synced = min(synced, int(ev[1]))
         elif ev[:2] == ("send", "append_entries"):
-            assert int(ev[2]) <= synced, f"append_entries {ev[2]} sent with only {synced} synced"
             counts["append_entries"] += 1
+            counts["early_sends"] += int(ev[2]) > synced
         elif ev[:2] == ("send", "next_node_idx"):
             if ev[3] == "success=True":
                 acked = int(ev[2]) - 1
@@ -326,6 +330,8 @@ def test_durability_trace_proves_sync_before_ack(cluster: Cluster) -> None:
         assert counts["sync"] >= 1
         if addr == leader_addr:
             assert counts["commit_ack"] == 325 and counts["append_entries"] >= 325
+            # the leader's fdatasync overlaps replication: entries leave before its sync
+            assert counts["early_sends"] >= 1
         else:
             assert counts["next_node_idx"] >= 25
             assert not [ev for ev in lines if ev[0] == "truncate"], "a follower cut its log"
