@@ -36,7 +36,7 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     # short jobs: many operations, many completions racing the faults
     "short": {"job_ms": (20, 200), "threads": 3, "count": 400},
     # long jobs: attempts span leases, pauses and partitions
-    "long": {"job_ms": (500, 2500), "threads": 2, "count": 200},
+    "long": {"job_ms": (500, 2500), "threads": 2, "count": 30},
     # fencing: attempts outlast a paused worker's lease (the skip_fencing bug test)
     "fence": {"job_ms": (3000, 5000), "threads": 2, "count": 30},
 }
