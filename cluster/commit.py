@@ -81,11 +81,16 @@ class GroupCommitter:
         Raises NotLeader / NoLeader / Timeout when the entry did not commit (the
         outcome of a Timeout is unknown: callers retry with the same ids).
         """
+        return await self.enqueue(cmd, size_hint)
+
+    def enqueue(self, cmd: dict[str, Any], size_hint: int = 256) -> asyncio.Future[dict[str, Any]]:
+        """`commit` without the coroutine: the future it would await (loop thread
+        only). Cancelling it before its entry is proposed drops the command."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending.append((cmd, size_hint, fut))
         self._schedule_flush(loop)
-        return await fut
+        return fut
 
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         # call_soon, not an immediate flush: every command that arrives in the

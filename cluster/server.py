@@ -24,6 +24,7 @@ pysyncobj calls on its tick thread and which only schedules work on the loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import os
@@ -129,20 +130,39 @@ class Node:
         raise NotLeader(f"not the leader; the leader is {leader}", {"leader": leader})
 
     async def _commit(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        problem = validate_command(cmd)
-        if problem is not None:
-            raise BadRequest(problem)
-        self._require_leader()
-        if self.test_bug == "ack_before_commit" and cmd["op"] == "submit":
+        if self.test_bug == "ack_before_commit" and cmd.get("op") == "submit":
+            problem = validate_command(cmd)
+            if problem is not None:
+                raise BadRequest(problem)
+            self._require_leader()
             # Injected bug: answer before the entry commits (fire and forget).
             task = asyncio.ensure_future(self.committer.commit(cmd))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             return {"id": cmd["job"]["id"], "created": True, "state": "queued"}
+        fut = self._start_commit(cmd)
         try:
-            result = await self.committer.commit(cmd)
+            await fut
+        except NotLeader:
+            pass  # _commit_result words it with the new leader
+        return self._commit_result(fut)
+
+    def _start_commit(self, cmd: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        """Validate, check leadership and hand `cmd` to the group committer;
+        the future resolves with the raw result (see `_commit_result`)."""
+        problem = validate_command(cmd)
+        if problem is not None:
+            raise BadRequest(problem)
+        self._require_leader()
+        return self.committer.enqueue(cmd)
+
+    def _commit_result(self, fut: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+        """The outcome of a done `_start_commit` future: the result, or the error
+        it stands for (raised)."""
+        try:
+            result = fut.result()
         except NotLeader:
             leader = self.leader_client()
-            raise NotLeader(f"leadership moved; the leader is {leader}", {"leader": leader})
+            raise NotLeader(f"leadership moved; the leader is {leader}", {"leader": leader}) from None
         if "error" in result:
             raise error_from_wire([result["error"], result.get("message", ""), None])
         return result
@@ -156,23 +176,59 @@ class Node:
         self.requests[op] = self.requests.get(op, 0) + 1
         return await handler(self, args)
 
-    async def _op_submit(self, args: dict[str, Any]) -> Any:
+    # The hottest writes skip the coroutine machinery: `start_write` builds
+    # their command and runs every check synchronously, then returns the
+    # commit future, and the connection answers from its done callback (no
+    # Task, no coroutine frames per request). The async handlers build the
+    # same command and go through `_commit` (also for `handle`'s callers).
+
+    def _submit_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
         job = args.get("job")
         if not isinstance(job, dict):
             raise BadRequest("submit needs 'job': a map")
         self._check_capacity(1)
-        return await self._commit({"op": "submit", "job": job})
+        return {"op": "submit", "job": job}
 
-    async def _op_submit_many(self, args: dict[str, Any]) -> Any:
+    def _submit_many_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
         jobs = args.get("jobs")
         if not isinstance(jobs, list) or not jobs:
             raise BadRequest("submit_many needs 'jobs': a non-empty list")
         self._check_capacity(len(jobs))
-        return await self._commit({"op": "submit_many", "jobs": jobs})
+        return {"op": "submit_many", "jobs": jobs}
+
+    def _complete_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
+        result = args.get("result")
+        if result is not None and not isinstance(result, (bool, int, float)):
+            try:
+                size = len(msgpack.packb(result, use_bin_type=True))
+            except (TypeError, ValueError, OverflowError):
+                size = 0  # validation rejects it with a clearer message
+            if size > MAX_RESULT_BYTES:
+                raise TooLarge(f"result of {size} bytes exceeds the {MAX_RESULT_BYTES}-byte limit; "
+                               f"store large outputs elsewhere and return a reference")
+        return {"op": "complete", "id": _job_id(args), "attempt": args.get("attempt"), "result": result}
+
+    def start_write(self, op: str, args: dict[str, Any]) -> asyncio.Future[dict[str, Any]] | None:
+        """The commit future of a fast-path write (raises RaftqError for a bad
+        request or a non-leader; `_commit_result` turns the done future into
+        the answer), or None when `op` has no fast path (then use `handle`)."""
+        build = self._fast_writes.get(op)
+        if build is None or self.test_bug is not None:
+            return None
+        self.requests[op] = self.requests.get(op, 0) + 1
+        return self._start_commit(build(self, args))
+
+    async def _op_submit(self, args: dict[str, Any]) -> Any:
+        return await self._commit(self._submit_cmd(args))
+
+    async def _op_submit_many(self, args: dict[str, Any]) -> Any:
+        return await self._commit(self._submit_many_cmd(args))
 
     def _check_capacity(self, n: int) -> None:
-        with self.raft.reading():
-            live = self.machine.live_count()
+        # Without the apply lock: a racy read of a few ints is fine for an
+        # admission limit (the limit is soft by a batch either way), and taking
+        # the lock made every submit wait behind a whole entry being applied.
+        live = self.machine.live_count()
         if live + n > self.cfg.max_live_jobs:
             raise Overloaded(f"queue full: {live} live jobs (limit {self.cfg.max_live_jobs}); retry later")
 
@@ -308,15 +364,7 @@ class Node:
                                    "lease_ms": lease_ms, "leases": leases})
 
     async def _op_complete(self, args: dict[str, Any]) -> Any:
-        try:
-            size = len(msgpack.packb(args.get("result"), use_bin_type=True))
-        except (TypeError, ValueError, OverflowError):
-            size = 0  # validation rejects it with a clearer message
-        if size > MAX_RESULT_BYTES:
-            raise TooLarge(f"result of {size} bytes exceeds the {MAX_RESULT_BYTES}-byte limit; "
-                           f"store large outputs elsewhere and return a reference")
-        return await self._commit({"op": "complete", "id": _job_id(args),
-                                   "attempt": args.get("attempt"), "result": args.get("result")})
+        return await self._commit(self._complete_cmd(args))
 
     async def _op_fail(self, args: dict[str, Any]) -> Any:
         return await self._commit({"op": "fail", "id": _job_id(args), "attempt": args.get("attempt"),
@@ -455,6 +503,12 @@ class Node:
         "schedule_resume": _op_schedule_resume,
     }
 
+    _fast_writes: dict[str, Callable[["Node", dict[str, Any]], dict[str, Any]]] = {
+        "submit": _submit_cmd,
+        "submit_many": _submit_many_cmd,
+        "complete": _complete_cmd,
+    }
+
     # ---- leader duties -------------------------------------------------
 
     async def _ticker(self) -> None:
@@ -520,7 +574,9 @@ class ClientConnection(asyncio.Protocol):
         self.in_flight = 0
         self.paused = False
         self.closing = False
-        self.tasks: set[asyncio.Task[None]] = set()
+        # Running handler Tasks and fast-path commit futures: cancelled when the
+        # connection is lost (a cancelled future drops its not-yet-proposed command).
+        self.tasks: set[asyncio.Future[Any]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -557,6 +613,18 @@ class ClientConnection(asyncio.Protocol):
                     return
                 continue
             self.in_flight += 1
+            try:
+                fut = self.node.start_write(req.op, req.args)
+            except RaftqError as exc:
+                self._answered(self._error_frame(req, exc))
+                continue
+            except Exception:
+                self._answered(self._internal_frame(req))
+                continue
+            if fut is not None:
+                self.tasks.add(fut)
+                fut.add_done_callback(functools.partial(self._write_done, req))
+                continue
             task = asyncio.ensure_future(self._run(req))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -583,16 +651,40 @@ class ClientConnection(asyncio.Protocol):
             result = await self.node.handle(req.op, req.args)
             frame = protocol.response_ok(req.id, result)
         except RaftqError as exc:
-            self.node.errors[exc.code] = self.node.errors.get(exc.code, 0) + 1
-            frame = protocol.response_err(req.id, exc)
+            frame = self._error_frame(req, exc)
         except asyncio.CancelledError:
+            self.in_flight -= 1
             return
         except Exception:
-            log.exception("handler for %r failed", req.op)
-            self.node.errors["INTERNAL"] = self.node.errors.get("INTERNAL", 0) + 1
-            frame = protocol.response_err(req.id, Internal(f"internal error while handling {req.op!r}"))
-        finally:
+            frame = self._internal_frame(req)
+        self._answered(frame)
+
+    def _write_done(self, req: protocol.Request, fut: asyncio.Future[dict[str, Any]]) -> None:
+        """Done callback of a fast-path write (see `Node.start_write`)."""
+        self.tasks.discard(fut)
+        if fut.cancelled():  # the connection is gone
             self.in_flight -= 1
+            return
+        try:
+            frame = protocol.response_ok(req.id, self.node._commit_result(fut))
+        except RaftqError as exc:
+            frame = self._error_frame(req, exc)
+        except Exception:
+            frame = self._internal_frame(req)
+        self._answered(frame)
+
+    def _error_frame(self, req: protocol.Request, exc: RaftqError) -> dict[str, Any]:
+        self.node.errors[exc.code] = self.node.errors.get(exc.code, 0) + 1
+        return protocol.response_err(req.id, exc)
+
+    def _internal_frame(self, req: protocol.Request) -> dict[str, Any]:
+        log.exception("handler for %r failed", req.op)
+        self.node.errors["INTERNAL"] = self.node.errors.get("INTERNAL", 0) + 1
+        return protocol.response_err(req.id, Internal(f"internal error while handling {req.op!r}"))
+
+    def _answered(self, frame: dict[str, Any]) -> None:
+        """Send a request's answer; it no longer counts as in flight."""
+        self.in_flight -= 1
         self._send(frame)
         if self.paused and self.in_flight < protocol.MAX_IN_FLIGHT // 2 and self.transport is not None:
             self.paused = False

@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
     random.seed()
     result = uvloop.run(_submit_main(args) if args.mode == "submit" else _drain_main(args))
+    # the loop leaves stdout non-blocking: a big JSON line to a pipe would be cut at 64 KiB
+    os.set_blocking(sys.stdout.fileno(), True)
     print(json.dumps(result))
     return 0
 

@@ -1030,7 +1030,11 @@ class JobMachine:
         return min(due) if due else None
 
     def live_count(self) -> int:
-        return len(self._jobs) - sum(self._counts[s] for s in FINAL_STATES)
+        """Jobs not in a final state. Safe to call WITHOUT the lock (the
+        server's admission check does): it only reads an int per state from a
+        dict whose keys never change, so a racing apply makes it stale, never wrong-typed."""
+        counts = self._counts
+        return len(self._jobs) - counts[SUCCEEDED] - counts[FAILED] - counts[CANCELLED]
 
     # --------------------------------------------------------------- snapshot
 
