@@ -99,6 +99,7 @@ class _Attempt:
     settled: bool = False
     abandoned: asyncio.Event = field(default_factory=asyncio.Event)
     proc: ProcessRun | None = None  # set for pool="process" handlers
+    own_workdir: bool = False  # thread handlers: _call_handler makes and removes the workdir
 
     @property
     def key(self) -> tuple[str, int]:
@@ -386,13 +387,14 @@ class Worker:
 
     def _submit(self, jt: JobType, att: _Attempt) -> asyncio.Future:
         loop = asyncio.get_running_loop()
-        att.ctx.workdir.mkdir(parents=True, exist_ok=True)
         if jt.pool == "process":
+            att.ctx.workdir.mkdir(parents=True, exist_ok=True)
             spec = (att.id, att.attempt, att.type, str(att.ctx.workdir))
             att.proc = ProcessRun(jt.fn, att.ctx.args, spec, self._settings, on_progress=att.ctx.progress,
                                   preload=self.config.imports)
             return loop.run_in_executor(self._process_io(), att.proc.execute)
         assert self._threads is not None
+        att.own_workdir = True  # made and removed on the job's thread, not on the loop
         return loop.run_in_executor(self._threads, _call_handler, jt.fn, att.ctx.args, att.ctx)
 
     def _outcome(self, att: _Attempt, fut: asyncio.Future) -> Outcome:
@@ -445,7 +447,8 @@ class Worker:
     def _release(self, att: _Attempt) -> None:
         """The handler has returned: free its slot and scratch directory."""
         self._runs.pop(att.key, None)
-        shutil.rmtree(att.ctx.workdir, ignore_errors=True)
+        if not att.own_workdir:
+            shutil.rmtree(att.ctx.workdir, ignore_errors=True)
         self._notify()
 
     def _workdir(self, jid: str, attempt: int) -> Path:
@@ -564,7 +567,14 @@ class Worker:
 
 
 def _call_handler(fn: Callable[[Any, JobContext], Any], args: Any, ctx: JobContext) -> Any:
-    return fn(args if args is not None else {}, ctx)
+    """On a pool thread: the handler inside its scratch directory, which is made
+    before and removed after it (filesystem calls kept off the event loop,
+    where an mkdir + rmtree per job cost a third of the loop's time)."""
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return fn(args if args is not None else {}, ctx)
+    finally:
+        shutil.rmtree(ctx.workdir, ignore_errors=True)
 
 
 def _number_or_zero(value: Any) -> float:
