@@ -553,6 +553,23 @@ class _Api:
         args = {"id": _job_id(id), "attempt": _integer("attempt", attempt, 0), "result": result}
         return self._run(_single(_Call.make("complete", args), _pick("state")))
 
+    def complete_many(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Report several successes in one request and one Raft command.
+
+        `items`: `[{"id", "attempt", "result"}]`. Returns one answer per item, in
+        order: `{"state": "succeeded"}` (with `"duplicate": True` for a repeat),
+        or `{"error": code, "message": text}` when that item was refused
+        (LEASE_LOST, NOT_FOUND), exactly as `complete` would have raised. A
+        transport error means nothing is known: retrying the whole batch is
+        safe (the duplicate rule)."""
+        if not isinstance(items, (list, tuple)) or not all(isinstance(x, dict) for x in items):
+            raise BadRequest("complete_many takes a list of {'id', 'attempt', 'result'} dicts")
+        wire = [{"id": _job_id(x.get("id")), "attempt": _integer("attempt", x.get("attempt"), 0),
+                 "result": x.get("result")} for x in items]
+        if not wire:
+            return self._run(_const([]))
+        return self._run(_single(_Call.make("complete_many", {"items": wire}), _pick("results")))
+
     def fail(self, id: str, attempt: int, error: str, retryable: bool = True) -> str:
         if not isinstance(retryable, bool):
             raise BadRequest("retryable must be True or False")

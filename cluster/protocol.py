@@ -52,6 +52,7 @@ OPS: frozenset[str] = frozenset(
         "lease",
         "heartbeat",
         "complete",
+        "complete_many",
         "fail",
         "requeue_failed",
         "queue_limit",
@@ -67,7 +68,7 @@ OPS: frozenset[str] = frozenset(
 # Ops that change replicated state. All of them are idempotent (client-chosen
 # job ids, lease tokens), which is what makes the clients' retries safe.
 WRITE_OPS: frozenset[str] = frozenset(
-    {"submit", "submit_many", "cancel", "retry", "lease", "heartbeat", "complete", "fail",
+    {"submit", "submit_many", "cancel", "retry", "lease", "heartbeat", "complete", "complete_many", "fail",
      "requeue_failed", "queue_limit", "schedule_add", "schedule_remove", "schedule_pause", "schedule_resume"}
 )
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})

@@ -40,7 +40,7 @@ from cluster.config import ClusterConfig
 from cluster.errors import (BadRequest, Internal, NoLeader, NotFound, NotLeader, Overloaded, TooLarge,
                             RaftqError, Unauthorized, error_from_wire)
 from replication.machine import JobMachine, validate_command
-from replication.model import MAX_REQUEUE_BATCH, MAX_RESULT_BYTES
+from replication.model import MAX_COMPLETE_BATCH, MAX_REQUEUE_BATCH, MAX_RESULT_BYTES
 from replication.raft import RaftConfig, RaftNode
 
 log = logging.getLogger("raftq.node")
@@ -208,6 +208,27 @@ class Node:
                                f"store large outputs elsewhere and return a reference")
         return {"op": "complete", "id": _job_id(args), "attempt": args.get("attempt"), "result": result}
 
+    def _complete_many_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A worker's batched completions: each item is checked like `complete`'s
+        args (the result size cap included), and the machine fences and answers
+        each one on its own ({"results": [{"state"} | {"error", "message"}]})."""
+        items = args.get("items")
+        if not isinstance(items, list) or not items:
+            raise BadRequest("complete_many needs 'items': a non-empty list of {id, attempt, result}")
+        if len(items) > MAX_COMPLETE_BATCH:
+            raise BadRequest(f"complete_many takes at most {MAX_COMPLETE_BATCH} items, got {len(items)}")
+        cmds = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise BadRequest(f"items[{i}] must be a map {{id, attempt, result}}")
+            try:
+                one = self._complete_cmd(item)
+            except RaftqError as exc:
+                raise type(exc)(f"items[{i}]: {exc}") from None
+            del one["op"]
+            cmds.append(one)
+        return {"op": "complete_many", "items": cmds}
+
     def start_write(self, op: str, args: dict[str, Any]) -> asyncio.Future[dict[str, Any]] | None:
         """The commit future of a fast-path write (raises RaftqError for a bad
         request or a non-leader; `_commit_result` turns the done future into
@@ -366,6 +387,9 @@ class Node:
     async def _op_complete(self, args: dict[str, Any]) -> Any:
         return await self._commit(self._complete_cmd(args))
 
+    async def _op_complete_many(self, args: dict[str, Any]) -> Any:
+        return await self._commit(self._complete_many_cmd(args))
+
     async def _op_fail(self, args: dict[str, Any]) -> Any:
         return await self._commit({"op": "fail", "id": _job_id(args), "attempt": args.get("attempt"),
                                    "error": args.get("error"), "retryable": args.get("retryable", True)})
@@ -491,6 +515,7 @@ class Node:
         "lease": _op_lease,
         "heartbeat": _op_heartbeat,
         "complete": _op_complete,
+        "complete_many": _op_complete_many,
         "fail": _op_fail,
         "requeue_failed": _op_requeue_failed,
         "queue_limit": _op_queue_limit,
@@ -507,6 +532,7 @@ class Node:
         "submit": _submit_cmd,
         "submit_many": _submit_many_cmd,
         "complete": _complete_cmd,
+        "complete_many": _complete_many_cmd,
     }
 
     # ---- leader duties -------------------------------------------------

@@ -176,6 +176,7 @@ class JobMachine:
             "lease": self._cmd_lease,
             "heartbeat": self._cmd_heartbeat,
             "complete": self._cmd_complete,
+            "complete_many": self._cmd_complete_many,
             "fail": self._cmd_fail,
             "cancel": self._cmd_cancel,
             "retry": self._cmd_retry,
@@ -681,6 +682,11 @@ class JobMachine:
         found.error = None
         self._finish(found, SUCCEEDED)
         return {"state": SUCCEEDED}
+
+    def _cmd_complete_many(self, cmd: dict[str, Any]) -> Result:
+        """Several completions in one command (a worker's outbox): each item is
+        fenced and answered exactly like a `complete` of its own, in order."""
+        return {"results": [self._cmd_complete(item) for item in cmd["items"]]}
 
     def _cmd_fail(self, cmd: dict[str, Any]) -> Result:
         found = self._running_job(cmd)

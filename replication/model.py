@@ -49,6 +49,7 @@ MAX_BATCH = 10_000          # specs per submit_many
 MAX_LEASE_BATCH = 1_000     # jobs per lease command (`max`)
 MAX_LEASE_QUEUES = 100      # queues named in one lease command
 MAX_HEARTBEAT_LEASES = 10_000
+MAX_COMPLETE_BATCH = 1_000   # items per complete_many
 MAX_LEASE_MS = 86_400_000   # one day
 MAX_MS = 2**53              # any absolute time or duration in ms (exact in a float)
 MAX_PRIORITY = 2**31 - 1
@@ -82,7 +83,7 @@ DEFAULT_MAX_LEASE_EXPIRIES = 3
 MISFIRE_POLICIES: tuple[str, ...] = ("skip", "catch_up")
 
 OPS: frozenset[str] = frozenset((
-    "submit", "submit_many", "lease", "heartbeat", "complete", "fail", "cancel", "retry", "tick",
+    "submit", "submit_many", "lease", "heartbeat", "complete", "complete_many", "fail", "cancel", "retry", "tick",
     "requeue_failed", "queue_limit", "schedule_add", "schedule_remove", "schedule_pause",
     "schedule_resume", "fire",
 ))
@@ -500,6 +501,22 @@ def validate_command(cmd: Any) -> str | None:
             return msg
         msg = check_plain(cmd.get("result"))
         return f"'result': {msg}" if msg else None
+    if op == "complete_many":
+        items = cmd.get("items")
+        if not isinstance(items, (list, tuple)) or not items:
+            return "'items' must be a non-empty list"
+        if len(items) > MAX_COMPLETE_BATCH:
+            return f"'items' may hold at most {MAX_COMPLETE_BATCH} completions"
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                return f"items[{i}] must be a map"
+            msg = _check_str(item, "id", max_len=MAX_ID_LEN) or _check_int(item, "attempt", 0, MAX_ATTEMPTS)
+            if msg is None:
+                problem = check_plain(item.get("result"))
+                msg = f"'result': {problem}" if problem else None
+            if msg:
+                return f"items[{i}]: {msg}"
+        return None
     if op == "fail":
         msg = _check_str(cmd, "id", max_len=MAX_ID_LEN) or _check_int(cmd, "attempt", 0, MAX_ATTEMPTS)
         if msg:
