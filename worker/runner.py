@@ -3,7 +3,7 @@
 Everything below runs on one asyncio event loop except the handlers themselves,
 which run in a ThreadPoolExecutor (pool="thread") or each in its own child
 process (pool="process", see worker/process.py; at most `processes` at once). The worker talks to the cluster only through the client's
-`lease`, `heartbeat`, `complete` and `fail` (docs/contracts.md §4).
+`lease`, `heartbeat`, `complete_many`, `complete` and `fail` (docs/contracts.md §4).
 
 Tasks and what they own:
 - lease loop: long-polls `lease(max=free slots)` only while a slot is free and
@@ -18,10 +18,13 @@ Tasks and what they own:
 - heartbeat loop: every heartbeat_s, one batched heartbeat for every lease we
   still hold, i.e. running attempts AND settled ones whose report is still in
   the outbox (so a result waiting out a leader election keeps its lease).
-- outbox: one delivery task per report, retrying transient errors (no leader,
-  unavailable, timeout, connection loss) with capped exponential backoff until
-  the cluster acknowledges; LEASE_LOST / NOT_FOUND / CONFLICT mean the attempt
-  is no longer ours to report and the report is dropped with a log line.
+- outbox: small successes go to one batch task that sends them with
+  `complete_many` (one request and one Raft command for all that finished
+  meanwhile); failures and big results get a delivery task each. Both retry
+  transient errors (no leader, unavailable, timeout, connection loss) with
+  capped exponential backoff until the cluster answers; LEASE_LOST /
+  NOT_FOUND / CONFLICT (per item, for a batch) mean the attempt is no longer
+  ours to report and the report is dropped with a log line.
 
 Invariants:
 - `_leases` holds exactly the (id, attempt) pairs we may still heartbeat.
@@ -66,9 +69,23 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 MIN_POLL_S = 0.1  # least time between two lease polls that both came back empty
 MAX_ERROR_CHARS = 4000
+SUMMARY_S = 10.0  # how often the worker logs an INFO summary of the jobs it handled
 
 # Errors that mean "this attempt is no longer ours": drop the report.
 _FENCED = (LeaseLost, NotFound, Conflict)
+_FENCED_CODES = frozenset(cls.code for cls in _FENCED)
+
+# Batched successes (complete_many): results up to BATCH_RESULT_BYTES go in a
+# batch (bigger ones alone, so a batch stays far below the frame limit and one
+# oversized result cannot hold the others back); a batch holds at most
+# BATCH_MAX_ITEMS items and stops growing past BATCH_MAX_BYTES.
+BATCH_RESULT_BYTES = 64 * 1024
+BATCH_MAX_ITEMS = 500
+BATCH_MAX_BYTES = 1024 * 1024
+
+
+class _GaveUp(Exception):
+    """The final flush deadline passed with the batch still unacknowledged."""
 
 
 @dataclass
@@ -79,6 +96,7 @@ class Outcome:
     result: Any = None
     error: str = ""
     retryable: bool = True
+    size: int = 0  # encoded result bytes (successes): small ones are reported in batches
 
     @staticmethod
     def failure(error: str, retryable: bool = True) -> "Outcome":
@@ -125,6 +143,10 @@ class Worker:
         self._runs: dict[tuple[str, int], _Attempt] = {}
         self._outbox: dict[tuple[str, int], asyncio.Task] = {}
         self._undelivered: list[tuple[str, int]] = []  # reports given up at the final deadline
+        # Successes waiting for the next complete_many, and the one task sending them.
+        self._batch: dict[tuple[str, int], tuple[_Attempt, Outcome]] = {}
+        self._flusher: asyncio.Task | None = None
+        self._summary_at = 0.0
         self._tasks: set[asyncio.Task] = set()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         # One thread per running process job (start, wait, reap): its size bounds the children.
@@ -402,12 +424,12 @@ class Worker:
         if exc is None:
             result = fut.result()
             try:
-                msgpack.packb(result, use_bin_type=True)
+                size = len(msgpack.packb(result, use_bin_type=True))
             except Exception as err:  # noqa: BLE001 - any encoding failure is the handler's
                 return Outcome.failure(
                     f"{att.type}: result cannot be stored ({type(err).__name__}: {err}); "
                     "return None, bool, numbers, str, bytes, lists and maps", retryable=False)
-            return Outcome(True, result=result)
+            return Outcome(True, result=result, size=size)
         if isinstance(exc, BadArgument):
             return Outcome.failure(f"{att.type}: {exc}", retryable=False)
         if isinstance(exc, JobError):
@@ -437,12 +459,21 @@ class Worker:
             return
         took = time.monotonic() - att.started
         if outcome.ok:
-            log.info("job %s#%d %s: succeeded in %.3fs", att.id, att.attempt, att.type, took)
+            log.debug("job %s#%d %s: succeeded in %.3fs", att.id, att.attempt, att.type, took)
         else:
-            log.info("job %s#%d %s: failed in %.3fs (%s): %s", att.id, att.attempt, att.type, took,
-                     "retryable" if outcome.retryable else "final", outcome.error)
-        task = asyncio.create_task(self._deliver(att, outcome), name=f"raftq-report-{att.id}")
-        self._outbox[att.key] = task
+            log.debug("job %s#%d %s: failed in %.3fs (%s): %s", att.id, att.attempt, att.type, took,
+                      "retryable" if outcome.retryable else "final", outcome.error)
+        if outcome.ok and outcome.size <= BATCH_RESULT_BYTES:
+            # Small successes share one complete_many (see _flush_completions).
+            self._batch[att.key] = (att, outcome)
+            if self._flusher is None:
+                self._flusher = asyncio.create_task(self._flush_completions(), name="raftq-complete-many")
+            self._outbox[att.key] = self._flusher
+            return
+        self._outbox[att.key] = self._deliver_one(att, outcome)
+
+    def _deliver_one(self, att: _Attempt, outcome: Outcome) -> asyncio.Task:
+        return asyncio.create_task(self._deliver(att, outcome), name=f"raftq-report-{att.id}")
 
     def _release(self, att: _Attempt) -> None:
         """The handler has returned: free its slot and scratch directory."""
@@ -507,12 +538,104 @@ class Worker:
             self._leases.pop(att.key, None)
             self._notify()
 
+    async def _flush_completions(self) -> None:
+        """Send the batched successes, one complete_many at a time, until none
+        is left. An item leaves the outbox only once the cluster has answered
+        for it: its state (delivered), LEASE_LOST / NOT_FOUND / CONFLICT
+        (dropped with a log line), anything else (handed to a one-by-one
+        delivery with the full error handling). A transport error tells us
+        nothing, so the whole batch is retried; that is safe because a repeat
+        of an accepted completion is answered as a duplicate. Whatever comes
+        in while a batch is in flight goes out in the next one."""
+        inflight: dict[tuple[str, int], tuple[_Attempt, Outcome]] = {}
+        try:
+            await asyncio.sleep(0)  # let the jobs settling in this same loop pass join the batch
+            while self._batch:
+                inflight = {}
+                size = 0
+                for key in list(self._batch):
+                    if len(inflight) >= BATCH_MAX_ITEMS or (inflight and size >= BATCH_MAX_BYTES):
+                        break
+                    inflight[key] = self._batch.pop(key)
+                    size += inflight[key][1].size
+                await self._deliver_batch(inflight)
+                inflight = {}
+        except _GaveUp:
+            pass  # the final flush deadline passed: the finally below records what is left
+        finally:
+            if self._flusher is asyncio.current_task():
+                self._flusher = None
+            # Cancelled or given up at the final deadline: these were not acknowledged.
+            for key in [*inflight, *self._batch]:
+                if self._outbox.get(key) is asyncio.current_task():
+                    self._undelivered.append(key)
+                    del self._outbox[key]
+                    self._leases.pop(key, None)
+            self._batch.clear()
+            self._notify()
+
+    async def _deliver_batch(self, items: dict[tuple[str, int], tuple[_Attempt, Outcome]]) -> None:
+        backoff = BACKOFF_MIN_S
+        payload = [{"id": att.id, "attempt": att.attempt, "result": out.result} for att, out in items.values()]
+        while True:
+            try:
+                answers = await self._client.complete_many(payload)
+                if not isinstance(answers, list) or len(answers) != len(payload):
+                    raise BadRequest(f"malformed complete_many reply: {str(answers)[:120]}")
+                break
+            except asyncio.CancelledError:
+                raise
+            except (BadRequest, TooLarge) as exc:
+                # Refused as a whole (e.g. a node without complete_many): one by one instead.
+                log.warning("batched report of %d result(s) refused (%s); reporting them one by one",
+                            len(items), _brief(exc))
+                answers = [None] * len(payload)
+                break
+            except Exception as exc:  # noqa: BLE001 - transient: retry the batch until answered
+                if self._outbox_deadline is not None and time.monotonic() >= self._outbox_deadline:
+                    raise _GaveUp() from None
+                log.warning("report of %d result(s) not acknowledged (%s); retrying in %.1fs",
+                            len(items), _brief(exc), backoff)
+                await asyncio.sleep(_jitter(backoff))
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+        me = asyncio.current_task()
+        for (key, (att, outcome)), answer in zip(list(items.items()), answers):
+            code = answer.get("error") if isinstance(answer, dict) else None
+            if isinstance(answer, dict) and code is None and "state" in answer:
+                self.stats["succeeded"] += 1
+                log.debug("job %s#%d reported: now %s", att.id, att.attempt, answer["state"])
+            elif code in _FENCED_CODES:
+                self.stats["dropped"] += 1
+                log.warning("job %s#%d: report dropped, the attempt is no longer ours (%s: %s)",
+                            att.id, att.attempt, code, answer.get("message", ""))
+            else:  # refused for another reason, or not answered: the full one-by-one path
+                del items[key]
+                if self._outbox.get(key) is me:
+                    self._outbox[key] = self._deliver_one(att, outcome)
+                continue
+            del items[key]
+            if self._outbox.get(key) is me:
+                del self._outbox[key]
+            self._leases.pop(key, None)
+        self._notify()
+
     # --- heartbeats ---
 
     async def _heartbeat_loop(self) -> None:
         cfg = self.config
+        reported = dict(self.stats)
+        self._summary_at = time.monotonic() + SUMMARY_S
         while True:
             await asyncio.sleep(cfg.heartbeat_s)
+            if time.monotonic() >= self._summary_at:
+                # Per-job lines are DEBUG (at thousands of jobs/s they cost more than
+                # the jobs): a periodic summary says the worker is making progress.
+                self._summary_at = time.monotonic() + SUMMARY_S
+                if self.stats != reported:
+                    log.info("worker %s: last %gs: %s; running %d, unreported %d", cfg.name, SUMMARY_S,
+                             ", ".join(f"{k} {self.stats[k] - reported.get(k, 0)}" for k in self.stats),
+                             len(self._runs), len(self._outbox))
+                    reported = dict(self.stats)
             if not self._leases:
                 continue
             payload = []

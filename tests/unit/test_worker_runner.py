@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from cluster.errors import LeaseLost, NoLeader, Unavailable
+from cluster.errors import Conflict, LeaseLost, NoLeader, NotFound, Unavailable
 from worker.config import WorkerConfig
 from worker.context import JobContext
 from worker.jobs import register
@@ -39,6 +39,7 @@ class FakeCluster:
         self.capacities: list[dict | None] = []  # `capacity` of each lease call
         self.down = False  # every call raises Unavailable
         self.report_errors: list[Exception] = []  # raised by the next complete/fail calls
+        self.batches: list[int] = []  # size of each complete_many call
         self.reports_down_until = 0.0  # complete/fail raise Unavailable until this monotonic time
         self.ttl_s = 0.5  # what a heartbeat extends a lease by (the cluster's lease_ttl)
         self.deadline: dict[str, float] = {}  # lease deadlines, judged on every call
@@ -144,6 +145,23 @@ class FakeCluster:
         self.jobs[id]["state"] = "succeeded"
         self.reports.append(("complete", id, attempt, result))
         return "succeeded"
+
+    async def complete_many(self, items: list[dict]) -> list[dict]:
+        # As the real op: a transport-level error fails the whole call; a
+        # fencing error answers for its item only.
+        self.batches.append(len(items))
+        self._check_up()
+        if time.monotonic() < self.reports_down_until:
+            raise Unavailable("no node reachable")
+        if self.report_errors and not isinstance(self.report_errors[0], (LeaseLost, NotFound, Conflict)):
+            raise self.report_errors.pop(0)  # before any item is applied, like a lost request
+        answers: list[dict] = []
+        for item in items:
+            try:
+                answers.append({"state": await self.complete(item["id"], item["attempt"], item["result"])})
+            except (LeaseLost, NotFound, Conflict) as exc:
+                answers.append({"error": exc.code, "message": str(exc)})
+        return answers
 
     async def fail(self, id: str, attempt: int, error: str, retryable: bool = True) -> str:
         self._report_check(id, attempt)
@@ -602,3 +620,31 @@ def test_heartbeat_sends_our_lease_ms(tmp_path: Path) -> None:
 def test_bad_argument_message_format() -> None:
     with pytest.raises(BadArgument, match=r"^'n' must be an integer >= 0, got 'abc'$"):
         require({"n": "abc"}, "n", int, min=0)
+
+
+def test_successes_are_reported_in_batches_and_a_fenced_item_drops_alone(tmp_path: Path) -> None:
+    reg = Registry()
+    gate = threading.Event()
+
+    @reg.job("t.gated")
+    def gated(args: dict, ctx: JobContext) -> int:
+        gate.wait(5)
+        return args["n"]
+
+    async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
+        # The first report attempt is lost in transit (the whole batch is
+        # retried), then one item is fenced: only that one is dropped.
+        fake.report_errors = [Unavailable("down"), LeaseLost("stale")]
+        for n in range(8):
+            fake.add("t.gated", {"n": n}, id=f"j{n}")
+        await until(lambda: len(worker._runs) == 8, what="all 8 running")
+        gate.set()  # all finish at once: their reports share requests
+        await until(lambda: worker.stats["succeeded"] + worker.stats["dropped"] == 8, what="all reported")
+
+    code, fake, worker = scenario(tmp_path, body, reg, threads=8)
+    assert code == 0
+    assert worker.stats["succeeded"] == 7 and worker.stats["dropped"] == 1
+    assert len(fake.reports) == 7 and all(r[0] == "complete" for r in fake.reports)
+    assert {r[1]: r[3] for r in fake.reports} == {f"j{n}": n for n in range(8) if fake.state(f"j{n}") == "succeeded"}
+    assert max(fake.batches) > 1, fake.batches
+    assert sum(fake.batches) < 2 * 8  # far fewer requests than one per job and retry
