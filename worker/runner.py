@@ -6,8 +6,12 @@ process (pool="process", see worker/process.py; at most `processes` at once). Th
 `lease`, `heartbeat`, `complete_many`, `complete` and `fail` (docs/contracts.md §4).
 
 Tasks and what they own:
-- lease loop: long-polls `lease(max=free slots)` only while a slot is free and
-  the worker is not stopping; starts one job task per leased job.
+- lease loop: long-polls `lease(max=free slots + prefetch room)` only while a
+  slot is free and the worker is not stopping; starts one job task per leased
+  job, or parks it in `_waiting` (at most min(threads, 16), lease heartbeated)
+  until a slot frees, so the next jobs are at hand without a lease round trip.
+  On stop, parked jobs still run within the grace period; any left are handed
+  back with a retryable "worker shutting down".
 - job task (one per attempt): runs the handler and settles the attempt exactly
   once, by the first of: the handler returned/raised (report it), the per-job
   timeout (report a retryable "timeout after Ns"), the heartbeat saying the
@@ -69,6 +73,7 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 MIN_POLL_S = 0.1  # least time between two lease polls that both came back empty
 MAX_ERROR_CHARS = 4000
+PREFETCH_MAX = 16  # jobs leased beyond the free slots (bounded by the worker's threads)
 SUMMARY_S = 10.0  # how often the worker logs an INFO summary of the jobs it handled
 
 # Errors that mean "this attempt is no longer ours": drop the report.
@@ -144,6 +149,13 @@ class Worker:
         self._outbox: dict[tuple[str, int], asyncio.Task] = {}
         self._undelivered: list[tuple[str, int]] = []  # reports given up at the final deadline
         # Successes waiting for the next complete_many, and the one task sending them.
+        # Leased jobs waiting for a free slot (at most `_prefetch`), in lease order.
+        self._waiting: dict[tuple[str, int], tuple[_Attempt, JobType | None]] = {}
+        # A lease asks for up to this many jobs beyond the free slots, so that the
+        # next jobs are at hand when slots free up instead of one lease round trip
+        # later. Off when jobs are placed by declared cpu/mem (capacity leasing).
+        self._prefetch = (0 if config.cpu is not None or config.mem_mb is not None
+                          else min(PREFETCH_MAX, config.threads))
         self._batch: dict[tuple[str, int], tuple[_Attempt, Outcome]] = {}
         self._flusher: asyncio.Task | None = None
         self._summary_at = 0.0
@@ -243,6 +255,10 @@ class Worker:
             await self._wait_until(jobs_done, job_deadline)
             if not lease_task.done():
                 lease_task.cancel()
+            for att, _ in list(self._waiting.values()):
+                log.warning("job %s#%d not started before the grace ended: handing it back", att.id, att.attempt)
+                self._waiting.pop(att.key)
+                self._settle(att, Outcome.failure("worker shutting down", retryable=True))
             for att in self._unsettled():
                 log.warning("job %s#%d still running after grace: handing it back", att.id, att.attempt)
                 self._settle(att, Outcome.failure("worker shutting down", retryable=True), "worker shutting down")
@@ -289,7 +305,7 @@ class Worker:
                 return
 
     def _unsettled(self) -> list[_Attempt]:
-        return [att for att in self._runs.values() if not att.settled]
+        return [att for att in self._runs.values() if not att.settled] + [a for a, _ in self._waiting.values()]
 
     async def _sleep(self, seconds: float, *, wake_on_stop: bool) -> None:
         if wake_on_stop:
@@ -306,15 +322,15 @@ class Worker:
         cfg = self.config
         backoff = BACKOFF_MIN_S
         while not self._stopping:
-            if self.free_slots <= 0:
+            if self._lease_room() <= 0:
                 self._changed.clear()
-                if self.free_slots <= 0 and not self._stopping:
+                if self._lease_room() <= 0 and not self._stopping:
                     await self._changed.wait()
                 continue
             polled_at = time.monotonic()
             try:
                 jobs = await self._client.lease(
-                    cfg.name, list(cfg.queues), max=self.free_slots,
+                    cfg.name, list(cfg.queues), max=self._lease_room(),
                     wait_s=cfg.poll_wait_s, lease_ms=cfg.lease_ttl_ms, capacity=self.free_capacity(),
                 )
                 backoff = BACKOFF_MIN_S
@@ -332,13 +348,22 @@ class Worker:
                 # node answering early): do not spin against the cluster.
                 await self._sleep(MIN_POLL_S, wake_on_stop=True)
 
+    def _lease_room(self) -> int:
+        """How many jobs the next lease may ask for: the free slots plus what
+        the prefetch buffer can still take (none while no slot is free, so a
+        busy worker does not hoard jobs that idle workers could run)."""
+        free = self.free_slots
+        if free <= 0:
+            return 0
+        return free + max(0, self._prefetch - len(self._waiting))
+
     def _start(self, job: Any) -> None:
         try:
             jid, attempt, jtype = job["id"], int(job["attempt"]), str(job.get("type", ""))
         except (TypeError, KeyError, ValueError):
             log.error("ignoring malformed leased job from the cluster: %r", job)
             return
-        if (jid, attempt) in self._runs:
+        if (jid, attempt) in self._runs or (jid, attempt) in self._waiting:
             log.error("ignoring a second delivery of job %s#%d, which is already running", jid, attempt)
             return
         self.stats["leased"] += 1
@@ -350,14 +375,23 @@ class Worker:
                          settings=self._settings)
         att = _Attempt(job, jid, attempt, jtype, ctx, float(timeout) if timeout else None)
         self._leases[att.key] = ctx
-        self._runs[att.key] = att
         if self._stopping:
             # Leased by a long poll that was in flight when stop was requested.
+            self._runs[att.key] = att
             self._settle(att, Outcome.failure("worker shutting down", retryable=True), "worker shutting down")
             self._release(att)
             return
-        log.debug("job %s#%d %s: started", jid, attempt, jtype)
-        task = asyncio.create_task(self._run_attempt(att, jt), name=f"raftq-job-{jid}")
+        if self.free_slots <= 0:
+            # Prefetched: it waits here (its lease heartbeated) for the next free slot.
+            self._waiting[att.key] = (att, jt)
+            return
+        self._launch(att, jt)
+
+    def _launch(self, att: _Attempt, jt: JobType | None) -> None:
+        self._runs[att.key] = att
+        att.started = time.monotonic()
+        log.debug("job %s#%d %s: started", att.id, att.attempt, att.type)
+        task = asyncio.create_task(self._run_attempt(att, jt), name=f"raftq-job-{att.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -480,6 +514,9 @@ class Worker:
         self._runs.pop(att.key, None)
         if not att.own_workdir:
             shutil.rmtree(att.ctx.workdir, ignore_errors=True)
+        while self._waiting and self.free_slots > 0:
+            key = next(iter(self._waiting))
+            self._launch(*self._waiting.pop(key))
         self._notify()
 
     def _workdir(self, jid: str, attempt: int) -> Path:
@@ -663,6 +700,11 @@ class Worker:
         """The cluster says this job is no longer ours: stop it, report nothing."""
         for key in [k for k in self._leases if k[0] == jid]:
             self._leases.pop(key, None)
+            waiting = self._waiting.pop(key, None)
+            if waiting is not None:
+                log.warning("job %s#%d: %s before it started; dropping it", jid, key[1], reason)
+                self.stats["dropped"] += 1
+                continue
             att = self._runs.get(key)
             if att is not None and not att.settled:
                 log.warning("job %s#%d: %s; stopping it", jid, key[1], reason)
