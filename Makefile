@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: run test unit bench loadtest clean chaos
+.PHONY: run test unit bench bench-scale loadtest clean chaos
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ chaos: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PIP) install -q -e '.[bench]'
 	$(PY) -m loadtest.bench
+
+# The state machine's cost per op with 10k vs 1M jobs held (O(log n) check).
+bench-scale: $(VENV)/.installed
+	$(PY) -m loadtest.scale
 
 # Locust, headless, against a fresh local cluster: USERS (1000), SPAWN_RATE (200),
 # RUN_TIME (60 s), KILL_LEADER_AT (seconds; unset = no kill), CSV (output prefix),
