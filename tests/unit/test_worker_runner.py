@@ -650,3 +650,32 @@ def test_successes_are_reported_in_batches_and_a_fenced_item_drops_alone(tmp_pat
     assert {r[1]: r[3] for r in fake.reports} == {f"j{n}": n for n in range(8) if fake.state(f"j{n}") == "succeeded"}
     assert max(fake.batches) > 1, fake.batches
     assert sum(fake.batches) < 2 * 8  # far fewer requests than one per job and retry
+
+
+def test_parked_jobs_are_heartbeated_dropped_when_cancelled_and_handed_back_past_grace(tmp_path: Path) -> None:
+    reg = Registry()
+    ran: list[str] = []
+
+    @reg.job("t.block")
+    def block(args: dict, ctx: JobContext) -> None:
+        ran.append(ctx.id)
+        ctx.wait(30)
+
+    async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
+        for _i in range(5):
+            fake.add("t.block")
+        # Two slots: job-1 and job-2 run, job-3 and job-4 are prefetched (the
+        # prefetch is at most `threads`), job-5 stays queued.
+        await until(lambda: fake.running() == 4 and len(worker._waiting) == 2, what="two parked")
+        await until(lambda: any({"job-3", "job-4"} <= {x["id"] for x in hb} for hb in fake.heartbeats),
+                    what="parked leases heartbeated")
+        assert fake.state("job-5") == "queued"
+        fake.cancel("job-3")
+        await until(lambda: "job-3" not in {k[0] for k in worker._waiting}, what="cancelled parked job dropped")
+        assert worker.stats["dropped"] == 1
+
+    code, fake, _ = scenario(tmp_path, body, reg, threads=2, grace_s=0.3)
+    assert code == 0
+    assert sorted(ran) == ["job-1", "job-2"]  # neither parked job ever ran
+    assert sorted(fake.reports) == [("fail", f"job-{n}", 1, "worker shutting down") for n in (1, 2, 4)]
+    assert fake.retryable["job-4"] is True
