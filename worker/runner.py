@@ -10,6 +10,8 @@ Tasks and what they own:
   slot is free and the worker is not stopping; starts one job task per leased
   job, or parks it in `_waiting` (at most min(threads, 16), lease heartbeated)
   until a slot frees, so the next jobs are at hand without a lease round trip.
+  Prefetch is on only while recent jobs ran < 0.1 s on average (long jobs
+  parked here would wait while another worker idles).
   On stop, parked jobs still run within the grace period; any left are handed
   back with a retryable "worker shutting down".
 - job task (one per attempt): runs the handler and settles the attempt exactly
@@ -48,6 +50,7 @@ import concurrent.futures
 import inspect
 import hashlib
 import logging
+import os
 import random
 import re
 import shutil
@@ -74,6 +77,7 @@ BACKOFF_MAX_S = 5.0
 MIN_POLL_S = 0.1  # least time between two lease polls that both came back empty
 MAX_ERROR_CHARS = 4000
 PREFETCH_MAX = 16  # jobs leased beyond the free slots (bounded by the worker's threads)
+PREFETCH_BELOW_S = 0.1  # prefetch only while the jobs' average run time is below this
 SUMMARY_S = 10.0  # how often the worker logs an INFO summary of the jobs it handled
 
 # Errors that mean "this attempt is no longer ours": drop the report.
@@ -154,6 +158,9 @@ class Worker:
         # A lease asks for up to this many jobs beyond the free slots, so that the
         # next jobs are at hand when slots free up instead of one lease round trip
         # later. Off when jobs are placed by declared cpu/mem (capacity leasing).
+        # Only while recent jobs are short (moving average of run times): a long
+        # job parked here would wait for a slot while another worker idles.
+        self._avg_run_s: float | None = None
         self._prefetch = (0 if config.cpu is not None or config.mem_mb is not None
                           else min(PREFETCH_MAX, config.threads))
         self._batch: dict[tuple[str, int], tuple[_Attempt, Outcome]] = {}
@@ -355,6 +362,9 @@ class Worker:
         free = self.free_slots
         if free <= 0:
             return 0
+        avg = self._avg_run_s
+        if avg is None or avg > PREFETCH_BELOW_S:
+            return free  # long (or not yet seen) jobs: parking them would only delay them
         return free + max(0, self._prefetch - len(self._waiting))
 
     def _start(self, job: Any) -> None:
@@ -512,6 +522,8 @@ class Worker:
     def _release(self, att: _Attempt) -> None:
         """The handler has returned: free its slot and scratch directory."""
         self._runs.pop(att.key, None)
+        took = time.monotonic() - att.started
+        self._avg_run_s = took if self._avg_run_s is None else 0.8 * self._avg_run_s + 0.2 * took
         if not att.own_workdir:
             shutil.rmtree(att.ctx.workdir, ignore_errors=True)
         while self._waiting and self.free_slots > 0:
@@ -735,11 +747,20 @@ def _call_handler(fn: Callable[[Any, JobContext], Any], args: Any, ctx: JobConte
     """On a pool thread: the handler inside its scratch directory, which is made
     before and removed after it (filesystem calls kept off the event loop,
     where an mkdir + rmtree per job cost a third of the loop's time)."""
-    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    workdir = ctx.workdir
+    try:
+        os.mkdir(workdir)  # one syscall; the parents exist after the first job
+    except FileNotFoundError:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        pass
     try:
         return fn(args if args is not None else {}, ctx)
     finally:
-        shutil.rmtree(ctx.workdir, ignore_errors=True)
+        try:
+            os.rmdir(workdir)  # most handlers leave it empty: skip rmtree's walk
+        except OSError:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _number_or_zero(value: Any) -> float:
