@@ -551,6 +551,8 @@ class Worker:
                         state = await self._client.fail(att.id, att.attempt, outcome.error,
                                                         retryable=outcome.retryable)
                     self.stats["succeeded" if outcome.ok else "failed"] += 1
+                    # tests/fault/jobs.py turns this line and "report dropped" below into
+                    # its completion records: keep the format strings and their args.
                     log.debug("job %s#%d reported: now %s", att.id, att.attempt, state)
                     finished = True
                     return
