@@ -333,6 +333,24 @@ class _Api:
     In AsyncClient every method returns an awaitable of the annotated type.
     """
 
+    def __init__(
+        self,
+        nodes: str | list[str],
+        token: str = "dev",
+        *,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 2.0,
+        role: str = "client",
+    ) -> None:
+        _check_client_options(token, role, timeout_s, connect_timeout_s)
+        self._nodes = _Nodes(parse_nodes(nodes))
+        self.token = token
+        self.role = role
+        self.timeout_s = float(timeout_s)
+        self.connect_timeout_s = float(connect_timeout_s)
+        self._learned = False
+        self._closed = False
+
     def _run(self, plan: Plan) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -641,24 +659,9 @@ class _SyncConn:
 class Client(_Api):
     """Blocking raftq client (gevent-patchable plain sockets). Not thread-safe."""
 
-    def __init__(
-        self,
-        nodes: str | list[str],
-        token: str = "dev",
-        *,
-        timeout_s: float = 10.0,
-        connect_timeout_s: float = 2.0,
-        role: str = "client",
-    ) -> None:
-        _check_client_options(token, role, timeout_s, connect_timeout_s)
-        self._nodes = _Nodes(parse_nodes(nodes))
-        self.token = token
-        self.role = role
-        self.timeout_s = float(timeout_s)
-        self.connect_timeout_s = float(connect_timeout_s)
+    def __init__(self, nodes: str | list[str], token: str = "dev", **options: Any) -> None:
+        super().__init__(nodes, token, **options)
         self._conn: _SyncConn | None = None
-        self._learned = False
-        self._closed = False
 
     @property
     def nodes(self) -> list[str]:
@@ -839,25 +842,10 @@ class AsyncClient(_Api):
     """asyncio raftq client: the same methods as Client, as awaitables, on ONE
     pipelined connection shared by all concurrent calls."""
 
-    def __init__(
-        self,
-        nodes: str | list[str],
-        token: str = "dev",
-        *,
-        timeout_s: float = 10.0,
-        connect_timeout_s: float = 2.0,
-        role: str = "client",
-    ) -> None:
-        _check_client_options(token, role, timeout_s, connect_timeout_s)
-        self._nodes = _Nodes(parse_nodes(nodes))
-        self.token = token
-        self.role = role
-        self.timeout_s = float(timeout_s)
-        self.connect_timeout_s = float(connect_timeout_s)
+    def __init__(self, nodes: str | list[str], token: str = "dev", **options: Any) -> None:
+        super().__init__(nodes, token, **options)
         self._conn: _AsyncConn | None = None
         self._dropped: set[_AsyncConn] = set()
-        self._learned = False
-        self._closed = False
         self._connect_lock = asyncio.Lock()
         # The server stops reading past MAX_IN_FLIGHT; queue here instead.
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
