@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from loadtest.localcluster import TOKEN, BenchCluster
 from loadtest.load import percentile

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.integration.harness import REPO, TOKEN, LocalCluster, WorkerProcess, free_ports, wait_until

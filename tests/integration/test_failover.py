@@ -75,7 +75,7 @@ def test_leader_sigkill_under_concurrent_submits(make_cluster) -> None:
                     continue
                 for job in jobs:
                     try:
-                        result = c.complete(job["id"], job["attempt"], {"ok": True})
+                        c.complete(job["id"], job["attempt"], {"ok": True})
                     except LeaseLost:
                         continue
                     with lock:
