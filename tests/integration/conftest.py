@@ -11,12 +11,11 @@ from tests.integration.harness import LocalCluster
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+def _clusters(root: Path) -> Iterator[Callable[..., LocalCluster]]:
     clusters: list[LocalCluster] = []
 
     def make(**kwargs: object) -> LocalCluster:
-        c = LocalCluster(tmp_path / f"cluster{len(clusters)}", **kwargs)  # type: ignore[arg-type]
+        c = LocalCluster(root / f"cluster{len(clusters)}", **kwargs)  # type: ignore[arg-type]
         clusters.append(c)
         c.start()
         try:
@@ -30,6 +29,19 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     yield make
     for c in clusters:
         c.stop()
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+    yield from _clusters(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One cluster shared by a module's tests that only need a healthy cluster
+    and leave it healthy (bad-input checks): saves a start-up per test."""
+    for make in _clusters(tmp_path_factory.mktemp("shared")):
+        yield make()
 
 
 @pytest.fixture

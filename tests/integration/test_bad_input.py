@@ -42,7 +42,8 @@ def _hello(token: str = TOKEN) -> bytes:
     ("wrong token", _hello("not-the-token"), "UNAUTHORIZED"),
     ("no hello first", protocol.encode_frame({"id": 1, "op": "get", "args": {"id": "x"}}), "UNAUTHORIZED"),
 ])
-def test_bad_frames_get_an_error_and_close(cluster: LocalCluster, name: str, payload: bytes, code: str) -> None:
+def test_bad_frames_get_an_error_and_close(module_cluster: LocalCluster, name: str, payload: bytes, code: str) -> None:
+    cluster = module_cluster
     leader = cluster.leader_id()
     with _conn(cluster, leader) as s:
         s.sendall(payload)
@@ -66,7 +67,9 @@ def test_bad_frames_get_an_error_and_close(cluster: LocalCluster, name: str, pay
     ("lease", {"worker": "w", "queues": "default"}),
     ("complete", {"id": "x", "attempt": "one", "result": None}),
 ])
-def test_bad_requests_get_bad_request_and_the_connection_stays_open(cluster: LocalCluster, op: str, args: dict) -> None:
+def test_bad_requests_get_bad_request_and_the_connection_stays_open(module_cluster: LocalCluster, op: str,
+                                                                   args: dict) -> None:
+    cluster = module_cluster
     with cluster.client() as c:
         with pytest.raises(BadRequest):
             c.request(op, args)
