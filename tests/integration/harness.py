@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,25 +16,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cluster.client import Client
+from loadtest.localcluster import free_ports  # one definition for tests and benchmarks
 from cluster.errors import RaftqError
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-token"
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct ports that were free a moment ago (bind to port 0)."""
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
