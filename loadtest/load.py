@@ -27,6 +27,7 @@ import random
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -117,19 +118,24 @@ async def _drain_main(args: argparse.Namespace) -> dict[str, Any]:
     return state
 
 
+def _run_children(argvs: list[list[str]], timeout_s: float) -> list[dict[str, Any]]:
+    """Run load processes side by side; each writes its JSON result to its own file."""
+    with tempfile.TemporaryDirectory(prefix="raftq-load-") as tmp:
+        outs = [Path(tmp) / f"{i}.json" for i in range(len(argvs))]
+        children = [subprocess.Popen([sys.executable, "-m", "loadtest.load", *argv, "--out", str(out)],
+                                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                    for argv, out in zip(argvs, outs)]
+        for ch in children:
+            _, err = ch.communicate(timeout=timeout_s)
+            if ch.returncode != 0:
+                raise RuntimeError(f"load process failed ({ch.returncode}): {err.decode(errors='replace')[-2000:]}")
+        return [json.loads(out.read_text()) for out in outs]
+
+
 def spawn(mode: str, addrs: list[str], procs: int, extra: list[str], token: str = "bench",
           timeout_s: float = 600.0) -> list[dict[str, Any]]:
     """Run `procs` load processes of `mode` and return their JSON results."""
-    cmd = [sys.executable, "-m", "loadtest.load", mode, "--addrs", ",".join(addrs), "--token", token, *extra]
-    children = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                for _ in range(procs)]
-    results = []
-    for ch in children:
-        out, err = ch.communicate(timeout=timeout_s)
-        if ch.returncode != 0:
-            raise RuntimeError(f"load process failed ({ch.returncode}): {err.decode(errors='replace')[-2000:]}")
-        results.append(json.loads(out.decode().strip().splitlines()[-1]))
-    return results
+    return _run_children([[mode, "--addrs", ",".join(addrs), "--token", token, *extra]] * procs, timeout_s)
 
 
 def run_submit(addrs: list[str], conns: int, procs: int, duration_s: float, batch: int = 1,
@@ -137,19 +143,9 @@ def run_submit(addrs: list[str], conns: int, procs: int, duration_s: float, batc
     """`conns` concurrent submitters spread over `procs` processes; merged stats."""
     start_at = time.time() + warmup_s + conns / 400  # time to connect them all
     per = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
-    cmds = []
-    for n in per:
-        cmds.append(["--conns", str(n), "--duration", str(duration_s), "--start-at", f"{start_at:.3f}",
-                     "--batch", str(batch)])
-    children = [subprocess.Popen([sys.executable, "-m", "loadtest.load", "submit", "--addrs", ",".join(addrs),
-                                  "--token", token, *c], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                for c in cmds]
-    parts = []
-    for ch in children:
-        out, err = ch.communicate(timeout=duration_s + warmup_s + 120)
-        if ch.returncode != 0:
-            raise RuntimeError(f"submit process failed: {err.decode(errors='replace')[-2000:]}")
-        parts.append(json.loads(out.decode().strip().splitlines()[-1]))
+    parts = _run_children([["submit", "--addrs", ",".join(addrs), "--token", token, "--conns", str(n),
+                            "--duration", str(duration_s), "--start-at", f"{start_at:.3f}", "--batch", str(batch)]
+                           for n in per], duration_s + warmup_s + 120)
     lat = sorted(x for p in parts for x in p["lat_ms"])
     errors: dict[str, int] = {}
     for p in parts:
@@ -188,13 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     for q in (s, d):
         q.add_argument("--addrs", required=True)
         q.add_argument("--token", default="bench")
+        q.add_argument("--out", help="write the JSON result to this file instead of stdout")
     args = p.parse_args(argv)
     import uvloop
     random.seed()
     result = uvloop.run(_submit_main(args) if args.mode == "submit" else _drain_main(args))
-    # the loop leaves stdout non-blocking: a big JSON line to a pipe would be cut at 64 KiB
-    os.set_blocking(sys.stdout.fileno(), True)
-    print(json.dumps(result))
+    if args.out:  # a file, not the pipe: uvloop leaves stdout non-blocking and cut results at 64 KiB
+        Path(args.out).write_text(json.dumps(result))
+    else:
+        print(json.dumps(result))
     return 0
 
 

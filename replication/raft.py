@@ -71,6 +71,7 @@ from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as _PSO_VERSION
 
 from replication.journal import DurableJournal, Entry, JournalError
+from replication.link import LinkKey, seal
 from replication.snapshot import Dump, DumpError, DumpWriter, read_dump
 
 # RaftNode() raises RaftStartError (port taken), JournalError (damaged journal
@@ -153,7 +154,7 @@ class RaftConfig:
     max_queued_proposals: int = 10_000  # beyond: OVERLOADED
     # One append_entries message carries up to this many bytes of entries. An
     # entry at least this big is cut into 'transmission' chunks, one message
-    # (pickle + zlib + Fernet) each: pysyncobj's 64 KiB default split every
+    # (one sealed frame each, replication/link.py): the 64 KiB default split every
     # loaded group-commit batch (a few hundred jobs) that way.
     append_entries_batch_bytes: int = 4 * 1024 * 1024
     compaction_min_entries: int = 50_000  # dump + drop the journal past this many entries
@@ -315,6 +316,15 @@ class _SyncingTransport(TCPTransport):
         self.is_leader = False
         super().__init__(syncObj, selfNode, otherNodes)
 
+    def addNode(self, node: Any) -> None:  # noqa: N802 - outgoing connections are made here
+        super().addNode(node)
+        conn = self._connections.get(node)
+        if conn is not None:
+            seal(conn)
+
+    def _onNewIncomingConnection(self, conn: Any) -> None:  # noqa: N802
+        super()._onNewIncomingConnection(seal(conn))
+
     def set_leader(self, leader: bool) -> None:
         self.is_leader = leader
         self.leader_synced = False
@@ -393,10 +403,12 @@ _construct_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _journal_injected(journal: DurableJournal) -> Iterator[None]:
-    """Make SyncObj.__init__ use `journal` (pysyncobj has no public hook)."""
+def _injected(journal: DurableJournal, link_key: LinkKey) -> Iterator[None]:
+    """Make SyncObj.__init__ use `journal` and hold `link_key` as its encryptor
+    (replication/link.py) instead of a Fernet key: pysyncobj has no public hook
+    for either."""
     with _construct_lock:
-        original = _pso_syncobj.createJournal
+        original_journal, original_encryptor = _pso_syncobj.createJournal, _pso_syncobj.getEncryptor
 
         def create(journal_file: str | None = None) -> DurableJournal:
             if journal_file is None or Path(journal_file) != journal.path:
@@ -404,10 +416,11 @@ def _journal_injected(journal: DurableJournal) -> Iterator[None]:
             return journal
 
         _pso_syncobj.createJournal = create
+        _pso_syncobj.getEncryptor = lambda password: link_key
         try:
             yield
         finally:
-            _pso_syncobj.createJournal = original
+            _pso_syncobj.createJournal, _pso_syncobj.getEncryptor = original_journal, original_encryptor
 
 
 def _port_free(addr: str) -> bool:
@@ -491,7 +504,7 @@ class RaftNode:
             return self._transport
         transport = make_transport
         try:
-            with _journal_injected(self.journal):
+            with _injected(self.journal, LinkKey(config.password)):
                 self._sync = SyncObj(config.self_addr, list(config.peers), conf,
                                      consumers=[self._replica], transportClass=transport)
         except BaseException:

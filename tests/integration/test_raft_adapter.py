@@ -25,6 +25,7 @@ import pytest
 
 from replication.machine import JobMachine
 from replication.journal import DurableJournal
+from replication.link import LinkKey, Sender
 from replication.raft import RaftConfig, RaftConfigError, RaftNode, RaftStartError
 
 pytestmark = [
@@ -377,9 +378,12 @@ def test_raft_port_ignores_peers_without_the_password(cluster: Cluster, tmp_path
     leader = cluster.leader()
     host, port = leader.config.self_addr.rsplit(":", 1)
     marker = tmp_path / "pwned"
-    for payload in (["status"], _Touch(marker), [_Touch(marker)]):
+    stranger = Sender(LinkKey("not-the-cluster-password"))
+    frames = [_frame(p) for p in (["status"], _Touch(marker), [_Touch(marker)])]  # pysyncobj's own format
+    frames += [stranger.seal(_Touch(marker)), Sender(LinkKey(PASSWORD)).seal(b"x")[:40] + b"\0" * 60]
+    for frame in frames:
         with socket.create_connection((host, int(port)), timeout=5) as s:
-            s.sendall(_frame(payload))
+            s.sendall(frame)
             assert _reply_or_close(s, 5.0) == b""  # dropped, no status reply
     assert not marker.exists()
     # a valid pickle of the payload would have run: the check above is meaningful
