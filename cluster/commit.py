@@ -11,14 +11,16 @@ and a loaded node sends fewer, larger entries: one Raft round trip and one
 fsync on each replica cover the whole batch. `now_ms` is stamped here, on the
 leader, because the state machine may not read a clock (STYLE 2).
 
-Threads: `commit` and `_flush` run on the asyncio loop; the Raft callback runs
-on pysyncobj's tick thread and only hands its result back to the loop with
-`call_soon_threadsafe` (it must never block that thread).
+Threads: everything runs on the asyncio loop. The Raft adapter ticks on the
+same loop (replication/raft.py), so a commit callback resolves the futures
+directly; a proposer on another thread gets its result handed back with
+`call_soon_threadsafe`.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from typing import Any, Callable, Protocol
@@ -125,8 +127,13 @@ class GroupCommitter:
         self.stats.max_batch = max(self.stats.max_batch, len(batch))
         started = time.perf_counter()
 
-        def on_commit(results: list | None, error: str | None) -> None:  # tick thread
-            loop.call_soon_threadsafe(self._resolve, loop, batch, results, error, started)
+        loop_thread = threading.get_ident()
+
+        def on_commit(results: list | None, error: str | None) -> None:
+            if threading.get_ident() == loop_thread:
+                self._resolve(loop, batch, results, error, started)
+            else:
+                loop.call_soon_threadsafe(self._resolve, loop, batch, results, error, started)
 
         try:
             self._raft.propose(entry, on_commit)

@@ -7,7 +7,7 @@ single Raft entries, and three listeners:
 - the client protocol (length-prefixed msgpack, cluster/protocol.py), served by
   `ClientConnection`, one per TCP connection, requests pipelined;
 - HTTP `/health` and `/metrics` (cluster/http.py);
-- the Raft port, owned by pysyncobj on its own tick thread.
+- the Raft port, owned by pysyncobj, ticked on this same loop (replication/raft.py).
 
 Who may answer what: every write, and every read without `stale_ok`, is
 answered by the leader only; a follower replies NOT_LEADER with the leader's
@@ -18,8 +18,8 @@ they lead cannot hand one job to two workers in the log.
 Leader duties run in `_ticker`: when a lease deadline or a scheduled run time
 is due on the replica (or retention is due), it commits a `tick` command.
 
-Threads: everything here runs on the asyncio loop, except `_on_applied`, which
-pysyncobj calls on its tick thread and which only schedules work on the loop.
+Threads: everything here runs on the one asyncio loop, Raft ticks and apply
+included (so `reading()` never waits for an apply in progress).
 """
 from __future__ import annotations
 
@@ -90,6 +90,7 @@ class Node:
             ),
             self.machine,
             on_applied=self._on_applied,
+            loop=asyncio.get_running_loop(),
         )
         self.committer = GroupCommitter(self.raft)
         self.requests: dict[str, int] = {}
@@ -100,10 +101,9 @@ class Node:
     # ---- Raft glue -------------------------------------------------------
 
     def _on_applied(self) -> None:
-        """Tick thread: wake every long poll (lease, wait) on the loop."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._wake)
+        """After each applied entry (on this loop, inside the Raft tick): wake
+        every long poll (lease, wait)."""
+        self._wake()
 
     def _wake(self) -> None:
         self._applied.set()

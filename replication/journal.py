@@ -29,8 +29,8 @@ Invariants (durability="fsync"):
     renames it over the old one: at every instant one full journal is on disk.
 With durability="none" the same files are written but never fsynced.
 
-Threads: pysyncobj calls every method on its tick thread; the adapter's
-`destroy` calls `_destroy` only after that thread has stopped. Entries stay in
+Threads: pysyncobj calls every method on the adapter's loop thread (it ticks
+there), `destroy` included. Entries stay in
 memory (as pysyncobj's own journal does) until compaction drops them.
 """
 from __future__ import annotations

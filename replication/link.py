@@ -27,7 +27,7 @@ pickle. No zlib: these are LAN/loopback links and the CPU is the bottleneck.
 `SealedConnection` is a `TcpConnection` whose class the transport swaps in
 (`seal(conn)`) right after pysyncobj creates each connection, before any byte
 is read or written on it; `LinkKey` is what pysyncobj then holds as its
-"encryptor". Tick thread only.
+"encryptor". Loop thread only (replication/raft.py).
 """
 from __future__ import annotations
 
@@ -165,6 +165,11 @@ class SealedConnection(TcpConnection):
 
     def disconnect(self) -> None:
         self._sender = self._receiver = None
+        fileno = self._TcpConnection__fileno  # type: ignore[attr-defined]
+        if fileno is not None:
+            # pysyncobj closes the socket first and unsubscribes after; an
+            # event loop's epoll cannot drop a closed fd, so unsubscribe first.
+            self._TcpConnection__poller.unsubscribe(fileno)  # type: ignore[attr-defined]
         super().disconnect()
 
     def send(self, message: Any) -> None:

@@ -7,7 +7,7 @@ randomness, no environment and no disk, and never lets dict/set iteration order
 decide a result. Time comes only from each entry's `now_ms` (stamped by the
 leader); `clock_ms` is the maximum seen so far and never goes backwards.
 
-Threads: the Raft adapter calls `apply_entry` on its tick thread while holding
+Threads: the Raft adapter calls `apply_entry` on its loop thread while holding
 its lock; queries (`get`, `list_jobs`, `stats`, ...) and `to_snapshot` are
 called by others holding the same lock. Nothing here locks.
 

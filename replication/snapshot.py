@@ -15,7 +15,7 @@ a lagging follower, which hands them to `read_dump`):
                                 [cmd, idx, term] of the entry before it],
                        "cluster": [raft addresses]}
 
-Writing must not stall pysyncobj's tick thread (a state of a million jobs takes
+Writing must not stall the Raft loop (a state of a million jobs takes
 seconds to encode), so `DumpWriter.serialize` forks: the child, which sees the
 state exactly as it was after the last applied entry (copy-on-write), encodes
 it, writes `raft.dump.writing`, fsyncs, renames it over `raft.dump`, fsyncs the
@@ -120,8 +120,8 @@ def read_dump(path: Path, durable: bool) -> Dump:
 class DumpWriter:
     """pysyncobj's serializer + serializeChecker, writing dumps from a forked child.
 
-    Called only on the tick thread (serialize, check) and by the adapter's
-    destroy after that thread stopped (cancel).
+    Called only on the Raft adapter's loop thread (serialize, check, and
+    cancel from destroy).
     """
 
     def __init__(self, dump_path: Path, snapshot: Callable[[], dict[str, Any]], durable: bool) -> None:
