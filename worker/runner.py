@@ -124,9 +124,9 @@ class _Attempt:
     timeout_s: float | None
     started: float = field(default_factory=time.monotonic)
     settled: bool = False
-    abandoned: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: Callable[[], None] | None = None  # set while _execute waits; _settle calls it
     proc: ProcessRun | None = None  # set for pool="process" handlers
-    own_workdir: bool = False  # thread handlers: _call_handler makes and removes the workdir
+    own_workdir: bool = False  # thread handlers: _call_handler removes the workdir
 
     @property
     def key(self) -> tuple[str, int]:
@@ -423,19 +423,35 @@ class Worker:
                 f"unknown job type {att.type!r} (this worker runs: {known})", retryable=False))
             return
         fut = self._submit(jt, att)
-        abandoned = asyncio.ensure_future(att.abandoned.wait())
+        # One future woken by whichever comes first: the handler's return, the
+        # attempt being settled elsewhere (cancel, lost lease, shutdown) or the
+        # timeout. (asyncio.wait plus a Task per job waiting on an Event cost
+        # more than a no-op job itself.)
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+        fut.add_done_callback(wake)
+        att.wake = wake
+        timer = loop.call_later(att.timeout_s, wake) if att.timeout_s else None
+        if att.settled:
+            wake()
         try:
-            done, _ = await asyncio.wait(
-                {fut, abandoned}, timeout=att.timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
+            await woken
         finally:
-            abandoned.cancel()
-        if fut in done and not att.settled:
+            att.wake = None
+            fut.remove_done_callback(wake)
+            if timer is not None:
+                timer.cancel()
+        handler_done = fut.done()
+        if handler_done and not att.settled:
             self._settle(att, self._outcome(att, fut))
-        elif not done and not att.settled:
+        elif not att.settled:
             self._settle(att, Outcome.failure(f"timeout after {att.timeout_s:g}s", retryable=True),
                          f"timeout after {att.timeout_s:g}s")
-        if fut in done:
+        if handler_done:
             if not fut.cancelled():
                 fut.exception()  # settled elsewhere first (e.g. cancel raced the return): consume it
             return
@@ -460,7 +476,7 @@ class Worker:
                                   preload=self.config.imports)
             return loop.run_in_executor(self._process_io(), att.proc.execute)
         assert self._threads is not None
-        att.own_workdir = True  # made and removed on the job's thread, not on the loop
+        att.own_workdir = True  # made (if used) and removed on the job's thread, not on the loop
         return loop.run_in_executor(self._threads, _call_handler, jt.fn, att.ctx.args, att.ctx)
 
     def _outcome(self, att: _Attempt, fut: asyncio.Future) -> Outcome:
@@ -495,7 +511,8 @@ class Worker:
             att.ctx.cancel(cancel_reason)
             if att.proc is not None:
                 att.proc.stop()  # a process cannot poll a flag: end it
-        att.abandoned.set()
+        if att.wake is not None:
+            att.wake()
         self._notify()
         if outcome is None:
             self._leases.pop(att.key, None)
@@ -525,7 +542,9 @@ class Worker:
         took = time.monotonic() - att.started
         self._avg_run_s = took if self._avg_run_s is None else 0.8 * self._avg_run_s + 0.2 * took
         if not att.own_workdir:
-            shutil.rmtree(att.ctx.workdir, ignore_errors=True)
+            workdir = att.ctx.finish()
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
         while self._waiting and self.free_slots > 0:
             key = next(iter(self._waiting))
             self._launch(*self._waiting.pop(key))
@@ -746,23 +765,17 @@ class Worker:
 
 
 def _call_handler(fn: Callable[[Any, JobContext], Any], args: Any, ctx: JobContext) -> Any:
-    """On a pool thread: the handler inside its scratch directory, which is made
-    before and removed after it (filesystem calls kept off the event loop,
-    where an mkdir + rmtree per job cost a third of the loop's time)."""
-    workdir = ctx.workdir
-    try:
-        os.mkdir(workdir)  # one syscall; the parents exist after the first job
-    except FileNotFoundError:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        pass
+    """On a pool thread: the handler, then the removal of its scratch directory
+    if it made one (filesystem calls kept off the event loop)."""
     try:
         return fn(args if args is not None else {}, ctx)
     finally:
-        try:
-            os.rmdir(workdir)  # most handlers leave it empty: skip rmtree's walk
-        except OSError:
-            shutil.rmtree(workdir, ignore_errors=True)
+        workdir = ctx.finish()
+        if workdir is not None:
+            try:
+                os.rmdir(workdir)  # most handlers leave it empty: skip rmtree's walk
+            except OSError:
+                shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _number_or_zero(value: Any) -> float:

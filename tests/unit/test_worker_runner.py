@@ -235,7 +235,7 @@ def test_runs_a_job_and_reports_its_result(tmp_path: Path) -> None:
     assert code == 0
     assert fake.reports == [("complete", "job-1", 1, {"sum": 5})]
     assert seen[0].id == "job-1" and seen[0].attempt == 1 and seen[0].args == {"a": 2, "b": 3}
-    assert not seen[0].workdir.exists(), "the per-job scratch dir is removed afterwards"
+    assert seen[0].workdir_made and not seen[0].workdir.exists(), "the per-job scratch dir is removed afterwards"
 
 
 def test_failures_are_reported_with_the_right_retry_flag(tmp_path: Path) -> None:
@@ -648,7 +648,8 @@ def test_successes_are_reported_in_batches_and_a_fenced_item_drops_alone(tmp_pat
     assert len(fake.reports) == 7 and all(r[0] == "complete" for r in fake.reports)
     assert {r[1]: r[3] for r in fake.reports} == {f"j{n}": n for n in range(8) if fake.state(f"j{n}") == "succeeded"}
     assert max(fake.batches) > 1, fake.batches
-    assert sum(fake.batches) < 2 * 8  # far fewer requests than one per job and retry
+    # far fewer requests than one per job (8) plus the retried one
+    assert len(fake.batches) < 8, fake.batches
 
 
 def test_parked_jobs_are_heartbeated_dropped_when_cancelled_and_handed_back_past_grace(tmp_path: Path) -> None:
