@@ -312,6 +312,29 @@ class DurableJournal(Journal):
         if self._on_sync is not None:
             self._on_sync(self._entries[-1][1] if self._entries else 0)
 
+    def begin_sync(self) -> tuple[int, int] | None:
+        """`sync` in two halves, for a leader that fsyncs off its event loop:
+        returns (a dup of the file descriptor, the last index it covers) for
+        another thread to fdatasync and close, or None when nothing needs it.
+        Records added after this call are not covered (they leave the journal
+        dirty again). The dup keeps the file open even if compaction replaces
+        it meanwhile. Call `end_sync(index)` once the fdatasync returned."""
+        if not self._dirty or self._fd < 0:
+            return None
+        self._dirty = False
+        if not self._durable:
+            return None
+        return os.dup(self._fd), (self._entries[-1][1] if self._entries else 0)
+
+    def end_sync(self, index: int) -> None:
+        self.sync_count += 1
+        if self._on_sync is not None:
+            self._on_sync(index)
+
+    def sync_failed(self) -> None:
+        """A `begin_sync` half did not complete: its records still need a sync."""
+        self._dirty = True
+
     @property
     def dirty(self) -> bool:
         return self._dirty

@@ -15,18 +15,20 @@ lacks for raftq:
       runs in parallel with the followers' (not in series before them). Raft
       only needs the leader's own copy of k durable before the leader counts
       itself towards committing k. pysyncobj computes the commit index at the
-      START of a tick, and the journal is synced at the END of every tick
+      START of a tick, and the journal sync starts at the END of every tick
       (an on-tick callback, after `_checkCommandsToApply` appended the new
-      proposals), before the poll that waits for acks. So every entry a leader
-      appends in a tick is on its disk before the next commit calculation.
-      The one entry appended elsewhere is the no-op a new leader adds inside
-      the poll (`__onBecomeLeader`) and sends at once: the first send after
-      becoming leader syncs first (`_SyncingTransport.leader_synced`);
+      proposals); it runs on a helper thread while the loop goes on reading
+      requests and acks, and no tick runs until it returned
+      (`RaftNode._sync_journal`). So every entry a leader appends in a tick
+      is on its disk before the next commit calculation. The one entry
+      appended elsewhere is the no-op a new leader adds while handling a vote
+      (`__onBecomeLeader`) and sends at once: the first send after becoming
+      leader syncs first (`_SyncingTransport.leader_synced`);
     - the commit index on disk never runs ahead of the journal (the meta
       write syncs the journal first);
     - term and vote are written with fsync before `setCurrentTerm` returns.
   A leader only commits index k after a follower acknowledged k (the follower
-  synced k before acking) and after its own end-of-tick sync covered k. So an
+  synced k before acking) and after its own sync covered k. So an
   acknowledged entry is on disk on a majority. (A leader that crashes before
   its sync loses an entry that was never committed: a follower holding it is
   just a partially replicated entry, which Raft allows.)
@@ -63,6 +65,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import os
 import socket
 import threading
 import time
@@ -557,6 +560,8 @@ class RaftNode:
         self._pending: collections.deque[_Pending] = collections.deque()
         self._pending_lock = threading.Lock()
         self._tick_scheduled = False
+        self._syncing = False  # a leader's journal fdatasync is running on _fsync_thread
+        self._fsync_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raft-fsync")
         self._timer: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
         if loop is None:
@@ -637,7 +642,7 @@ class RaftNode:
             if type(exc).__name__ == "SyncObjException" and "BindError" in str(exc):
                 raise RaftStartError(f"cannot bind Raft port {config.self_addr}") from exc
             raise
-        self._sync.addOnTickCallback(self.journal.sync)
+        self._sync.addOnTickCallback(self._sync_journal)
         self._sync.addOnTickCallback(self._on_tick)
         self._schedule_tick()
         self._timer = self._loop.call_later(self.config.tick_period_s, self._periodic)
@@ -728,6 +733,7 @@ class RaftNode:
         if self._timer is not None:
             self._timer.cancel()
         self._sync.destroy()  # autoTick off: closes the transport and the journal now
+        self._fsync_thread.shutdown(wait=True)
         self._poller.close()
         self._dumps.cancel()
         self._on_tick(final=True)
@@ -763,12 +769,47 @@ class RaftNode:
 
     def _tick(self) -> None:
         self._tick_scheduled = False
-        if self._destroyed:
-            return
+        if self._destroyed or self._syncing:
+            return  # a finishing sync schedules the next tick
+
         try:
             self._sync.doTick(0.0)
         except Exception:
             log.exception("raft tick failed; continuing")
+
+    def _sync_journal(self) -> None:
+        """End of every tick: make what this tick appended durable.
+
+        A follower or candidate syncs right here (it also syncs before every
+        message it sends). A leader hands the fdatasync to a thread so the loop
+        keeps reading requests and acks meanwhile, and runs no further tick
+        until it returns: pysyncobj computes the commit index only at the start
+        of a tick, so the leader still counts itself towards committing k only
+        after k is on its disk (see the module docstring). Whatever arrives
+        during the sync goes into the next tick's entries: group commit."""
+        if not self.is_leader():
+            self.journal.sync()
+            return
+        begun = self.journal.begin_sync()
+        if begun is None:
+            return
+        fd, index = begun
+        self._syncing = True
+        fut = self._loop.run_in_executor(self._fsync_thread, _fdatasync_and_close, fd)
+        fut.add_done_callback(functools.partial(self._synced, index))
+
+    def _synced(self, index: int, fut: asyncio.Future[None]) -> None:
+        self._syncing = False
+        if self._destroyed:
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.journal.end_sync(index)
+        else:
+            log.critical("journal fdatasync failed (%s); nothing past the last good sync "
+                         "commits until one succeeds", exc)
+            self.journal.sync_failed()
+        self._schedule_tick()
 
     def _periodic(self) -> None:
         """Timers (election, heartbeat, proposal deadlines) need ticks when no
@@ -836,6 +877,13 @@ class RaftNode:
         pos = dump.prev[1] - j[0][1]
         if 0 < pos and pos + 1 < len(j) and j[pos] == dump.prev and j[pos + 1] == dump.last:
             j.deleteEntriesTo(pos)
+
+
+def _fdatasync_and_close(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _call(callback: ProposeCallback, results: list | None, code: str | None) -> None:
