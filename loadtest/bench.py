@@ -15,6 +15,9 @@ system alike):
   e2e           the same producers enqueue 2 x `--jobs` no-op jobs while two
                 worker processes run them: jobs/s from first enqueue to last
                 completion
+  e2e_batch     the same, 5 x `--jobs` jobs enqueued in batches of `--batch`
+                with each system's batch call (raftq submit_many, RQ
+                enqueue_many, Celery a group)
   round_trip    one job at a time, enqueue then wait for its result: p50/p99 ms
   failover      raftq only: SIGKILL the leader under a sequential writer; gap
                 until the next acknowledged submit (then the node restarts)
@@ -47,7 +50,7 @@ from loadtest.load import percentile
 REPO = Path(__file__).resolve().parents[1]
 REDIS_PORT = 6399
 SYSTEMS = ("raftq", "celery", "rq")
-HIGHER_IS_BETTER = {"enqueue_1": True, "enqueue_N": True, "e2e": True, "submit_p50": False,
+HIGHER_IS_BETTER = {"enqueue_1": True, "enqueue_N": True, "e2e": True, "e2e_batch": True, "submit_p50": False,
                     "submit_p99": False, "rt_p50": False, "rt_p99": False}
 
 
@@ -70,6 +73,7 @@ def producer_main(args: argparse.Namespace) -> int:
     per = [args.count // args.threads + (1 if i < args.count % args.threads else 0) for i in range(args.threads)]
     from loadtest.peers import ENQ_QUEUE, RUN_QUEUE
     queue = ENQ_QUEUE if args.mode == "enqueue" else RUN_QUEUE
+    batch = args.batch if args.mode == "e2e_batch" else 1
     if args.mode == "e2e":
         args.mode = "enqueue"
     producers = [system.producer(queue) for _ in range(args.threads)]
@@ -77,15 +81,24 @@ def producer_main(args: argparse.Namespace) -> int:
     errors: list[str] = []
 
     def run(i: int) -> None:
-        op = producers[i].round_trip if args.mode == "round_trip" else producers[i].enqueue
+        p = producers[i]
+        if args.mode == "round_trip":
+            op = lambda n: p.round_trip()  # noqa: E731
+        elif batch > 1:
+            op = p.enqueue_batch
+        else:
+            op = lambda n: p.enqueue()  # noqa: E731
         try:
-            op()  # warm: connect, learn the leader (not timed)
+            op(1)  # warm: connect, learn the leader (not timed)
             while time.time() < args.start_at:
                 time.sleep(0.001)
-            for _ in range(per[i]):
+            left = per[i]
+            while left > 0:
+                n = min(batch, left)
                 t0 = time.perf_counter()
-                op()
+                op(n)
                 lat[i].append((time.perf_counter() - t0) * 1000)
+                left -= n
         except Exception as exc:  # reported to the parent, which fails the run
             errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -98,20 +111,21 @@ def producer_main(args: argparse.Namespace) -> int:
     for p in producers:
         p.close()
     print(json.dumps({"end": end, "lat_ms": [x for part in lat for x in part], "errors": errors[:5],
-                      "warm_jobs": args.threads}))
+                      "warm_jobs": args.threads, "jobs": sum(per)}))
     return 0
 
 
 # ---------------------------------------------------------------- parent side
 
 def run_producers(system: str, addrs: list[str], count: int, threads: int, procs: int,
-                  mode: str = "enqueue") -> dict[str, Any]:
+                  mode: str = "enqueue", batch: int = 1) -> dict[str, Any]:
     start_at = time.time() + 2.0 + 0.02 * threads
     per = [count // procs + (1 if i < count % procs else 0) for i in range(procs)]
     tpp = [max(1, threads // procs + (1 if i < threads % procs else 0)) for i in range(procs)]
     children = [subprocess.Popen(
         [sys.executable, "-m", "loadtest.bench", "producer", "--system", system, "--addrs", ",".join(addrs),
-         "--count", str(per[i]), "--threads", str(tpp[i]), "--start-at", f"{start_at:.3f}", "--mode", mode],
+         "--count", str(per[i]), "--threads", str(tpp[i]), "--start-at", f"{start_at:.3f}", "--mode", mode,
+         "--batch", str(batch)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(procs)]
     parts = []
     for ch in children:
@@ -124,7 +138,7 @@ def run_producers(system: str, addrs: list[str], count: int, threads: int, procs
         parts.append(part)
     lat = sorted(x for p in parts for x in p["lat_ms"])
     elapsed = max(p["end"] for p in parts) - start_at
-    return {"rate": len(lat) / elapsed, "p50": percentile(lat, 50), "p99": percentile(lat, 99),
+    return {"rate": sum(p["jobs"] for p in parts) / elapsed, "p50": percentile(lat, 50), "p99": percentile(lat, 99),
             "elapsed": elapsed, "start_at": start_at, "warm_jobs": sum(p["warm_jobs"] for p in parts)}
 
 
@@ -249,11 +263,16 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 # warm-up enqueues (one per producer thread) also complete
                 done_at = wait_completed(sysobjs[s], base + n_e2e + e2e["warm_jobs"], 300)
                 add("e2e", n_e2e / (done_at - e2e["start_at"]))
+                n_batch = 5 * args.jobs
+                base = sysobjs[s].completed()
+                e2eb = run_producers(s, addrs, n_batch, args.producers, 2, mode="e2e_batch", batch=args.batch)
+                done_at = wait_completed(sysobjs[s], base + n_batch + e2eb["warm_jobs"], 300)
+                add("e2e_batch", n_batch / (done_at - e2eb["start_at"]))
                 rt = run_producers(s, addrs, args.rt_jobs, 1, 1, mode="round_trip")
                 add("rt_p50", rt["p50"]); add("rt_p99", rt["p99"])
                 sysobjs[s].stop_workers()
                 if s == "raftq":
-                    raftq_jobs += 8 * args.jobs + args.rt_jobs + 4 + args.producers * 2 + 20
+                    raftq_jobs += 13 * args.jobs + args.rt_jobs + 4 + args.producers * 3 + 20
                     add("failover_s", failover_gap(cluster))
                 print(f"round {rnd + 1}/{args.rounds} {s}: " + ", ".join(
                     f"{k}={v[-1]:.1f}" for k, v in r.items()), flush=True)
@@ -292,7 +311,9 @@ def render(report: dict[str, Any]) -> str:
     systems = list(med)
     peers = [s for s in systems if s != "raftq"]
     rows = [("enqueue_1", "1 producer enqueue (jobs/s)"), ("enqueue_N", f"{report['args']['producers']} producers enqueue (jobs/s)"),
-            ("e2e", "end to end no-op (jobs/s)"), ("submit_p50", "enqueue ack p50 (ms)"),
+            ("e2e", "end to end no-op (jobs/s)"),
+            ("e2e_batch", f"end to end, batches of {report['args'].get('batch', 100)} (jobs/s)"),
+            ("submit_p50", "enqueue ack p50 (ms)"),
             ("submit_p99", "enqueue ack p99 (ms)"), ("rt_p50", "round trip p50 (ms)"),
             ("rt_p99", "round trip p99 (ms)"), ("failover_s", "leader kill -> next ack (s)"),
             ("bytes_per_job", "RSS per retained job per node (B)")]
@@ -330,17 +351,20 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--count", type=int, required=True)
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--start-at", type=float, required=True)
-        p.add_argument("--mode", choices=["enqueue", "e2e", "round_trip"], default="enqueue")
+        p.add_argument("--mode", choices=["enqueue", "e2e", "e2e_batch", "round_trip"], default="enqueue")
+        p.add_argument("--batch", type=int, default=1)
         return producer_main(p.parse_args(argv[1:]))
     p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", 3)))
     p.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", 2000)))
     p.add_argument("--producers", type=int, default=int(os.environ.get("PRODUCERS", 50)))
     p.add_argument("--rt-jobs", type=int, default=300)
+    p.add_argument("--batch", type=int, default=int(os.environ.get("BATCH", 100)),
+                   help="jobs per batch call in the e2e_batch workload")
     p.add_argument("--systems", default=os.environ.get("SYSTEMS", ",".join(SYSTEMS)))
     p.add_argument("--json", type=Path, default=REPO / "loadtest" / "results" / "bench.json")
     args = p.parse_args(argv)
-    for name, lo in (("rounds", 1), ("jobs", 10), ("producers", 2), ("rt_jobs", 10)):
+    for name, lo in (("rounds", 1), ("jobs", 10), ("producers", 2), ("rt_jobs", 10), ("batch", 2)):
         if getattr(args, name) < lo:
             p.error(f"--{name.replace('_', '-')} must be >= {lo}")
     bad = [s for s in args.systems.split(",") if s and s not in SYSTEMS]

@@ -1,15 +1,18 @@
 """The systems `make bench` compares, behind one small interface.
 
-Each `System` can make a producer (an object with `enqueue()` -> job handle,
-used from ONE thread), run a round trip (enqueue one no-op job and wait for
+Each `System` can make a producer (an object with `enqueue()` -> job handle
+and `enqueue_batch(n)`, the system's own way to enqueue n jobs at once, used
+from ONE thread), run a round trip (enqueue one no-op job and wait for
 its completion), count completed jobs, and start/stop its workers. Peers get
 the same treatment as raftq: two worker processes, a no-op job, results kept.
 
-- raftq: `Client.submit("util.noop")`; workers are real `raftq worker`
+- raftq: `Client.submit("util.noop")` (batch: `submit_many`); workers are real `raftq worker`
   processes; completion = the leader's `succeeded` count.
-- Celery 5 + Redis (broker db 0, result backend db 1): `noop.delay()`;
+- Celery 5 + Redis (broker db 0, result backend db 1): `noop.delay()`
+  (batch: a `group` of n signatures, applied at once);
   `celery worker --pool prefork -c 2`; completion = result keys in db 1.
-- RQ + Redis (db 2): `Queue.enqueue(noop)`; two `rq worker -w SimpleWorker`;
+- RQ + Redis (db 2): `Queue.enqueue(noop)` (batch: `enqueue_many`, one Redis
+  pipeline); two `rq worker -w SimpleWorker`;
   completion = the finished-job registry.
 
 The Celery app lives in this module (`loadtest.peers:celery_app`) so its
@@ -111,6 +114,9 @@ class RaftqSystem(System):
             def enqueue(self) -> str:
                 return client.submit("util.noop", {}, queue=queue)
 
+            def enqueue_batch(self, n: int) -> None:
+                client.submit_many([{"type": "util.noop", "args": {}, "queue": queue} for _ in range(n)])
+
             def round_trip(self) -> None:
                 job_id = client.submit("util.noop", {}, queue=RUN_QUEUE)
                 view = client.result(job_id, timeout=30)
@@ -142,6 +148,10 @@ class CelerySystem(System):
         class P:
             def enqueue(self) -> str:
                 return app.send_task("bench.noop", queue=queue).id
+
+            def enqueue_batch(self, n: int) -> None:
+                from celery import group
+                group(app.signature("bench.noop", queue=queue) for _ in range(n)).apply_async()
 
             def round_trip(self) -> None:
                 app.send_task("bench.noop", queue=RUN_QUEUE).get(timeout=30)
@@ -177,6 +187,9 @@ class RqSystem(System):
         class P:
             def enqueue(self) -> str:
                 return q.enqueue(noop).id
+
+            def enqueue_batch(self, n: int) -> None:
+                q.enqueue_many([Queue.prepare_data(noop) for _ in range(n)])
 
             def round_trip(self) -> None:
                 job = run_q.enqueue(noop)

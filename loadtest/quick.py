@@ -1,7 +1,7 @@
 """Quick raftq-only measurements for A/B work on the hot path.
 
     python -m loadtest.quick [--seq 400] [--conc 8] [--conns 1000] [--batch 1]
-                             [--e2e 4000] [--failover 0] [--only seq,conc,e2e,failover]
+                             [--e2e 4000] [--e2e-batch 1] [--failover 0] [--only seq,conc,e2e,failover]
 
 Starts a fresh 3-node cluster (durability=fsync) and runs, as asked:
 
@@ -10,8 +10,8 @@ Starts a fresh 3-node cluster (durability=fsync) and runs, as asked:
             seconds of back-to-back submits (`--batch` jobs each): jobs/s, and
             the CPU seconds each node process used in that window
   e2e       2 `raftq worker` processes x 16 threads; 50 producers enqueue
-            `--e2e` no-op jobs: jobs/s from the first enqueue to the last
-            completion
+            `--e2e` no-op jobs (`--e2e-batch` n: in submit_many calls of n):
+            jobs/s from the first enqueue to the last completion
   failover  `--failover` leader SIGKILLs under a sequential writer: the gap to
             the next acknowledged submit (each node restarts after)
 
@@ -75,13 +75,13 @@ def conc(cluster: BenchCluster, conns: int, duration: float, batch: int) -> dict
     return r
 
 
-def e2e(cluster: BenchCluster, n: int, workdir: Path) -> dict[str, Any]:
+def e2e(cluster: BenchCluster, n: int, workdir: Path, batch: int = 1) -> dict[str, Any]:
     system = RaftqSystem(workdir, cluster.addrs, TOKEN)
     system.start_workers()
     try:
         run_producers("raftq", cluster.addrs, 1, 1, 1, mode="round_trip")  # workers are up
         base = system.completed()
-        r = run_producers("raftq", cluster.addrs, n, 50, 2, mode="e2e")
+        r = run_producers("raftq", cluster.addrs, n, 50, 2, mode="e2e_batch" if batch > 1 else "e2e", batch=batch)
         done_at = wait_completed(system, base + n + r["warm_jobs"], 300)
         rt = run_producers("raftq", cluster.addrs, 200, 1, 1, mode="round_trip")
         return {"jobs_per_s": n / (done_at - r["start_at"]), "enqueue_per_s": r["rate"],
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conns", type=int, default=1000)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--e2e", type=int, default=4000)
+    p.add_argument("--e2e-batch", type=int, default=1, help="producers enqueue with submit_many of this size")
     p.add_argument("--failover", type=int, default=0)
     args = p.parse_args(argv)
     only = set(args.only.split(","))
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if "conc" in only:
             out["conc"] = conc(cluster, args.conns, args.conc, args.batch)
         if "e2e" in only:
-            out["e2e"] = e2e(cluster, args.e2e, workdir)
+            out["e2e"] = e2e(cluster, args.e2e, workdir, args.e2e_batch)
         if "failover" in only:
             gaps = [failover_gap(cluster) for _ in range(max(1, args.failover))]
             out["failover"] = {"gaps_s": [round(g, 3) for g in gaps], "median_s": statistics.median(gaps),
