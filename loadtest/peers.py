@@ -132,10 +132,10 @@ class RaftqSystem(System):
         with Client(self.addrs, token=self.token, timeout_s=30.0) as c:
             return int(c.stats()["jobs"].get("succeeded", 0))
 
-    def start_workers(self) -> None:
+    def start_workers(self, queue: str = RUN_QUEUE) -> None:
         for i in range(2):
             self._spawn([sys.executable, "-m", "cli.main", "worker", "--cluster", ",".join(self.addrs),
-                         "--token", self.token, "--threads", "16", "--name", f"bench-{i}", "--queues", RUN_QUEUE,
+                         "--token", self.token, "--threads", "16", "--name", f"bench-{i}", "--queues", queue,
                          "--workdir", str(self.workdir / f"raftq-work-{i}")], f"worker{i}")
 
 

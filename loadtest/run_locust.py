@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.start()
         if args.workers:
-            workers.start_workers()
+            workers.start_workers(queue="default")  # the queue the locustfile submits to
         print(f"cluster up: {','.join(cluster.addrs)} (leader node {cluster.leader_id()}); "
               f"locust {args.users} users, spawn {args.spawn_rate:g}/s, {args.run_time}s", flush=True)
         cmd = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"), "--headless",
