@@ -12,6 +12,8 @@ Starts a fresh 3-node cluster (durability=fsync) and runs, as asked:
   e2e       2 `raftq worker` processes x 16 threads; 50 producers enqueue
             `--e2e` no-op jobs (`--e2e-batch` n: in submit_many calls of n):
             jobs/s from the first enqueue to the last completion
+  drain     `--drain` no-op jobs queued first, then 2 `raftq worker`s: jobs/s
+            over 5 s and the CPU us per job of every node and worker
   failover  `--failover` leader SIGKILLs under a sequential writer: the gap to
             the next acknowledged submit (each node restarts after)
 
@@ -33,7 +35,7 @@ from typing import Any
 from loadtest.bench import failover_gap, run_producers, wait_completed
 from loadtest.load import percentile, run_submit
 from loadtest.localcluster import TOKEN, BenchCluster
-from loadtest.peers import ENQ_QUEUE, RaftqSystem
+from loadtest.peers import ENQ_QUEUE, RUN_QUEUE, RaftqSystem
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -90,6 +92,34 @@ def e2e(cluster: BenchCluster, n: int, workdir: Path, batch: int = 1) -> dict[st
         system.stop_workers()
 
 
+def drain(cluster: BenchCluster, n: int, workdir: Path, window_s: float = 5.0) -> dict[str, Any]:
+    """Fill the run queue with `n` no-op jobs, start 2 `raftq worker`s and
+    measure over `window_s` (after a 3 s warm-up): jobs/s and the CPU us per
+    completed job of every node and worker process."""
+    with cluster.client() as c:
+        for i in range(0, n, 500):
+            c.submit_many([{"type": "util.noop", "args": {}, "queue": RUN_QUEUE} for _ in range(min(500, n - i))])
+    system = RaftqSystem(workdir, cluster.addrs, TOKEN)
+    system.start_workers()
+    try:
+        time.sleep(3.0)
+        leader = cluster.leader_id()
+        pids = {("leader" if i == leader else f"node{i}"): cluster.pid(i) for i in cluster.procs}
+        pids.update({f"worker{k}": w.pid for k, w in enumerate(system.workers)})
+        before = {k: _proc_cpu_s(p) for k, p in pids.items()}
+        done0, t0 = system.completed(), time.monotonic()
+        time.sleep(window_s)
+        after = {k: _proc_cpu_s(p) for k, p in pids.items()}
+        done1, t1 = system.completed(), time.monotonic()
+    finally:
+        system.stop_workers()
+    jobs = done1 - done0
+    if done1 >= n:
+        raise RuntimeError(f"the queue ran dry inside the window: use a larger --drain than {n}")
+    return {"jobs_per_s": jobs / (t1 - t0),
+            "cpu_us_per_job": {k: round((after[k] - before[k]) / jobs * 1e6) for k in pids} if jobs else {}}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.quick", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="seq,conc,e2e")
@@ -99,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--e2e", type=int, default=4000)
     p.add_argument("--e2e-batch", type=int, default=1, help="producers enqueue with submit_many of this size")
+    p.add_argument("--drain", type=int, default=40000, help="jobs pre-filled for the drain figure")
     p.add_argument("--failover", type=int, default=0)
     args = p.parse_args(argv)
     only = set(args.only.split(","))
@@ -115,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             out["conc"] = conc(cluster, args.conns, args.conc, args.batch)
         if "e2e" in only:
             out["e2e"] = e2e(cluster, args.e2e, workdir, args.e2e_batch)
+        if "drain" in only:
+            out["drain"] = drain(cluster, args.drain, workdir)
         if "failover" in only:
             gaps = [failover_gap(cluster) for _ in range(max(1, args.failover))]
             out["failover"] = {"gaps_s": [round(g, 3) for g in gaps], "median_s": statistics.median(gaps),
