@@ -60,7 +60,12 @@ class GroupCommitter:
         self,
         raft: Proposer,
         *,
-        max_in_flight: int = 4,
+        # One entry replicating at a time: everything that arrives meanwhile
+        # leaves as the next entry. With 4 in flight a loaded leader cut more,
+        # smaller entries, each with its own fdatasync and append_entries on
+        # every replica: draining jobs, 1 vs 4 gave 3,800-4,100 vs 3,470-3,870
+        # jobs/s and 99-107 vs 115-133 us of leader CPU per job.
+        max_in_flight: int = 1,
         max_batch: int = 4096,
         max_batch_bytes: int = 4 * 1024 * 1024,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
