@@ -771,7 +771,6 @@ class RaftNode:
         self._tick_scheduled = False
         if self._destroyed or self._syncing:
             return  # a finishing sync schedules the next tick
-
         try:
             self._sync.doTick(0.0)
         except Exception:
@@ -800,9 +799,9 @@ class RaftNode:
 
     def _synced(self, index: int, fut: asyncio.Future[None]) -> None:
         self._syncing = False
+        exc = fut.exception()
         if self._destroyed:
             return
-        exc = fut.exception()
         if exc is None:
             self.journal.end_sync(index)
         else:

@@ -153,6 +153,32 @@ def test_sync_counts(tmp_path: Path) -> None:
     assert j.sync_count == base + 2
 
 
+def test_split_sync_covers_what_was_added_before_it_began(tmp_path: Path) -> None:
+    """A leader's sync runs on another thread (begin_sync ... end_sync)."""
+    synced: list[int] = []
+    j = open_journal(tmp_path, synced=synced)
+    assert j.begin_sync() is None  # nothing added: nothing to sync
+    fill(j, 1, 5)
+    fd, index = j.begin_sync()
+    assert index == 5 and not j.dirty
+    j.add(b"late", 6, 1)  # added while the fdatasync runs: not covered
+    assert j.dirty
+    j.deleteEntriesTo(2)  # compaction replaces the file (fsynced whole, "late" included)
+    assert not j.dirty
+    os.fdatasync(fd)  # the dup still names the old file: still a valid descriptor
+    os.close(fd)
+    base = j.sync_count
+    j.end_sync(index)
+    assert (j.sync_count, synced[-1]) == (base + 1, 5)
+    j.add(b"next", 7, 1)
+    fd, index = j.begin_sync()
+    os.close(fd)
+    j.sync_failed()  # that fdatasync failed: its records still need one
+    assert j.dirty and index == 7
+    j.sync()
+    assert synced[-1] == 7 and not j.dirty
+
+
 def test_durability_none_never_fsyncs(tmp_path: Path) -> None:
     j = open_journal(tmp_path, durability="none")
     fill(j, 1, 10)

@@ -623,6 +623,31 @@ def test_bad_argument_message_format() -> None:
         require({"n": "abc"}, "n", int, min=0)
 
 
+def test_a_handler_that_never_uses_its_workdir_gets_none_made(tmp_path: Path) -> None:
+    reg = Registry()
+    seen: list[JobContext] = []
+
+    @reg.job("t.plain")
+    def plain(args: dict, ctx: JobContext) -> int:
+        seen.append(ctx)
+        return 1
+
+    @reg.job("t.files")
+    def files(args: dict, ctx: JobContext) -> int:
+        (ctx.workdir / "scratch.txt").write_text("x")  # left behind: removed with its dir
+        return 2
+
+    async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
+        a, b = fake.add("t.plain", {}), fake.add("t.files", {})
+        await until(lambda: fake.state(a) == fake.state(b) == "succeeded", what="both done")
+
+    code, _, _ = scenario(tmp_path, body, reg)
+    assert code == 0
+    assert not seen[0].workdir_made
+    assert not seen[0].workdir.exists(), "reading workdir after the attempt creates nothing"
+    assert not any((tmp_path / "wd").iterdir()), "no scratch dir outlives its attempt"
+
+
 def test_successes_are_reported_in_batches_and_a_fenced_item_drops_alone(tmp_path: Path) -> None:
     reg = Registry()
     gate = threading.Event()
