@@ -122,12 +122,27 @@ class Receiver:
         return pickle.loads(plain)  # only ever on authenticated bytes
 
 
+def _bytearray_attribute(name: str) -> property:
+    """One of TcpConnection's name-mangled buffer attributes, stored in `name`
+    and kept a bytearray whatever pysyncobj assigns (`bytes()`, a slice); its
+    own `+=` hands back the same object, which is kept as it is."""
+    def get(self: Any) -> bytearray:
+        return getattr(self, name)  # type: ignore[no-any-return]
+
+    def set_(self: Any, value: bytes | bytearray) -> None:
+        if value is not getattr(self, name):
+            setattr(self, name, bytearray(value))
+    return property(get, set_)
+
+
 class SealedConnection(TcpConnection):
     """pysyncobj's TcpConnection with the framing above and bytearray buffers.
 
     The base class keeps its buffers in name-mangled attributes and reassigns
     them (`= bytes()` on connect/disconnect, `+=` on read); the properties
-    below keep them bytearrays, so appends and front cuts are O(1).
+    below keep them bytearrays, so appends and front cuts are O(1). Its
+    messages are always sealed: without the cluster's LinkKey it refuses to
+    send and drops whatever arrives.
     """
 
     _rbuf: bytearray
@@ -135,28 +150,14 @@ class SealedConnection(TcpConnection):
     _sender: Sender | None
     _receiver: Receiver | None
 
-    @property
-    def _TcpConnection__readBuffer(self) -> bytearray:  # noqa: N802
-        return self._rbuf
-
-    @_TcpConnection__readBuffer.setter
-    def _TcpConnection__readBuffer(self, value: bytes | bytearray) -> None:  # noqa: N802
-        if value is not self._rbuf:
-            self._rbuf = bytearray(value)
-
-    @property
-    def _TcpConnection__writeBuffer(self) -> bytearray:  # noqa: N802
-        return self._wbuf
-
-    @_TcpConnection__writeBuffer.setter
-    def _TcpConnection__writeBuffer(self, value: bytes | bytearray) -> None:  # noqa: N802
-        if value is not self._wbuf:
-            self._wbuf = bytearray(value)
+    _TcpConnection__readBuffer = _bytearray_attribute("_rbuf")
+    _TcpConnection__writeBuffer = _bytearray_attribute("_wbuf")
 
     def _new_session(self) -> None:
         key = self.encryptor
-        self._sender = Sender(key) if isinstance(key, LinkKey) else None
-        self._receiver = Receiver(key) if isinstance(key, LinkKey) else None
+        if not isinstance(key, LinkKey):  # never fall back to pysyncobj's framing
+            raise LinkError("a sealed connection needs the cluster's LinkKey")
+        self._sender, self._receiver = Sender(key), Receiver(key)
 
     def connect(self, host: str, port: int) -> Any:
         result = super().connect(host, port)
@@ -175,9 +176,7 @@ class SealedConnection(TcpConnection):
     def send(self, message: Any) -> None:
         if self._sender is None:
             self._new_session()
-        if self._sender is None:  # no LinkKey: pysyncobj's own framing
-            super().send(message)
-            return
+        assert self._sender is not None
         if self.sendRandKey:
             message = (self.sendRandKey, message)
         self._wbuf += self._sender.seal(message)
@@ -201,12 +200,11 @@ class SealedConnection(TcpConnection):
         return True
 
     def _TcpConnection__processParseMessage(self) -> Any:  # noqa: N802
-        if self._receiver is None:
-            self._new_session()
-        receiver = self._receiver
-        if receiver is None:
-            return TcpConnection._TcpConnection__processParseMessage(self)  # type: ignore[attr-defined]
         try:
+            if self._receiver is None:
+                self._new_session()
+            receiver = self._receiver
+            assert receiver is not None
             frame = receiver.next_frame(self._rbuf)
             if frame is None:
                 return None
