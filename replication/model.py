@@ -485,6 +485,31 @@ def _check_str_list(obj: dict[str, Any], key: str, max_items: int) -> str | None
     return None
 
 
+def _check_batch(cmd: dict[str, Any], key: str, limit: int, noun: str, *,
+                 may_be_empty: bool = False) -> str | None:
+    """`cmd[key]` is a list of at most `limit` items (non-empty unless allowed)."""
+    items = cmd.get(key)
+    if not isinstance(items, (list, tuple)) or not (items or may_be_empty):
+        return f"{key!r} must be a {'' if may_be_empty else 'non-empty '}list"
+    if len(items) > limit:
+        return f"{key!r} may hold at most {limit} {noun}"
+    return None
+
+
+def _check_attempt_ref(obj: dict[str, Any]) -> str | None:
+    """The job id and attempt that name one lease (heartbeat items, complete, fail)."""
+    return _check_str(obj, "id", max_len=MAX_ID_LEN) or _check_int(obj, "attempt", 0, MAX_ATTEMPTS)
+
+
+def _check_completion(obj: dict[str, Any]) -> str | None:
+    """A `complete` command, or one item of `complete_many`."""
+    msg = _check_attempt_ref(obj)
+    if msg:
+        return msg
+    problem = check_plain(obj.get("result"))
+    return f"'result': {problem}" if problem else None
+
+
 def validate_command(cmd: Any) -> str | None:
     """Return why `cmd` is malformed, or None when it may enter the log.
 
@@ -500,12 +525,10 @@ def validate_command(cmd: Any) -> str | None:
         msg = validate_spec(cmd.get("job"))
         return f"job: {msg}" if msg else None
     if op == "submit_many":
-        jobs = cmd.get("jobs")
-        if not isinstance(jobs, (list, tuple)) or not jobs:
-            return "'jobs' must be a non-empty list"
-        if len(jobs) > MAX_BATCH:
-            return f"'jobs' may hold at most {MAX_BATCH} specs"
-        for i, spec in enumerate(jobs):
+        msg = _check_batch(cmd, "jobs", MAX_BATCH, "specs")
+        if msg:
+            return msg
+        for i, spec in enumerate(cmd["jobs"]):
             msg = validate_spec(spec)
             if msg:
                 return f"jobs[{i}]: {msg}"
@@ -520,44 +543,31 @@ def validate_command(cmd: Any) -> str | None:
         msg = _check_str(cmd, "worker") or _check_int(cmd, "lease_ms", 1, MAX_LEASE_MS)
         if msg:
             return msg
-        leases = cmd.get("leases")
-        if not isinstance(leases, (list, tuple)):
-            return "'leases' must be a list"
-        if len(leases) > MAX_HEARTBEAT_LEASES:
-            return f"'leases' may hold at most {MAX_HEARTBEAT_LEASES} items"
-        for i, lease in enumerate(leases):
+        msg = _check_batch(cmd, "leases", MAX_HEARTBEAT_LEASES, "items", may_be_empty=True)
+        if msg:
+            return msg
+        for i, lease in enumerate(cmd["leases"]):
             if not isinstance(lease, dict):
                 return f"leases[{i}] must be a map"
-            msg = (_check_str(lease, "id", max_len=MAX_ID_LEN)
-                   or _check_int(lease, "attempt", 0, MAX_ATTEMPTS)
-                   or _check_progress(lease.get("progress")))
+            msg = _check_attempt_ref(lease) or _check_progress(lease.get("progress"))
             if msg:
                 return f"leases[{i}]: {msg}"
         return None
     if op == "complete":
-        msg = _check_str(cmd, "id", max_len=MAX_ID_LEN) or _check_int(cmd, "attempt", 0, MAX_ATTEMPTS)
+        return _check_completion(cmd)
+    if op == "complete_many":
+        msg = _check_batch(cmd, "items", MAX_COMPLETE_BATCH, "completions")
         if msg:
             return msg
-        msg = check_plain(cmd.get("result"))
-        return f"'result': {msg}" if msg else None
-    if op == "complete_many":
-        items = cmd.get("items")
-        if not isinstance(items, (list, tuple)) or not items:
-            return "'items' must be a non-empty list"
-        if len(items) > MAX_COMPLETE_BATCH:
-            return f"'items' may hold at most {MAX_COMPLETE_BATCH} completions"
-        for i, item in enumerate(items):
+        for i, item in enumerate(cmd["items"]):
             if not isinstance(item, dict):
                 return f"items[{i}] must be a map"
-            msg = _check_str(item, "id", max_len=MAX_ID_LEN) or _check_int(item, "attempt", 0, MAX_ATTEMPTS)
-            if msg is None:
-                problem = check_plain(item.get("result"))
-                msg = f"'result': {problem}" if problem else None
+            msg = _check_completion(item)
             if msg:
                 return f"items[{i}]: {msg}"
         return None
     if op == "fail":
-        msg = _check_str(cmd, "id", max_len=MAX_ID_LEN) or _check_int(cmd, "attempt", 0, MAX_ATTEMPTS)
+        msg = _check_attempt_ref(cmd)
         if msg:
             return msg
         if not isinstance(cmd.get("error"), str):
