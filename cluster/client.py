@@ -837,13 +837,14 @@ class _AsyncConn(asyncio.Protocol):
         self.closed = True
         if self._lost is None and isinstance(exc, (_ConnectionLost, Unauthorized)):
             self._lost = exc
+        error = self._lost or exc
         for fut in self.pending.values():
             if not fut.done():
-                fut.set_exception(self._lost or exc)
+                fut.set_exception(error)
         self.pending.clear()
         waiter, self._writable = self._writable, None
         if waiter is not None and not waiter.done():
-            waiter.set_exception(self._lost or exc)
+            waiter.set_exception(error)
             waiter.exception()  # retrieved: nobody may be awaiting it
         if self.transport is not None:
             self.transport.close()

@@ -75,7 +75,6 @@ class Node:
         self.spec = cfg.node(node_id)
         self.test_bug = _test_bug_from_env()
         self.machine = JobMachine(test_bug=self.test_bug)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._applied = asyncio.Event()
         self._raft_to_client = {n.raft: n.client for n in cfg.nodes}
         data_dir = cfg.node_data_dir(node_id)
@@ -89,7 +88,7 @@ class Node:
                 durability=cfg.durability,
             ),
             self.machine,
-            on_applied=self._on_applied,
+            on_applied=self._wake,
             loop=asyncio.get_running_loop(),
         )
         self.committer = GroupCommitter(self.raft)
@@ -100,12 +99,9 @@ class Node:
 
     # ---- Raft glue -------------------------------------------------------
 
-    def _on_applied(self) -> None:
+    def _wake(self) -> None:
         """After each applied entry (on this loop, inside the Raft tick): wake
         every long poll (lease, wait)."""
-        self._wake()
-
-    def _wake(self) -> None:
         self._applied.set()
         self._applied = asyncio.Event()
 
@@ -563,11 +559,11 @@ class Node:
     # ---- lifecycle -----------------------------------------------------
 
     async def serve(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         from cluster.http import start_http_server  # local: keeps the import graph obvious
 
         host, port = _split(self.spec.client)
-        server = await self._loop.create_server(lambda: ClientConnection(self), host, port,
+        server = await loop.create_server(lambda: ClientConnection(self), host, port,
                                                 reuse_address=True)
         http_server = None
         if self.spec.http:

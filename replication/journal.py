@@ -308,9 +308,7 @@ class DurableJournal(Journal):
         if not self._durable:
             return
         os.fdatasync(self._fd)
-        self.sync_count += 1
-        if self._on_sync is not None:
-            self._on_sync(self._entries[-1][1] if self._entries else 0)
+        self.end_sync(self.last_index())
 
     def begin_sync(self) -> tuple[int, int] | None:
         """`sync` in two halves, for a leader that fsyncs off its event loop:
@@ -324,7 +322,7 @@ class DurableJournal(Journal):
         self._dirty = False
         if not self._durable:
             return None
-        return os.dup(self._fd), (self._entries[-1][1] if self._entries else 0)
+        return os.dup(self._fd), self.last_index()
 
     def end_sync(self, index: int) -> None:
         self.sync_count += 1

@@ -76,7 +76,7 @@ from typing import Any, Literal, Protocol
 
 import msgpack
 import pysyncobj.syncobj as _pso_syncobj
-from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, SyncObjException, replicated
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import TCPTransport
@@ -557,8 +557,7 @@ class RaftNode:
         self._role = 0
         self._destroyed = False
         self._deferred: collections.deque[tuple[ProposeCallback, str]] = collections.deque()
-        self._pending: collections.deque[_Pending] = collections.deque()
-        self._pending_lock = threading.Lock()
+        self._pending: collections.deque[_Pending] = collections.deque()  # loop thread only
         self._tick_scheduled = False
         self._syncing = False  # a leader's journal fdatasync is running on _fsync_thread
         self._fsync_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raft-fsync")
@@ -639,7 +638,7 @@ class RaftNode:
             self.journal._destroy()
             if self._trace:
                 self._trace.close()
-            if type(exc).__name__ == "SyncObjException" and "BindError" in str(exc):
+            if isinstance(exc, SyncObjException) and "BindError" in str(exc):
                 raise RaftStartError(f"cannot bind Raft port {config.self_addr}") from exc
             raise
         self._sync.addOnTickCallback(self._sync_journal)
@@ -666,9 +665,8 @@ class RaftNode:
             # Never let pysyncobj forward to the leader: the server redirects clients.
             self._deferred.append((callback, NOT_LEADER if self.leader() else NO_LEADER))
             return
-        with self._pending_lock:
-            p = _Pending(callback, time.monotonic() + self.config.propose_timeout_s)
-            self._pending.append(p)
+        p = _Pending(callback, time.monotonic() + self.config.propose_timeout_s)
+        self._pending.append(p)
         try:
             self._replica.apply(bytes(entry), callback=functools.partial(self._on_result, p))
         except Exception:
@@ -838,13 +836,12 @@ class RaftNode:
             _call(callback, None, code)
         now = time.monotonic()
         expired: list[_Pending] = []
-        with self._pending_lock:
-            while self._pending and (self._pending[0].done or final or self._pending[0].deadline <= now):
-                p = self._pending.popleft()
-                if not p.done:
-                    p.done = True
-                    expired.append(p)
-        for p in expired:  # outside the lock: a callback may propose again
+        while self._pending and (self._pending[0].done or final or self._pending[0].deadline <= now):
+            p = self._pending.popleft()
+            if not p.done:
+                p.done = True
+                expired.append(p)
+        for p in expired:  # after the sweep: a callback may propose again
             _call(p.callback, None, TIMEOUT)
 
     def _on_state_changed(self, old: int, new: int) -> None:

@@ -152,7 +152,6 @@ class Worker:
         self._runs: dict[tuple[str, int], _Attempt] = {}
         self._outbox: dict[tuple[str, int], asyncio.Task] = {}
         self._undelivered: list[tuple[str, int]] = []  # reports given up at the final deadline
-        # Successes waiting for the next complete_many, and the one task sending them.
         # Leased jobs waiting for a free slot (at most `_prefetch`), in lease order.
         self._waiting: dict[tuple[str, int], tuple[_Attempt, JobType | None]] = {}
         # A lease asks for up to this many jobs beyond the free slots, so that the
@@ -163,6 +162,7 @@ class Worker:
         self._avg_run_s: float | None = None
         self._prefetch = (0 if config.cpu is not None or config.mem_mb is not None
                           else min(PREFETCH_MAX, config.threads))
+        # Successes waiting for the next complete_many, and the one task sending them.
         self._batch: dict[tuple[str, int], tuple[_Attempt, Outcome]] = {}
         self._flusher: asyncio.Task | None = None
         self._summary_at = 0.0
