@@ -6,12 +6,13 @@ counted through `sync_count`, which increments only after a real os.fdatasync.
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 
 import msgpack
 import pytest
 
-from replication.journal import MAGIC, DurableJournal, JournalError
+from replication.journal import MAGIC, DurableJournal, JournalError, JournalFailed
 from replication.snapshot import DumpError, decode_dump, encode_dump
 
 
@@ -56,22 +57,233 @@ def test_torn_tail_is_cut_to_last_good_record(tmp_path: Path, cut: int) -> None:
     assert [e[0] for e in open_journal(tmp_path)[:]] == [b"cmd-1", b"cmd-2", b"cmd-3", b"cmd-4"]
 
 
-def test_garbage_tail_and_corrupt_record(tmp_path: Path) -> None:
+def test_garbage_tail_is_cut(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     j = open_journal(tmp_path)
     fill(j, 1, 4)
     j._destroy()
     path = tmp_path / "raft.journal"
+    size = path.stat().st_size
     with open(path, "ab") as f:
         f.write(os.urandom(37))
     assert [e[1] for e in open_journal(tmp_path)[:]] == [1, 2, 3, 4]
-    # flip one byte inside record 3's command: 3 and everything after go
+    assert path.stat().st_size == size  # the bad tail was truncated on disk
+    assert "torn tail of 37 bytes" in caplog.text
+
+
+def _flip(path: Path, needle: bytes, delta: int = 0) -> int:
     data = bytearray(path.read_bytes())
-    pos = data.index(b"cmd-3")
+    pos = data.index(needle) + delta
     data[pos] ^= 0xFF
     path.write_bytes(bytes(data))
-    j3 = open_journal(tmp_path)
-    assert [e[1] for e in j3[:]] == [1, 2]
-    assert path.stat().st_size < len(data)  # the bad tail was truncated on disk
+    return pos
+
+
+def test_flip_in_last_record_past_commit_is_a_torn_tail(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    fill(j, 1, 4)
+    j._destroy()
+    _flip(tmp_path / "raft.journal", b"cmd-4")
+    assert [e[1] for e in open_journal(tmp_path)[:]] == [1, 2, 3]
+
+
+def test_mid_file_flip_followed_by_valid_records_is_refused(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    fill(j, 1, 6)
+    j._destroy()
+    path = tmp_path / "raft.journal"
+    before = path.read_bytes()
+    _flip(path, b"cmd-3")
+    offset = j._offsets[2]
+    with pytest.raises(JournalError, match=rf"raft.journal: corrupt record at offset {offset} \(crc mismatch\) "
+                                           r"followed by a valid record \(index 4 .*docs/storage.md"):
+        open_journal(tmp_path)
+    assert len(path.read_bytes()) == len(before)  # nothing was cut
+
+
+def test_damaged_length_field_with_valid_records_later_is_refused(tmp_path: Path) -> None:
+    """The length is wrong, so the next record is not where it points: the
+    forward scan must still find a valid record further on."""
+    j = open_journal(tmp_path)
+    fill(j, 1, 50)
+    j._destroy()
+    path = tmp_path / "raft.journal"
+    data = bytearray(path.read_bytes())
+    data[j._offsets[10] + 1] ^= 0x01  # length += 256: points into the middle of a later record
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalError, match=r"followed by a valid record \(index 1[2-9]"):
+        open_journal(tmp_path)
+    data[j._offsets[10] + 3] = 0x7F  # an impossible length (> MAX_RECORD_BYTES)
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalError, match=r"impossible length .* followed by a valid record"):
+        open_journal(tmp_path)
+
+
+def test_out_of_sequence_record_followed_by_valid_ones_is_refused(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    fill(j, 1, 2)
+    j.add(b"dup", 2, 1)  # a well-formed record whose index does not follow
+    fill(j, 3, 4)
+    j._destroy()
+    with pytest.raises(JournalError, match=r"index 2 does not follow 2\) followed by a valid record \(index 3"):
+        open_journal(tmp_path)
+
+
+def test_bad_record_at_or_before_commit_index_is_refused(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    fill(j, 1, 4)
+    j.setRaftCommitIndex(4)
+    j.onOneSecondTimer()  # commit index 4 stored (after the journal sync)
+    j._destroy()
+    _flip(tmp_path / "raft.journal", b"cmd-4")  # the last record, but it is committed
+    with pytest.raises(JournalError, match="at or before the last committed entry 4"):
+        open_journal(tmp_path)
+    (tmp_path / "raft.journal").write_bytes(MAGIC)  # a journal that lost all entries
+    with pytest.raises(JournalError, match=r"stored commit index 4 is past the end of the log \(index 0\)"):
+        open_journal(tmp_path)
+
+
+def test_commit_index_within_the_dump_is_accepted(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    fill(j, 1, 10)
+    j.setRaftCommitIndex(10)
+    j.onOneSecondTimer()
+    j._destroy()
+    path = tmp_path / "raft.journal"
+    path.write_bytes(MAGIC)
+    meta, jpath = tmp_path / "raft.meta", tmp_path / "raft.journal"
+    assert len(DurableJournal(jpath, meta, dump_last_index=10)) == 0  # the dump covers the commit index
+    with pytest.raises(JournalError, match=r"past the end of the log \(index 9\)"):
+        DurableJournal(jpath, meta, dump_last_index=9)
+
+
+def test_missing_or_termless_meta_next_to_records_is_refused(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    fill(j, 1, 3)
+    j.setCurrentTerm(5, "127.0.0.1:1")
+    j._destroy()
+    meta = tmp_path / "raft.meta"
+    saved = meta.read_bytes()
+    meta.unlink()
+    with pytest.raises(JournalError, match=r"raft.meta: missing although the journal ends at index 3; .*vote twice"):
+        open_journal(tmp_path)
+    meta.write_bytes(msgpack.packb({"voted_for": None, "commit_index": 2}))
+    with pytest.raises(JournalError, match=r"raft.meta: no valid term \(found None\)"):
+        open_journal(tmp_path)
+    meta.write_bytes(saved)
+    assert open_journal(tmp_path).getCurrentTerm() == 5
+    meta.unlink()  # a dump alone is log state too
+    (tmp_path / "raft.journal").write_bytes(MAGIC)
+    with pytest.raises(JournalError, match="missing although the dump covers up to index 7"):
+        DurableJournal(tmp_path / "raft.journal", meta, dump_last_index=7)
+
+
+def test_new_node_and_empty_journal_start(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)  # no files at all
+    assert (len(j), j.getCurrentTerm()) == (0, 0)
+    # The meta exists from the start, so the first record never lacks one.
+    assert msgpack.unpackb((tmp_path / "raft.meta").read_bytes()) == {"term": 0, "voted_for": None}
+    j.add(b"noop", 1, 0)
+    j._destroy()
+    assert len(open_journal(tmp_path)) == 1
+    (tmp_path / "raft.meta").unlink()
+    (tmp_path / "raft.journal").write_bytes(MAGIC)  # empty journal, no meta: a new node
+    assert len(open_journal(tmp_path)) == 0
+    (tmp_path / "raft.meta").write_bytes(msgpack.packb({"voted_for": None}))  # no term, no records
+    assert len(open_journal(tmp_path)) == 0
+    assert msgpack.unpackb((tmp_path / "raft.meta").read_bytes()) == {"term": 0, "voted_for": None}
+
+
+def _break_fd(j: DurableJournal) -> None:
+    """Point the journal's descriptor at a pipe: the kernel refuses fdatasync
+    and write on it for real (EINVAL / EBADF-like errors), no mock involved."""
+    r, w = os.pipe()
+    os.dup2(r, j._fd)
+    os.close(r)
+    os.close(w)
+
+
+def test_failed_fdatasync_enters_the_failed_state_for_good(tmp_path: Path) -> None:
+    failures: list[str] = []
+    j = DurableJournal(tmp_path / "raft.journal", tmp_path / "raft.meta", on_failed=failures.append)
+    fill(j, 1, 3)
+    _break_fd(j)
+    with pytest.raises(JournalFailed, match="fdatasync failed"):
+        j.sync()
+    assert j.dirty  # never marked clean
+    assert len(failures) == 1 and "raft.journal: fdatasync failed" in failures[0]
+    with pytest.raises(JournalFailed):
+        j.sync()  # not retried as if it could succeed now
+    with pytest.raises(JournalFailed):
+        j.add(b"more", 4, 1)
+    with pytest.raises(JournalFailed):
+        j.begin_sync()
+    with pytest.raises(JournalFailed):
+        j.setCurrentTerm(2, None)
+    assert len(failures) == 1  # the hook runs once
+    j._destroy()  # closes without writing
+
+
+def test_failed_append_enters_the_failed_state(tmp_path: Path) -> None:
+    failures: list[str] = []
+    j = DurableJournal(tmp_path / "raft.journal", tmp_path / "raft.meta", on_failed=failures.append)
+    fill(j, 1, 2)
+    r, w = os.pipe()
+    os.dup2(r, j._fd)  # a read end: write(2) fails with EBADF
+    os.close(r)
+    os.close(w)
+    with pytest.raises(JournalFailed, match="append of entry 3 failed"):
+        j.add(b"x", 3, 1)
+    assert len(j) == 2 and failures
+
+
+def test_failed_meta_write_enters_the_failed_state(tmp_path: Path) -> None:
+    failures: list[str] = []
+    j = DurableJournal(tmp_path / "raft.journal", tmp_path / "raft.meta", on_failed=failures.append)
+    fill(j, 1, 2)
+    (tmp_path / "raft.meta.tmp").mkdir()  # the atomic write's tmp file cannot be created
+    with pytest.raises(JournalFailed, match="meta write failed"):
+        j.setCurrentTerm(3, "x")
+    assert j.failed and failures
+    j.setRaftCommitIndex(2)
+    with pytest.raises(JournalFailed):
+        j.onOneSecondTimer()
+
+
+def test_failed_helper_thread_sync_is_not_retried(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    fill(j, 1, 2)
+    fd, index = j.begin_sync()
+    r, w = os.pipe()
+    os.dup2(r, fd)
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError):
+        os.fdatasync(fd)  # what the helper thread sees
+    os.close(fd)
+    j.mark_failed("fdatasync failed (Invalid argument)")  # what RaftNode._synced does
+    with pytest.raises(JournalFailed):
+        j.sync()
+
+
+def test_begin_sync_without_a_spare_descriptor_syncs_inline(tmp_path: Path) -> None:
+    """EMFILE on dup: the journal is synced on the calling thread, never marked
+    clean with nothing synced."""
+    synced: list[int] = []
+    j = open_journal(tmp_path, synced=synced)
+    fill(j, 1, 3)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (j._fd + 64, hard))
+    try:
+        with pytest.raises(OSError):
+            while len(fillers) < 10_000:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+        assert j.begin_sync() is None
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert synced[-1] == 3 and not j.dirty
 
 
 def test_torn_header_and_foreign_file(tmp_path: Path) -> None:
@@ -170,13 +382,6 @@ def test_split_sync_covers_what_was_added_before_it_began(tmp_path: Path) -> Non
     base = j.sync_count
     j.end_sync(index)
     assert (j.sync_count, synced[-1]) == (base + 1, 5)
-    j.add(b"next", 7, 1)
-    fd, index = j.begin_sync()
-    os.close(fd)
-    j.sync_failed()  # that fdatasync failed: its records still need one
-    assert j.dirty and index == 7
-    j.sync()
-    assert synced[-1] == 7 and not j.dirty
 
 
 def test_durability_none_never_fsyncs(tmp_path: Path) -> None:
