@@ -263,8 +263,13 @@ def node(config_path: Path, node_id: int) -> None:
     cfg = load_config(config_path)
     cfg.node(node_id)  # an unknown id is a user error, before the server starts
     from cluster.server import run_node
+    from replication.raft import DumpError, JournalError, RaftStartError
 
-    sys.exit(run_node(cfg, node_id))
+    try:
+        code = run_node(cfg, node_id)
+    except (JournalError, DumpError, RaftStartError) as exc:  # damaged storage, port taken
+        raise CliError(f"node {node_id} refuses to start: {exc}") from None
+    sys.exit(code)
 
 
 @raftq.command()

@@ -69,9 +69,14 @@ def _test_bug_from_env() -> str | None:
 class Node:
     """One replica: the machine, the Raft adapter and the request handlers."""
 
-    def __init__(self, cfg: ClusterConfig, node_id: int) -> None:
+    def __init__(self, cfg: ClusterConfig, node_id: int,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
+        """`on_fatal(reason)`: storage failed (a write, fsync or meta write); it
+        was logged, and the process must now stop and exit non-zero."""
         self.cfg = cfg
         self.node_id = node_id
+        self.fatal: str | None = None  # why storage failed (see _storage_failed)
+        self._on_fatal = on_fatal
         self.spec = cfg.node(node_id)
         self.test_bug = _test_bug_from_env()
         self.machine = JobMachine(test_bug=self.test_bug)
@@ -90,6 +95,7 @@ class Node:
             self.machine,
             on_applied=self._wake,
             loop=asyncio.get_running_loop(),
+            on_fatal=self._storage_failed,
         )
         self.committer = GroupCommitter(self.raft)
         self.requests: dict[str, int] = {}
@@ -98,6 +104,14 @@ class Node:
         self._last_tick = 0.0
 
     # ---- Raft glue -------------------------------------------------------
+
+    def _storage_failed(self, reason: str) -> None:
+        """RaftNode's on_fatal: nothing more is acknowledged from here on (the
+        adapter fails every proposal); say why once and have the process end."""
+        self.fatal = reason
+        log.critical("node %d: storage failed, stopping (exit code 1): %s", self.node_id, reason)
+        if self._on_fatal is not None:
+            self._on_fatal(reason)
 
     def _wake(self) -> None:
         """After each applied entry (on this loop, inside the Raft tick): wake
@@ -779,13 +793,13 @@ def run_node(cfg: ClusterConfig, node_id: int) -> int:
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s node{node_id} %(name)s %(levelname)s %(message)s")
 
-    async def main() -> None:
+    async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        node = Node(cfg, node_id)
+        node = Node(cfg, node_id, on_fatal=lambda reason: stop.set())
         await node.serve(stop)
+        return 1 if node.fatal is not None else 0  # storage failed: a supervisor must see it
 
-    uvloop.run(main())
-    return 0
+    return uvloop.run(main())

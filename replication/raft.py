@@ -26,7 +26,13 @@ lacks for raftq:
       leader syncs first (`_SyncingTransport.leader_synced`);
     - the commit index on disk never runs ahead of the journal (the meta
       write syncs the journal first);
-    - term and vote are written with fsync before `setCurrentTerm` returns.
+    - term and vote are written with fsync before `setCurrentTerm` returns;
+    - a failed write, fdatasync or meta write is never retried: the journal
+      enters its failed state (replication/journal.py), after which it
+      refuses every sync, so no message (no ack, no vote) leaves the node;
+      the adapter stops ticking, fails every proposal and calls `on_fatal`
+      with the reason: the owner must end the process (it can't know what
+      the kernel dropped; a restart re-reads and re-checks the files).
   A leader only commits index k after a follower acknowledged k (the follower
   synced k before acking) and after its own sync covered k. So an
   acknowledged entry is on disk on a majority. (A leader that crashes before
@@ -82,7 +88,7 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as _PSO_VERSION
 
-from replication.journal import DurableJournal, Entry, JournalError
+from replication.journal import DurableJournal, Entry, JournalError, JournalFailed
 from replication.link import LinkKey, seal
 from replication.snapshot import Dump, DumpError, DumpWriter, read_dump
 
@@ -414,6 +420,8 @@ class _LoopPoller:
             return
         try:
             sub[0](descr, event)
+        except JournalFailed:
+            pass  # storage failed: RaftNode._storage_failed reports it once and stops the node
         except Exception:
             log.exception("raft socket callback failed")
         self._after_event()
@@ -547,12 +555,17 @@ class RaftNode:
 
     def __init__(self, config: RaftConfig, machine: Machine,
                  on_applied: Callable[[], None] | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
         """`loop`: the running event loop of the calling thread to tick on (the
-        node server's); None starts a private loop on a thread of its own."""
+        node server's); None starts a private loop on a thread of its own.
+        `on_fatal(reason)`: called once, on the loop thread, when storage failed
+        (see the module docstring); the caller must stop the process."""
         self.config = config
         self.machine = machine
         self._on_applied = on_applied
+        self._on_fatal = on_fatal
+        self._fatal: str | None = None  # why storage failed; then nothing more is ticked or accepted
         self._lock = threading.Lock()
         self._role = 0
         self._destroyed = False
@@ -593,7 +606,9 @@ class RaftNode:
         self.journal = DurableJournal(
             self._journal_path, data_dir / META_FILE, config.durability,
             on_sync=(lambda idx: trace.line(f"sync {idx}")) if trace else None,
-            on_truncate=(lambda idx: trace.line(f"truncate {idx}")) if trace else None)
+            on_truncate=(lambda idx: trace.line(f"truncate {idx}")) if trace else None,
+            on_failed=self._storage_failed,
+            dump_last_index=self._preloaded.last[1] if self._preloaded is not None else 0)
         self._replica = _Replica(self.machine, self._lock, self._on_applied)
         self._dumps = DumpWriter(self._dump_path, self.machine.to_snapshot, durable)
         conf = SyncObjConf(
@@ -657,7 +672,7 @@ class RaftNode:
             except RuntimeError:  # loop closed: destroyed
                 callback(None, NO_LEADER)
             return
-        if self._destroyed:
+        if self._destroyed or self._fatal is not None:
             callback(None, NO_LEADER)  # no tick left to call it from
             return
         self._schedule_tick()  # appends (and sends) it, or reports the deferred error
@@ -675,7 +690,12 @@ class RaftNode:
             p.done = True
 
     def is_leader(self) -> bool:
-        return bool(self._sync._isLeader())
+        return self._fatal is None and bool(self._sync._isLeader())
+
+    @property
+    def fatal(self) -> str | None:
+        """Why this node's storage failed (it must stop), or None."""
+        return self._fatal
 
     def leader(self) -> str | None:
         node = self._sync._getLeader()
@@ -767,12 +787,13 @@ class RaftNode:
 
     def _tick(self) -> None:
         self._tick_scheduled = False
-        if self._destroyed or self._syncing:
-            return  # a finishing sync schedules the next tick
+        if self._destroyed or self._syncing or self._fatal is not None:
+            return  # a finishing sync schedules the next tick; a failed node ticks no more
         try:
             self._sync.doTick(0.0)
         except Exception:
-            log.exception("raft tick failed; continuing")
+            if self._fatal is None:  # a JournalFailed was reported by _storage_failed
+                log.exception("raft tick failed; continuing")
 
     def _sync_journal(self) -> None:
         """End of every tick: make what this tick appended durable.
@@ -803,10 +824,29 @@ class RaftNode:
         if exc is None:
             self.journal.end_sync(index)
         else:
-            log.critical("journal fdatasync failed (%s); nothing past the last good sync "
-                         "commits until one succeeds", exc)
-            self.journal.sync_failed()
+            # Never retried (fsyncgate): the journal stays dirty and failed.
+            self.journal.mark_failed(f"{self.journal.path}: fdatasync failed ({exc}); "
+                                     "not retried: the data may be lost")
         self._schedule_tick()
+
+    def _storage_failed(self, reason: str) -> None:
+        """The journal's on_failed hook (loop thread, possibly deep inside a
+        pysyncobj call that is about to see JournalFailed): stop ticking now,
+        then, outside pysyncobj, fail the proposals and tell the owner."""
+        if self._fatal is not None:
+            return
+        self._fatal = reason
+        self._loop.call_soon(self._stop_after_failure)
+
+    def _stop_after_failure(self) -> None:
+        self._on_tick(final=True)  # pending proposals: outcome unknown (TIMEOUT)
+        if self._on_fatal is None:
+            log.critical("storage failed, this node accepts nothing more: %s", self._fatal)
+            return
+        try:
+            self._on_fatal(self._fatal or "")
+        except Exception:
+            log.exception("on_fatal hook failed")
 
     def _periodic(self) -> None:
         """Timers (election, heartbeat, proposal deadlines) need ticks when no
@@ -855,7 +895,13 @@ class RaftNode:
         path = Path(file_name)
         dump, self._preloaded = self._preloaded, None
         if dump is None or path != self._dump_path:
-            dump = read_dump(path, self.config.durability == "fsync")
+            try:
+                dump = read_dump(path, self.config.durability == "fsync")
+            except (OSError, DumpError) as exc:
+                # pysyncobj logs this and acks the dump anyway: the failed
+                # journal makes that ack (every send syncs first) raise instead.
+                self.journal.mark_failed(f"cannot take the dump received from the leader ({exc})")
+                raise
         with self._lock:
             self.machine.restore(dump.machine)
         self._align_journal(dump)

@@ -1,0 +1,134 @@
+"""Storage integrity on real node processes (docs/storage.md).
+
+A follower whose files are damaged (a byte flipped mid-journal, raft.meta
+deleted) refuses to start with one clear line and a non-zero exit while the
+other two keep serving; wiped, it rejoins and catches up. A follower whose
+journal writes fail for real (RLIMIT_FSIZE makes the kernel refuse them with
+EFBIG) stops with a CRITICAL line and exit code 1, and nothing acknowledged
+is lost.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.harness import REPO, LocalCluster, wait_until
+
+JOURNAL_LIMIT_BYTES = 192 * 1024  # the follower's file size limit in the write-failure test
+
+
+def _submit(c, prefix: str, n: int, pad: int = 0) -> list[str]:
+    return [c.submit("util.noop", {"n": i, "pad": "x" * pad}, id=f"{prefix}-{i}") for i in range(n)]
+
+
+def _data_dir(cluster: LocalCluster, node_id: int) -> Path:
+    return cluster.root / "data" / f"node-{node_id}"
+
+
+def _start_refused(cluster: LocalCluster, node_id: int) -> str:
+    """Start a node that must refuse: it exits non-zero; return what it logged."""
+    log_path = cluster.root / "logs" / f"node-{node_id}.log"
+    before = log_path.stat().st_size if log_path.exists() else 0
+    cluster.start(node_id)
+    code = cluster.procs[node_id].wait(timeout=30)
+    out = log_path.read_bytes()[before:].decode(errors="replace")
+    assert code != 0, out
+    assert "Traceback" not in out, out
+    return out
+
+
+def _wait_caught_up(cluster: LocalCluster, ids: list[str], node_id: int) -> None:
+    """Same digest at the same applied index on every node, and every id on `node_id`."""
+    def same() -> bool:
+        d = cluster.digests([1, 2, 3])
+        return len(set(d.values())) == 1
+    wait_until(same, 30, "equal digests at the same applied index", interval=0.2)
+    with cluster.node_client(node_id) as c:
+        for job_id in ids:
+            assert c.get(job_id, stale_ok=True)["id"] == job_id
+
+
+def test_damaged_follower_refuses_to_start_then_rejoins_wiped(make_cluster) -> None:
+    cluster: LocalCluster = make_cluster(durability="fsync")
+    leader = cluster.leader_id()
+    f = next(i for i in (3, 2, 1) if i != leader)
+    with cluster.client() as c:
+        acked = _submit(c, "a", 60)
+    cluster.wait_replicas_equal([1, 2, 3])
+    cluster.kill(f, signal.SIGTERM)
+    data = _data_dir(cluster, f)
+
+    # 1. raft.meta deleted next to a non-empty journal.
+    meta = (data / "raft.meta").read_bytes()
+    (data / "raft.meta").unlink()
+    out = _start_refused(cluster, f)
+    assert "raft.meta: missing although the journal ends at index" in out, out
+    (data / "raft.meta").write_bytes(meta)
+
+    # 2. One byte flipped in the middle of the journal (valid records after it).
+    journal = data / "raft.journal"
+    raw = bytearray(journal.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    journal.write_bytes(bytes(raw))
+    out = _start_refused(cluster, f)
+    lines = [ln for ln in out.splitlines() if "refuses to start" in ln]
+    assert len(lines) == 1 and "raft.journal: corrupt record at offset" in lines[0], out
+    assert "docs/storage.md" in lines[0]
+    assert journal.read_bytes() == bytes(raw)  # nothing was cut
+
+    # The other two keep serving.
+    with cluster.client([i for i in (1, 2, 3) if i != f]) as c:
+        acked += _submit(c, "b", 40)
+
+    # 3. The way back: wipe the data dir, start, catch up from the leader.
+    shutil.rmtree(data)
+    cluster.start(f)
+    with cluster.client([i for i in (1, 2, 3) if i != f]) as c:
+        acked += _submit(c, "c", 40)
+    _wait_caught_up(cluster, acked, f)
+
+
+def _start_with_file_limit(cluster: LocalCluster, node_id: int, limit: int) -> None:
+    """`LocalCluster.start`, with RLIMIT_FSIZE set in the node process: the kernel
+    then fails any write past `limit` bytes (EFBIG; Python ignores SIGXFSZ)."""
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    log = open(cluster.root / "logs" / f"node-{node_id}.log", "ab")
+    cluster.procs[node_id] = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "node", "--config", str(cluster.config_path), "--id", str(node_id)],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=limit_files)
+    log.close()
+
+
+def test_failed_journal_write_stops_the_node(make_cluster) -> None:
+    cluster: LocalCluster = make_cluster(durability="fsync")
+    leader = cluster.leader_id()
+    f = next(i for i in (3, 2, 1) if i != leader)
+    cluster.kill(f, signal.SIGTERM)
+    (cluster.root / "logs" / f"node-{f}.log").unlink()  # the limit applies to its log too
+    _start_with_file_limit(cluster, f, JOURNAL_LIMIT_BYTES)
+    acked: list[str] = []
+    with cluster.client([i for i in (1, 2, 3) if i != f]) as c:
+        for batch in range(40):  # 40 x 20 x 1 KiB: about 4x the limit
+            if cluster.procs[f].poll() is not None:
+                break
+            acked += _submit(c, f"w{batch}", 20, pad=1024)
+    code = cluster.procs[f].wait(timeout=30)
+    out = cluster.log_tail(f, 400)
+    assert code == 1, out
+    critical = [ln for ln in out.splitlines() if "CRITICAL" in ln]
+    assert len(critical) == 1 and "storage failed" in critical[0] and "raft.journal" in critical[0], out
+    assert "Traceback" not in out, out
+    # Nothing acknowledged is lost; the other two agree.
+    with cluster.client([i for i in (1, 2, 3) if i != f]) as c:
+        acked += _submit(c, "after", 10)
+        for job_id in acked:
+            assert c.get(job_id)["id"] == job_id
+    cluster.wait_replicas_equal([i for i in (1, 2, 3) if i != f])
