@@ -339,7 +339,9 @@ class DurableJournal(Journal):
     # ---- failure ---------------------------------------------------------
 
     def mark_failed(self, reason: str) -> None:
-        """Enter the failed state (idempotent; `on_failed` runs once)."""
+        """Enter the failed state (idempotent; `on_failed` runs once). A failed
+        journal is never clean: whatever a failed sync covered may be lost."""
+        self._dirty = True
         if self.failed is not None:
             return
         self.failed = reason

@@ -15,6 +15,10 @@ a lagging follower, which hands them to `read_dump`):
                                 [cmd, idx, term] of the entry before it],
                        "cluster": [raft addresses]}
 
+Every dump carries the crc32 (since the first format) and `read_dump` verifies
+it: a damaged or truncated dump on disk refuses the node's start with one line
+(`DumpError`: file, what is wrong, what to do), never an empty state.
+
 Writing must not stall the Raft loop (a state of a million jobs takes
 seconds to encode), so `DumpWriter.serialize` forks: the child, which sees the
 state exactly as it was after the last applied entry (copy-on-write), encodes
@@ -44,7 +48,7 @@ from typing import Any
 import msgpack
 from pysyncobj.config import SERIALIZER_STATE
 
-from replication.journal import Entry, fsync_dir
+from replication.journal import REMEDY, Entry, fsync_dir
 
 MAGIC = b"RAFTQD01"
 FORMAT = 1
@@ -114,7 +118,7 @@ def read_dump(path: Path, durable: bool) -> Dump:
     try:
         return decode_dump(data)
     except DumpError as exc:
-        raise DumpError(f"{path}: {exc}") from exc
+        raise DumpError(f"{path}: {exc}; this node's snapshot is damaged: {REMEDY}") from exc
 
 
 class DumpWriter:

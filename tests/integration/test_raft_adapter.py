@@ -433,7 +433,8 @@ def test_crash_between_dump_and_journal_compaction_loses_nothing(tmp_path: Path)
     # rebuild the journal as it was on disk in the crash window: never compacted
     journal_path = tmp_path / "solo" / "raft.journal"
     journal_path.unlink()
-    crashed = DurableJournal(journal_path, tmp_path / "solo" / "raft.meta")
+    # (its own meta: the node's, with commit index 17, refuses a journal that is still empty)
+    crashed = DurableJournal(journal_path, tmp_path / "rebuild.meta")
     first_kept = tail[0][1]
     for e in full_before + tail:
         if e[1] < first_kept or e in tail:

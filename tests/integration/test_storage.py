@@ -1,7 +1,7 @@
 """Storage integrity on real node processes (docs/storage.md).
 
 A follower whose files are damaged (a byte flipped mid-journal, raft.meta
-deleted) refuses to start with one clear line and a non-zero exit while the
+deleted, a dump whose checksum fails) refuses to start with one clear line and a non-zero exit while the
 other two keep serving; wiped, it rejoins and catches up. A follower whose
 journal writes fail for real (RLIMIT_FSIZE makes the kernel refuse them with
 EFBIG) stops with a CRITICAL line and exit code 1, and nothing acknowledged
@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from replication.snapshot import encode_dump
 from tests.integration.harness import REPO, LocalCluster, wait_until
 
 JOURNAL_LIMIT_BYTES = 192 * 1024  # the follower's file size limit in the write-failure test
@@ -81,11 +82,18 @@ def test_damaged_follower_refuses_to_start_then_rejoins_wiped(make_cluster) -> N
     assert "docs/storage.md" in lines[0]
     assert journal.read_bytes() == bytes(raw)  # nothing was cut
 
+    # 3. A damaged dump (its checksum does not match), checked before the journal.
+    blob = bytearray(encode_dump({"format": 1}, (b"c", 5, 1), (b"c", 4, 1), cluster.raft_addrs))
+    blob[-1] ^= 0xFF
+    (data / "raft.dump").write_bytes(bytes(blob))
+    out = _start_refused(cluster, f)
+    assert "raft.dump: dump checksum mismatch; this node's snapshot is damaged" in out, out
+
     # The other two keep serving.
     with cluster.client([i for i in (1, 2, 3) if i != f]) as c:
         acked += _submit(c, "b", 40)
 
-    # 3. The way back: wipe the data dir, start, catch up from the leader.
+    # 4. The way back: wipe the data dir, start, catch up from the leader.
     shutil.rmtree(data)
     cluster.start(f)
     with cluster.client([i for i in (1, 2, 3) if i != f]) as c:
@@ -132,3 +140,48 @@ def test_failed_journal_write_stops_the_node(make_cluster) -> None:
         for job_id in acked:
             assert c.get(job_id)["id"] == job_id
     cluster.wait_replicas_equal([i for i in (1, 2, 3) if i != f])
+
+
+def test_leader_fdatasync_failure_fails_proposals_and_reports_once(tmp_path: Path) -> None:
+    """The leader's fdatasync (on its helper thread) fails for real: the journal's
+    descriptor is pointed at /dev/null, where write and lseek work and fdatasync
+    fails with EINVAL. No proposal succeeds after it, none is retried, and
+    on_fatal is called once with the reason."""
+    import threading
+
+    import msgpack
+
+    from replication.machine import JobMachine
+    from replication.raft import NO_LEADER, TIMEOUT, RaftConfig, RaftNode
+    from tests.integration.harness import free_ports
+
+    fatal: list[str] = []
+    node = RaftNode(RaftConfig(self_addr=f"127.0.0.1:{free_ports(1)[0]}", peers=[], data_dir=tmp_path,
+                               password="storage-test"), JobMachine(), on_fatal=fatal.append)
+    try:
+        def propose(job_id: str) -> tuple[list | None, str | None]:
+            done = threading.Event()
+            out: list = []
+
+            def cb(results: list | None, code: str | None) -> None:
+                out.extend([results, code])
+                done.set()
+            entry = msgpack.packb({"v": 1, "now_ms": 1, "cmds": [
+                {"op": "submit", "job": {"id": job_id, "type": "t", "args": {}}}]}, use_bin_type=True)
+            node.propose(entry, cb)
+            assert done.wait(20), "propose callback never called"
+            return out[0], out[1]
+
+        wait_until(node.is_leader, 10, "a single-node leader")
+        assert propose("before")[1] is None
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        node._call_on_loop(lambda: os.dup2(devnull, node.journal._fd))
+        os.close(devnull)
+        assert propose("during") == (None, TIMEOUT)  # outcome unknown, never success
+        assert len(fatal) == 1 and "fdatasync failed" in fatal[0], fatal
+        assert node.fatal == fatal[0] and node.journal.failed and node.journal.dirty
+        assert not node.is_leader()
+        assert propose("after") == (None, NO_LEADER)
+        assert len(fatal) == 1
+    finally:
+        node.destroy()

@@ -261,6 +261,7 @@ def test_failed_helper_thread_sync_is_not_retried(tmp_path: Path) -> None:
         os.fdatasync(fd)  # what the helper thread sees
     os.close(fd)
     j.mark_failed("fdatasync failed (Invalid argument)")  # what RaftNode._synced does
+    assert j.dirty  # begin_sync had cleared it; a failed journal is never clean
     with pytest.raises(JournalFailed):
         j.sync()
 
