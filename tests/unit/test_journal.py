@@ -118,6 +118,21 @@ def test_damaged_length_field_with_valid_records_later_is_refused(tmp_path: Path
         open_journal(tmp_path)
 
 
+def test_zeroed_block_at_the_tail_is_cut_and_in_the_middle_refused(tmp_path: Path) -> None:
+    """A block of zeros (what a power cut can leave where unsynced pages were)."""
+    j = open_journal(tmp_path)
+    fill(j, 1, 400)  # about 12 KiB
+    j._destroy()
+    path = tmp_path / "raft.journal"
+    good = path.read_bytes()
+    path.write_bytes(good + bytes(4096))
+    assert len(open_journal(tmp_path)) == 400
+    hole = j._offsets[20]
+    path.write_bytes(good[:hole] + bytes(4096) + good[hole + 4096:])
+    with pytest.raises(JournalError, match=rf"corrupt record at offset {hole} .* followed by a valid record"):
+        open_journal(tmp_path)
+
+
 def test_out_of_sequence_record_followed_by_valid_ones_is_refused(tmp_path: Path) -> None:
     j = open_journal(tmp_path)
     fill(j, 1, 2)
