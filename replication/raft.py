@@ -698,6 +698,8 @@ class RaftNode:
         return self._fatal
 
     def leader(self) -> str | None:
+        if self._fatal is not None:
+            return None  # never redirect clients to a node that is stopping
         node = self._sync._getLeader()
         return None if node is None else str(getattr(node, "address", node.id))
 
