@@ -13,8 +13,11 @@ from __future__ import annotations
 import os
 import random
 import signal
+import struct
 import time
 from pathlib import Path
+
+import msgpack
 
 from tests.fault.harness import FaultCluster
 
@@ -179,10 +182,28 @@ class TruncateJournal(Nemesis):
         cut = 0
         if path.exists():
             size = path.stat().st_size
-            cut = min(self.rng.randint(1, 4000), max(size - 8, 0))  # keep the 8-byte header
+            # Only what was never synced can be lost: nothing up to the stored
+            # commit index (docs/storage.md; cutting that is refused at start).
+            cut = min(self.rng.randint(1, 4000), size - _committed_end(c.data_dir(victim)))
             os.truncate(path, size - cut)
         c.start_node(victim)
         return f"n{victim} (follower) killed, {cut} bytes cut off its journal, restarted"
+
+
+def _committed_end(data_dir: Path) -> int:
+    """Offset just past the journal record of the commit index stored in raft.meta."""
+    try:
+        commit = msgpack.unpackb((data_dir / "raft.meta").read_bytes()).get("commit_index", 0)
+    except FileNotFoundError:
+        commit = 0
+    data = (data_dir / "raft.journal").read_bytes()
+    pos = end = 8  # after the header
+    while pos + 24 <= len(data):
+        length, _, idx, _ = struct.unpack_from("<IIQQ", data, pos)
+        pos += 24 + length
+        if idx <= commit and pos <= len(data):
+            end = pos
+    return end
 
 
 class DiskFull(Nemesis):
