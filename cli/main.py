@@ -258,7 +258,11 @@ def raftq() -> None:
               help="The cluster TOML file [env RAFTQ_CONFIG].")
 @click.option("--id", "node_id", required=True, type=click.IntRange(min=1), envvar="RAFTQ_NODE_ID",
               help="This node's id in the config [env RAFTQ_NODE_ID].")
-def node(config_path: Path, node_id: int) -> None:
+# No env var: a one-off start mode must not linger in a service's environment.
+@click.option("--rejoin", is_flag=True,
+              help="First start after this node's data dir was wiped: it casts no vote until it has "
+                   "heard from the leader (see docs/storage.md). Ignored if the node has state.")
+def node(config_path: Path, node_id: int, rejoin: bool) -> None:
     """Run one queue node of the cluster (in the foreground)."""
     cfg = load_config(config_path)
     cfg.node(node_id)  # an unknown id is a user error, before the server starts
@@ -266,7 +270,7 @@ def node(config_path: Path, node_id: int) -> None:
     from replication.raft import DumpError, JournalError, RaftStartError
 
     try:
-        code = run_node(cfg, node_id)
+        code = run_node(cfg, node_id, rejoin=rejoin)
     except (JournalError, DumpError, RaftStartError) as exc:  # damaged storage, port taken
         raise CliError(f"node {node_id} refuses to start: {exc}") from None
     sys.exit(code)

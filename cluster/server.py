@@ -70,9 +70,10 @@ class Node:
     """One replica: the machine, the Raft adapter and the request handlers."""
 
     def __init__(self, cfg: ClusterConfig, node_id: int,
-                 on_fatal: Callable[[str], None] | None = None) -> None:
+                 on_fatal: Callable[[str], None] | None = None, rejoin: bool = False) -> None:
         """`on_fatal(reason)`: storage failed (a write, fsync or meta write); it
-        was logged, and the process must now stop and exit non-zero."""
+        was logged, and the process must now stop and exit non-zero. `rejoin`:
+        a wiped node's first start (no vote until it hears a leader, docs/storage.md)."""
         self.cfg = cfg
         self.node_id = node_id
         self.fatal: str | None = None  # why storage failed (see _storage_failed)
@@ -96,6 +97,7 @@ class Node:
             on_applied=self._wake,
             loop=asyncio.get_running_loop(),
             on_fatal=self._storage_failed,
+            rejoin=rejoin,
         )
         self.committer = GroupCommitter(self.raft)
         self.requests: dict[str, int] = {}
@@ -787,7 +789,7 @@ def _split(addr: str) -> tuple[str, int]:
 
 # ---- process entry point ---------------------------------------------------
 
-def run_node(cfg: ClusterConfig, node_id: int) -> int:
+def run_node(cfg: ClusterConfig, node_id: int, rejoin: bool = False) -> int:
     """Run one node in the foreground until SIGTERM/SIGINT. Returns the exit code."""
     import uvloop
 
@@ -798,7 +800,7 @@ def run_node(cfg: ClusterConfig, node_id: int) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        node = Node(cfg, node_id, on_fatal=lambda reason: stop.set())
+        node = Node(cfg, node_id, on_fatal=lambda reason: stop.set(), rejoin=rejoin)
         await node.serve(stop)
         return 1 if node.fatal is not None else 0  # storage failed: a supervisor must see it
 

@@ -38,6 +38,9 @@ lacks for raftq:
   acknowledged entry is on disk on a majority. (A leader that crashes before
   its sync loses an entry that was never committed: a follower holding it is
   just a partially replicated entry, which Raft allows.)
+* A rejoin start mode (`rejoin=True`, `raftq node --rejoin`): a node whose
+  data dir was wiped forgot its votes, so until a leader contacts it, it
+  neither votes nor stands (`_RejoinableSyncObj`, docs/storage.md).
 * Snapshots without pickle: pysyncobj's custom serializer hooks write our own
   msgpack dump from a forked child (replication/snapshot.py).
 * One replicated method. State lives in `_Replica`, a `SyncObjConsumer` with
@@ -445,6 +448,33 @@ class _SyncObj(SyncObj):
         return False
 
 
+class _RejoinableSyncObj(_SyncObj):
+    """`_SyncObj` with the rejoin start mode (docs/storage.md).
+
+    A node whose data dir was wiped forgot the votes it cast: back while an
+    election it voted in is still open, it could vote twice in one term. While
+    `rejoining`, it ignores request_vote and never starts an election; the
+    first append_entries from a leader of its term or a later one ends that.
+    Loop thread only.
+    """
+
+    rejoining = False
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 - pysyncobj's name
+        if self.rejoining:  # keep the election timer from ever firing
+            self._SyncObj__raftElectionDeadline = _pso_syncobj.monotonicTime() + self.conf.raftMaxTimeout
+        super()._onTick(timeToWait)
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+        if self.rejoining and isinstance(message, dict):
+            if message.get("type") == "request_vote":
+                return
+            if message.get("type") == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
+                self.rejoining = False
+                log.info("rejoin: heard from the leader of term %s; voting again", message.get("term"))
+        SyncObj._SyncObj__onMessageReceived(self, node, message)  # type: ignore[attr-defined]
+
+
 class _Replica(SyncObjConsumer):
     """The replicated object. Exactly ONE @replicated method: never add another
     (pysyncobj numbers replicated methods by sorted name)."""
@@ -556,11 +586,15 @@ class RaftNode:
     def __init__(self, config: RaftConfig, machine: Machine,
                  on_applied: Callable[[], None] | None = None,
                  loop: asyncio.AbstractEventLoop | None = None,
-                 on_fatal: Callable[[str], None] | None = None) -> None:
+                 on_fatal: Callable[[str], None] | None = None,
+                 rejoin: bool = False) -> None:
         """`loop`: the running event loop of the calling thread to tick on (the
         node server's); None starts a private loop on a thread of its own.
         `on_fatal(reason)`: called once, on the loop thread, when storage failed
-        (see the module docstring); the caller must stop the process."""
+        (see the module docstring); the caller must stop the process.
+        `rejoin`: start in the rejoin mode (`_RejoinableSyncObj`) if this node
+        has never learnt a term (its data dir was wiped); no effect otherwise."""
+        self._rejoin = rejoin
         self.config = config
         self.machine = machine
         self._on_applied = on_applied
@@ -644,8 +678,8 @@ class RaftNode:
         self._poller = _LoopPoller(self._loop, self._schedule_tick)
         try:
             with _injected(self.journal, LinkKey(config.password), self._poller):
-                self._sync = _SyncObj(config.self_addr, list(config.peers), conf,
-                                     consumers=[self._replica], transportClass=make_transport)
+                self._sync = _RejoinableSyncObj(config.self_addr, list(config.peers), conf,
+                                                consumers=[self._replica], transportClass=make_transport)
         except BaseException as exc:
             if self._transport is not None:
                 self._transport.destroy()
@@ -656,6 +690,9 @@ class RaftNode:
             if isinstance(exc, SyncObjException) and "BindError" in str(exc):
                 raise RaftStartError(f"cannot bind Raft port {config.self_addr}") from exc
             raise
+        if self._rejoin and self.journal.getCurrentTerm() == 0:
+            self._sync.rejoining = True
+            log.info("rejoin: no vote and no candidacy until a leader is heard from")
         self._sync.addOnTickCallback(self._sync_journal)
         self._sync.addOnTickCallback(self._on_tick)
         self._schedule_tick()

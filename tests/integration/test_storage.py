@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from replication.snapshot import encode_dump
@@ -101,15 +102,18 @@ def test_damaged_follower_refuses_to_start_then_rejoins_wiped(make_cluster) -> N
     _wait_caught_up(cluster, acked, f)
 
 
-def _start_with_file_limit(cluster: LocalCluster, node_id: int, limit: int) -> None:
-    """`LocalCluster.start`, with RLIMIT_FSIZE set in the node process: the kernel
-    then fails any write past `limit` bytes (EFBIG; Python ignores SIGXFSZ)."""
+def _start_node(cluster: LocalCluster, node_id: int, *extra: str, file_limit: int | None = None) -> None:
+    """`LocalCluster.start` with extra `raftq node` options and, with
+    `file_limit`, RLIMIT_FSIZE set in the node process: the kernel then fails
+    any write past that many bytes (EFBIG; Python ignores SIGXFSZ)."""
     def limit_files() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        if file_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
     log = open(cluster.root / "logs" / f"node-{node_id}.log", "ab")
     cluster.procs[node_id] = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "node", "--config", str(cluster.config_path), "--id", str(node_id)],
+        [sys.executable, "-m", "cli.main", "node", "--config", str(cluster.config_path), "--id", str(node_id),
+         *extra],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         preexec_fn=limit_files)
     log.close()
@@ -121,7 +125,7 @@ def test_failed_journal_write_stops_the_node(make_cluster) -> None:
     f = next(i for i in (3, 2, 1) if i != leader)
     cluster.kill(f, signal.SIGTERM)
     (cluster.root / "logs" / f"node-{f}.log").unlink()  # the limit applies to its log too
-    _start_with_file_limit(cluster, f, JOURNAL_LIMIT_BYTES)
+    _start_node(cluster, f, file_limit=JOURNAL_LIMIT_BYTES)
     acked: list[str] = []
     with cluster.client([i for i in (1, 2, 3) if i != f]) as c:
         for batch in range(40):  # 40 x 20 x 1 KiB: about 4x the limit
@@ -185,3 +189,35 @@ def test_leader_fdatasync_failure_fails_proposals_and_reports_once(tmp_path: Pat
         assert len(fatal) == 1
     finally:
         node.destroy()
+
+
+def test_rejoining_wiped_node_votes_only_after_hearing_a_leader(make_cluster) -> None:
+    """With --rejoin, a wiped node grants no vote until a leader has contacted
+    it: alone with one other node (no leader possible without its vote), no
+    leader is elected; once a third node is back, a leader is, and the wiped
+    node catches up. (Without --rejoin it would vote, and elect a leader.)"""
+    cluster: LocalCluster = make_cluster(durability="fsync")
+    leader = cluster.leader_id()
+    others = [i for i in (1, 2, 3) if i != leader]
+    wiped, back_later = others
+    with cluster.client() as c:
+        acked = _submit(c, "r", 30)
+    cluster.kill(wiped, signal.SIGTERM)
+    cluster.kill(back_later, signal.SIGTERM)
+
+    def no_leader() -> bool:
+        with cluster.node_client(leader) as c:
+            return c.cluster_status().get("leader") is None
+    wait_until(no_leader, 20, f"node {leader} to step down without a majority")
+    shutil.rmtree(_data_dir(cluster, wiped))
+    _start_node(cluster, wiped, "--rejoin")
+    wait_until(lambda: cluster.digests([wiped]), 20, "the wiped node to serve")
+    for _ in range(15):  # 3 s, several election rounds of the other node: none may win
+        assert no_leader(), "a leader was elected with the vote of a node that forgot its votes"
+        time.sleep(0.2)
+    cluster.start(back_later)
+    cluster.leader_id(timeout=30)
+    with cluster.client() as c:
+        acked += _submit(c, "s", 20)
+    _wait_caught_up(cluster, acked, wiped)
+    assert "rejoin: heard from the leader" in cluster.log_tail(wiped, 400)
