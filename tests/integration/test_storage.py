@@ -94,9 +94,9 @@ def test_damaged_follower_refuses_to_start_then_rejoins_wiped(make_cluster) -> N
     with cluster.client([i for i in (1, 2, 3) if i != f]) as c:
         acked += _submit(c, "b", 40)
 
-    # 4. The way back: wipe the data dir, start, catch up from the leader.
+    # 4. The way back: wipe the data dir, start with --rejoin, catch up from the leader.
     shutil.rmtree(data)
-    cluster.start(f)
+    _start_node(cluster, f, "--rejoin")
     with cluster.client([i for i in (1, 2, 3) if i != f]) as c:
         acked += _submit(c, "c", 40)
     _wait_caught_up(cluster, acked, f)
