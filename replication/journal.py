@@ -213,9 +213,12 @@ class DurableJournal(Journal):
         meta = self._load_meta()
         self._meta: dict[str, Any] = meta or {}
         self._meta_saved = True
-        self._fd = self._open_and_scan()
+        self._fd, good, size = self._open_and_scan()
         try:
-            self._check_meta(meta)
+            self._check_meta(meta)  # before anything on disk changes
+            if good < size:
+                self._cut_torn_tail(good, size)
+            os.lseek(self._fd, 0, os.SEEK_END)
             if self._durable:
                 # Records read back may still sit only in the page cache (the previous
                 # process may have died between write and fdatasync): make them
@@ -269,7 +272,10 @@ class DurableJournal(Journal):
             self._meta = {"term": 0, "voted_for": None}
             atomic_write(self.meta_path, msgpack.packb(self._meta, use_bin_type=True), self._durable)
 
-    def _open_and_scan(self) -> int:
+    def _open_and_scan(self) -> tuple[int, int, int]:
+        """Open (or create) the journal and load its records: (fd, offset where
+        a torn tail starts, file size). Changes nothing on disk but a new file's
+        header."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             size = os.fstat(fd).st_size
@@ -278,30 +284,27 @@ class DurableJournal(Journal):
                 if self._durable:
                     os.fsync(fd)
                     fsync_dir(self.path.parent)
-                return fd
+                return fd, len(MAGIC), len(MAGIC)
             with open(self.path, "rb") as f:
                 data = f.read()
             if not data.startswith(MAGIC):
                 if len(data) < len(MAGIC) and MAGIC.startswith(data):
-                    good = 0  # torn while writing the header itself
-                else:
-                    raise JournalError(f"{self.path}: not a raftq journal (bad header)")
-            else:
-                good = self._scan(data)
-            if good < len(data):
-                log.warning("journal %s: cutting a torn tail of %d bytes at offset %d after %d entries",
-                            self.path, len(data) - good, good, len(self._entries))
-                os.ftruncate(fd, good)
-                if good == 0:
-                    os.lseek(fd, 0, os.SEEK_SET)
-                    _write_all(fd, MAGIC)
-                if self._durable:
-                    os.fsync(fd)
-            os.lseek(fd, 0, os.SEEK_END)
-            return fd
+                    return fd, 0, len(data)  # torn while writing the header itself
+                raise JournalError(f"{self.path}: not a raftq journal (bad header)")
+            return fd, self._scan(data), len(data)
         except BaseException:
             os.close(fd)
             raise
+
+    def _cut_torn_tail(self, good: int, size: int) -> None:
+        log.warning("journal %s: cutting a torn tail of %d bytes at offset %d after %d entries",
+                    self.path, size - good, good, len(self._entries))
+        os.ftruncate(self._fd, good)
+        if good == 0:
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            _write_all(self._fd, MAGIC)
+        if self._durable:
+            os.fsync(self._fd)
 
     def _scan(self, data: bytes) -> int:
         """Load records from `data`; return the offset where a torn tail starts

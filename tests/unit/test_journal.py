@@ -179,8 +179,12 @@ def test_missing_or_termless_meta_next_to_records_is_refused(tmp_path: Path) -> 
     meta = tmp_path / "raft.meta"
     saved = meta.read_bytes()
     meta.unlink()
+    with open(tmp_path / "raft.journal", "ab") as f:
+        f.write(b"torn")  # a torn tail too: a refused start must not cut it
+    size = (tmp_path / "raft.journal").stat().st_size
     with pytest.raises(JournalError, match=r"raft.meta: missing although the journal ends at index 3; .*vote twice"):
         open_journal(tmp_path)
+    assert (tmp_path / "raft.journal").stat().st_size == size
     meta.write_bytes(msgpack.packb({"voted_for": None, "commit_index": 2}))
     with pytest.raises(JournalError, match=r"raft.meta: no valid term \(found None\)"):
         open_journal(tmp_path)
