@@ -4,7 +4,7 @@ index past the log), a failed write or fsync is final, fsync is counted.
 
 These run the real journal on a temp dir (no mocks). fdatasync calls are
 counted through `sync_count`, which increments only after a real os.fdatasync.
-Failures are real too: the kernel refuses fdatasync on a pipe or /dev/null,
+Failures are real too: the kernel refuses fdatasync on a pipe,
 writes on a pipe's read end, a file where a directory is, a descriptor past
 RLIMIT_NOFILE.
 """
