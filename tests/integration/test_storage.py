@@ -221,3 +221,32 @@ def test_rejoining_wiped_node_votes_only_after_hearing_a_leader(make_cluster) ->
         acked += _submit(c, "s", 20)
     _wait_caught_up(cluster, acked, wiped)
     assert "rejoin: heard from the leader" in cluster.log_tail(wiped, 400)
+
+
+def test_rejoin_mode_applies_only_to_a_node_that_never_learnt_a_term(tmp_path: Path) -> None:
+    from replication.machine import JobMachine
+    from replication.raft import RaftConfig, RaftNode
+    from tests.integration.harness import free_ports
+
+    def start(rejoin: bool) -> RaftNode:
+        return RaftNode(RaftConfig(self_addr=f"127.0.0.1:{free_ports(1)[0]}", peers=[], data_dir=tmp_path,
+                                   password="storage-test"), JobMachine(), rejoin=rejoin)
+
+    node = start(rejoin=True)  # wiped (here: new) data dir: waits for a leader, never stands
+    try:
+        assert node._sync.rejoining
+        time.sleep(1.5)  # past the longest election timeout: a lone node would have elected itself
+        assert not node.is_leader() and node.status()["term"] == 0
+    finally:
+        node.destroy()
+    node = start(rejoin=False)
+    try:
+        wait_until(node.is_leader, 10, "a single-node leader")
+    finally:
+        node.destroy()
+    node = start(rejoin=True)  # it has a term now: the flag does nothing
+    try:
+        assert not node._sync.rejoining
+        wait_until(node.is_leader, 10, "a single-node leader")
+    finally:
+        node.destroy()
