@@ -40,7 +40,7 @@ from cluster.config import ClusterConfig
 from cluster.errors import (BadRequest, Internal, NoLeader, NotFound, NotLeader, Overloaded, TooLarge,
                             RaftqError, Unauthorized, error_from_wire)
 from replication.machine import JobMachine, validate_command
-from replication.model import MAX_COMPLETE_BATCH, MAX_REQUEUE_BATCH, MAX_RESULT_BYTES
+from replication.model import MAX_COMPLETE_BATCH, MAX_REQUEUE_BATCH, validate_schedule
 from replication.raft import RaftConfig, RaftNode
 
 log = logging.getLogger("raftq.node")
@@ -52,6 +52,10 @@ RETENTION_TICK_S = 5.0     # a tick for retention at least this often
 MAX_LIST_LIMIT = 1000
 EMPTY_LEASE_PAUSE_S = 0.1  # after a lease commit that granted nothing (limits, capacity): poll no faster
 MAX_REQUEUE_ROUNDS = 1000  # requeue --all: at most this many batches per request
+# Fire commands one ticker round may propose (every TICK_INTERVAL_S, so at most
+# 2,000 firings/s): a schedule far behind (catch_up after a day down) catches up
+# over several rounds instead of one flood of entries.
+MAX_FIRINGS_PER_TICK = 100
 # Fault-suite only (tests/fault): known bugs its checker must catch, chosen by
 # RAFTQ_TEST_INJECT_BUG, read once when the node starts. Never set in production.
 TEST_BUGS = ("ack_before_commit", "skip_fencing", "lease_without_log")
@@ -91,7 +95,8 @@ class Node:
             on_applied=self._wake,
             loop=asyncio.get_running_loop(),
         )
-        self.committer = GroupCommitter(self.raft)
+        self.committer = GroupCommitter(self.raft, max_batch_bytes=cfg.max_entry_bytes,
+                                        check=self._check_sizes)
         self.requests: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.connections = 0
@@ -196,16 +201,37 @@ class Node:
         return {"op": "submit_many", "jobs": jobs}
 
     def _complete_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
-        result = args.get("result")
-        if result is not None and not isinstance(result, (bool, int, float)):
-            try:
-                size = len(msgpack.packb(result, use_bin_type=True))
-            except (TypeError, ValueError, OverflowError):
-                size = 0  # validation rejects it with a clearer message
-            if size > MAX_RESULT_BYTES:
-                raise TooLarge(f"result of {size} bytes exceeds the {MAX_RESULT_BYTES}-byte limit; "
-                               f"store large outputs elsewhere and return a reference")
-        return {"op": "complete", "id": _job_id(args), "attempt": args.get("attempt"), "result": result}
+        # The result's size is checked by `_check_sizes` once the command is encoded.
+        return {"op": "complete", "id": _job_id(args), "attempt": args.get("attempt"), "result": args.get("result")}
+
+    def _check_sizes(self, cmd: dict[str, Any], size: int) -> None:
+        """The committer's check of an encoded command (`size` bytes): args and
+        results over their caps are TOO_LARGE, submits past the held-bytes cap
+        OVERLOADED. O(1) for a command smaller than the caps, the common case:
+        only a larger one has its parts measured (encoded once more)."""
+        cfg = self.cfg
+        op = cmd.get("op")
+        if op in ("submit", "submit_many"):
+            held = self.machine.held_bytes()
+            if held + size > cfg.max_held_bytes:
+                raise Overloaded(f"queue full: {held} bytes of jobs held (limit max_held_bytes = "
+                                 f"{cfg.max_held_bytes}); retry once finished jobs are purged")
+        if size <= min(cfg.max_args_bytes, cfg.max_result_bytes):
+            return
+        if op == "submit":
+            _check_part(cmd.get("job"), "args", cfg.max_args_bytes, "max_args_bytes", "job")
+        elif op == "submit_many":
+            for i, spec in enumerate(cmd.get("jobs") or ()):
+                _check_part(spec, "args", cfg.max_args_bytes, "max_args_bytes", f"jobs[{i}]")
+        elif op == "schedule_add":
+            sched = cmd.get("schedule")
+            _check_part(sched.get("job") if isinstance(sched, dict) else None, "args", cfg.max_args_bytes,
+                        "max_args_bytes", "schedule.job")
+        elif op == "complete":
+            _check_part(cmd, "result", cfg.max_result_bytes, "max_result_bytes", "complete")
+        elif op == "complete_many":
+            for i, item in enumerate(cmd.get("items") or ()):
+                _check_part(item, "result", cfg.max_result_bytes, "max_result_bytes", f"items[{i}]")
 
     def _complete_many_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
         """A worker's batched completions: each item is checked like `complete`'s
@@ -245,12 +271,28 @@ class Node:
         return await self._commit(self._submit_many_cmd(args))
 
     def _check_capacity(self, n: int) -> None:
-        # Without the apply lock: a racy read of a few ints is fine for an
-        # admission limit (the limit is soft by a batch either way), and taking
-        # the lock made every submit wait behind a whole entry being applied.
-        live = self.machine.live_count()
-        if live + n > self.cfg.max_live_jobs:
-            raise Overloaded(f"queue full: {live} live jobs (limit {self.cfg.max_live_jobs}); retry later")
+        """Admission of `n` new jobs (held bytes: `_check_sizes`). Without the
+        apply lock: a racy read of a few ints is fine for an admission limit
+        (the limit is soft by a batch either way), and taking the lock made
+        every submit wait behind a whole entry being applied."""
+        problem = self._admission_problem(n)
+        if problem is not None:
+            raise Overloaded(problem)
+
+    def _admission_problem(self, n: int) -> str | None:
+        """Why `n` more jobs may not enter now (submits and schedule firings alike)."""
+        machine, cfg = self.machine, self.cfg
+        live = machine.live_count()
+        if live + n > cfg.max_live_jobs:
+            return f"queue full: {live} live jobs (limit max_live_jobs = {cfg.max_live_jobs}); retry later"
+        held = machine.held_count()
+        if held + n > cfg.max_held_jobs:
+            return (f"queue full: {held} jobs held, finished ones included (limit max_held_jobs = "
+                    f"{cfg.max_held_jobs}); retry once finished jobs are purged (retention_s)")
+        if machine.held_bytes() >= cfg.max_held_bytes:
+            return (f"queue full: {machine.held_bytes()} bytes of jobs held (limit max_held_bytes = "
+                    f"{cfg.max_held_bytes}); retry once finished jobs are purged (retention_s)")
+        return None
 
     def _read_guard(self, args: dict[str, Any]) -> None:
         if not args.get("stale_ok"):
@@ -451,8 +493,14 @@ class Node:
         sched = args.get("schedule")
         if not isinstance(sched, dict):
             raise BadRequest("schedule_add needs 'schedule': a map")
-        cron.check_schedule(sched)
-        next_fire_ms = cron.next_fire_after(sched, int(time.time() * 1000))
+        problem = validate_schedule(sched)  # the machine's own check, so fields are named alike
+        if problem is not None:
+            raise BadRequest(problem)
+        min_ms = int(self.cfg.min_schedule_interval_s * 1000)
+        if sched.get("every_ms") is not None and sched["every_ms"] < min_ms:
+            raise BadRequest(f"'every_ms' must be at least {min_ms} (min_schedule_interval_s), "
+                             f"got {sched['every_ms']}")
+        next_fire_ms = cron.check_schedule(sched, int(time.time() * 1000))
         return await self._commit({"op": "schedule_add", "schedule": sched, "next_fire_ms": next_fire_ms})
 
     async def _op_schedule_list(self, args: dict[str, Any]) -> Any:
@@ -479,21 +527,34 @@ class Node:
         return await self._commit({"op": "schedule_resume", "name": name, "next_fire_ms": next_fire_ms})
 
     async def _fire_due_schedules(self, now_ms: int) -> None:
-        """Leader: propose one `fire` per due fire time (the machine drops repeats)."""
+        """Leader: propose one `fire` per due fire time (the machine drops repeats),
+        at most MAX_FIRINGS_PER_TICK, oldest schedules first. A firing that
+        admission refuses (same limits as a submit) is proposed with `skip`: the
+        machine counts it as missed and moves the schedule on, so refused
+        firings never pile up."""
         from cluster import cron
 
         with self.raft.reading():
             top = self.machine.next_fire_ms()
             due = self.machine.due_schedules(now_ms) if top is not None and top <= now_ms else []
-        cmds = []
+        cmds: list[dict[str, Any]] = []
+        admitted = 0
         for sched in due:
+            if len(cmds) >= MAX_FIRINGS_PER_TICK:
+                break
             try:
                 firings = cron.due_firings(sched, now_ms)
             except Exception:  # a zone that vanished from tzdata: log, do not stop the ticker
                 log.exception("schedule %r: cannot compute fire times", sched.get("name"))
                 continue
-            cmds += [{"op": "fire", "schedule": sched["name"], "fire_ms": t, "next_fire_ms": n}
-                     for t, n in firings]
+            for t, n in firings[:MAX_FIRINGS_PER_TICK - len(cmds)]:
+                cmd = {"op": "fire", "schedule": sched["name"], "fire_ms": t, "next_fire_ms": n}
+                problem = self._admission_problem(admitted + 1)
+                if problem is None:
+                    admitted += 1
+                else:
+                    cmd["skip"] = problem
+                cmds.append(cmd)
         if cmds:
             results = await asyncio.gather(*(self.committer.commit(c) for c in cmds), return_exceptions=True)
             for cmd, r in zip(cmds, results):
@@ -789,3 +850,13 @@ def run_node(cfg: ClusterConfig, node_id: int) -> int:
 
     uvloop.run(main())
     return 0
+
+
+def _check_part(obj: Any, key: str, limit: int, setting: str, where: str) -> None:
+    """TOO_LARGE when `obj[key]` (args or a result) encodes to more than `limit` bytes."""
+    if not isinstance(obj, dict) or obj.get(key) is None:
+        return
+    size = len(msgpack.packb(obj[key], use_bin_type=True))
+    if size > limit:
+        raise TooLarge(f"{where}: {key} of {size} bytes exceeds the {setting} limit of {limit} bytes; "
+                       f"store large data elsewhere and pass a reference")
