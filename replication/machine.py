@@ -995,6 +995,8 @@ class JobMachine:
             "queues": {q: dict(self._queue_counts[q]) for q in sorted(self._queue_counts)},
             "clock_ms": self.clock_ms,
             "live": self.live_count(),
+            "held": len(self._jobs),
+            "held_bytes": self._held_bytes,
         }
 
     def has_ready(self, queues: list[str], now_ms: int | None = None) -> bool:

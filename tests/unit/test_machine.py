@@ -488,7 +488,7 @@ def test_clock_never_goes_backwards(d: Driver) -> None:
 def test_stats_and_queries(d: Driver) -> None:
     assert d.m.stats() == {"jobs": {s: 0 for s in ("pending", "scheduled", "queued", "running", "succeeded",
                                                    "failed", "cancelled")},
-                           "queues": {}, "clock_ms": 0, "live": 0}
+                           "queues": {}, "clock_ms": 0, "live": 0, "held": 0, "held_bytes": 0}
     d.submit("a", queue="q1")
     d.submit("b", queue="q2", delay_ms=10)
     d.submit("c", queue="q1")
