@@ -828,8 +828,8 @@ class JobMachine:
         if len(self._schedules) >= MAX_SCHEDULES:
             return error(CONFLICT, f"at most {MAX_SCHEDULES} schedules")
         sched = {"name": name, **definition, "paused": bool(spec.get("paused", False)),
-                 "next_fire_ms": cmd["next_fire_ms"], "last_fire_ms": None, "fired": 0, "missed": 0,
-                 "created_ms": self.clock_ms}
+                 "next_fire_ms": cmd["next_fire_ms"], "last_fire_ms": None, "fired": 0,
+                 "created_ms": self.clock_ms, "missed": 0}  # missed last: where restore adds it to old snapshots
         self._schedules[name] = sched
         if not sched["paused"]:
             heapq.heappush(self._fire_heap, (sched["next_fire_ms"], name))
@@ -887,7 +887,7 @@ class JobMachine:
             sched["fired"] += 1
         else:  # the leader's admission refused it: a missed firing, the schedule moves on
             result = {"fired": False, "reason": f"missed: {skip}"}
-            sched["missed"] = sched.get("missed", 0) + 1
+            sched["missed"] += 1
         sched["last_fire_ms"] = fire_ms
         sched["next_fire_ms"] = cmd["next_fire_ms"]
         heapq.heappush(self._fire_heap, (sched["next_fire_ms"], name))
