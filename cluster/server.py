@@ -211,13 +211,17 @@ class Node:
         only a larger one has its parts measured (encoded once more)."""
         cfg = self.cfg
         op = cmd.get("op")
+        if size > min(cfg.max_args_bytes, cfg.max_result_bytes):
+            self._check_parts(op, cmd)
         if op in ("submit", "submit_many"):
             held = self.machine.held_bytes()
             if held + size > cfg.max_held_bytes:
                 raise Overloaded(f"queue full: {held} bytes of jobs held (limit max_held_bytes = "
-                                 f"{cfg.max_held_bytes}); retry once finished jobs are purged")
-        if size <= min(cfg.max_args_bytes, cfg.max_result_bytes):
-            return
+                                 f"{cfg.max_held_bytes}); retry once finished jobs are purged (retention_s)")
+
+    def _check_parts(self, op: Any, cmd: dict[str, Any]) -> None:
+        """TOO_LARGE naming the first args / result of `cmd` over its cap."""
+        cfg = self.cfg
         if op == "submit":
             _check_part(cmd.get("job"), "args", cfg.max_args_bytes, "max_args_bytes", "job")
         elif op == "submit_many":
@@ -275,23 +279,26 @@ class Node:
         apply lock: a racy read of a few ints is fine for an admission limit
         (the limit is soft by a batch either way), and taking the lock made
         every submit wait behind a whole entry being applied."""
-        problem = self._admission_problem(n)
-        if problem is not None:
-            raise Overloaded(problem)
+        refused = self._admission_refusal(n)
+        if refused is not None:
+            raise Overloaded(refused[1])
 
-    def _admission_problem(self, n: int) -> str | None:
-        """Why `n` more jobs may not enter now (submits and schedule firings alike)."""
+    def _admission_refusal(self, n: int) -> tuple[str, str] | None:
+        """(the setting, a message naming it) when `n` more jobs may not enter
+        now: submits and schedule firings alike."""
         machine, cfg = self.machine, self.cfg
         live = machine.live_count()
         if live + n > cfg.max_live_jobs:
-            return f"queue full: {live} live jobs (limit max_live_jobs = {cfg.max_live_jobs}); retry later"
+            return "max_live_jobs", (f"queue full: {live} live jobs (limit max_live_jobs = "
+                                     f"{cfg.max_live_jobs}); retry later")
         held = machine.held_count()
         if held + n > cfg.max_held_jobs:
-            return (f"queue full: {held} jobs held, finished ones included (limit max_held_jobs = "
-                    f"{cfg.max_held_jobs}); retry once finished jobs are purged (retention_s)")
-        if machine.held_bytes() >= cfg.max_held_bytes:
-            return (f"queue full: {machine.held_bytes()} bytes of jobs held (limit max_held_bytes = "
-                    f"{cfg.max_held_bytes}); retry once finished jobs are purged (retention_s)")
+            return "max_held_jobs", (f"queue full: {held} jobs held, finished ones included (limit max_held_jobs = "
+                                     f"{cfg.max_held_jobs}); retry once finished jobs are purged (retention_s)")
+        held_bytes = machine.held_bytes()
+        if held_bytes >= cfg.max_held_bytes:
+            return "max_held_bytes", (f"queue full: {held_bytes} bytes of jobs held (limit max_held_bytes = "
+                                      f"{cfg.max_held_bytes}); retry once finished jobs are purged (retention_s)")
         return None
 
     def _read_guard(self, args: dict[str, Any]) -> None:
@@ -496,12 +503,15 @@ class Node:
         problem = validate_schedule(sched)  # the machine's own check, so fields are named alike
         if problem is not None:
             raise BadRequest(problem)
-        min_ms = int(self.cfg.min_schedule_interval_s * 1000)
-        if sched.get("every_ms") is not None and sched["every_ms"] < min_ms:
-            raise BadRequest(f"'every_ms' must be at least {min_ms} (min_schedule_interval_s), "
-                             f"got {sched['every_ms']}")
+        self._check_interval(sched)
         next_fire_ms = cron.check_schedule(sched, int(time.time() * 1000))
         return await self._commit({"op": "schedule_add", "schedule": sched, "next_fire_ms": next_fire_ms})
+
+    def _check_interval(self, sched: dict[str, Any]) -> None:
+        min_ms = int(self.cfg.min_schedule_interval_s * 1000)
+        every = sched.get("every_ms")
+        if every is not None and every < min_ms:
+            raise BadRequest(f"'every_ms' must be at least {min_ms} (min_schedule_interval_s), got {every}")
 
     async def _op_schedule_list(self, args: dict[str, Any]) -> Any:
         self._read_guard(args)
@@ -523,6 +533,7 @@ class Node:
             sched = self.machine.get_schedule(name)
         if sched is None:
             raise NotFound(f"no schedule {name!r}")
+        self._check_interval(sched)  # one added before the minimum existed stays paused
         next_fire_ms = cron.next_fire_after(sched, int(time.time() * 1000))
         return await self._commit({"op": "schedule_resume", "name": name, "next_fire_ms": next_fire_ms})
 
@@ -549,11 +560,11 @@ class Node:
                 continue
             for t, n in firings[:MAX_FIRINGS_PER_TICK - len(cmds)]:
                 cmd = {"op": "fire", "schedule": sched["name"], "fire_ms": t, "next_fire_ms": n}
-                problem = self._admission_problem(admitted + 1)
-                if problem is None:
+                refused = self._admission_refusal(admitted + 1)
+                if refused is None:
                     admitted += 1
                 else:
-                    cmd["skip"] = problem
+                    cmd["skip"] = f"over {refused[0]}"
                 cmds.append(cmd)
         if cmds:
             results = await asyncio.gather(*(self.committer.commit(c) for c in cmds), return_exceptions=True)

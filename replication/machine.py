@@ -271,7 +271,8 @@ class JobMachine:
 
     def _resize(self, job: Job) -> None:
         """After `job.result` or `job.error` changed: keep `_held_bytes` exact."""
-        size = self._size(job.result) + self._size(job.error)
+        result, err = job.result, job.error  # inline _size: this runs on every finish
+        size = (0 if result is None else len(_pack(result))) + (0 if err is None else len(_pack(err)))
         self._held_bytes += size - job.outcome_bytes
         job.outcome_bytes = size
 
