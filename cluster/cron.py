@@ -20,8 +20,9 @@ e.g. while it was paused or no leader was ticking):
 """
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -29,7 +30,13 @@ from croniter import croniter
 from cluster.errors import BadRequest
 from replication.model import MAX_MS, MAX_NAME_LEN, is_int
 
+log = logging.getLogger("raftq.cron")
+
 CRON_FIELDS = 5  # minute hour day-of-month month day-of-week (no seconds, no years)
+# Fire commands one ticker round may propose (every 50 ms, so at most 2,000
+# firings/s): a schedule far behind (catch_up after a day down) catches up over
+# several rounds instead of one flood of entries.
+MAX_FIRINGS_PER_TICK = 100
 
 
 def zone(tz: Any) -> ZoneInfo:
@@ -118,3 +125,31 @@ def due_firings(sched: dict[str, Any], now_ms: int) -> list[tuple[int, int]]:
         after = next_fire_after(sched, now_ms)
     times.sort()
     return [(t, times[i + 1] if i + 1 < len(times) else after) for i, t in enumerate(times)]
+
+
+def plan_firings(due: list[dict[str, Any]], now_ms: int,
+                 refusal: Callable[[int], str | None]) -> list[dict[str, Any]]:
+    """The `fire` commands for one ticker round: due schedules in the order
+    given (oldest next fire time first), at most MAX_FIRINGS_PER_TICK. A firing
+    that `refusal(jobs admitted so far + 1)` refuses (admission: a reason, else
+    None) carries `skip`: the machine counts it as missed and moves the
+    schedule on, so refused firings never pile up."""
+    cmds: list[dict[str, Any]] = []
+    admitted = 0
+    for sched in due:
+        if len(cmds) >= MAX_FIRINGS_PER_TICK:
+            break
+        try:
+            firings = due_firings(sched, now_ms)
+        except Exception:  # a zone that vanished from tzdata: log, do not stop the ticker
+            log.exception("schedule %r: cannot compute fire times", sched.get("name"))
+            continue
+        for t, n in firings[:MAX_FIRINGS_PER_TICK - len(cmds)]:
+            cmd: dict[str, Any] = {"op": "fire", "schedule": sched["name"], "fire_ms": t, "next_fire_ms": n}
+            reason = refusal(admitted + 1)
+            if reason is None:
+                admitted += 1
+            else:
+                cmd["skip"] = reason
+            cmds.append(cmd)
+    return cmds

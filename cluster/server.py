@@ -52,10 +52,6 @@ RETENTION_TICK_S = 5.0     # a tick for retention at least this often
 MAX_LIST_LIMIT = 1000
 EMPTY_LEASE_PAUSE_S = 0.1  # after a lease commit that granted nothing (limits, capacity): poll no faster
 MAX_REQUEUE_ROUNDS = 1000  # requeue --all: at most this many batches per request
-# Fire commands one ticker round may propose (every TICK_INTERVAL_S, so at most
-# 2,000 firings/s): a schedule far behind (catch_up after a day down) catches up
-# over several rounds instead of one flood of entries.
-MAX_FIRINGS_PER_TICK = 100
 # Fault-suite only (tests/fault): known bugs its checker must catch, chosen by
 # RAFTQ_TEST_INJECT_BUG, read once when the node starts. Never set in production.
 TEST_BUGS = ("ack_before_commit", "skip_fencing", "lease_without_log")
@@ -538,34 +534,20 @@ class Node:
         return await self._commit({"op": "schedule_resume", "name": name, "next_fire_ms": next_fire_ms})
 
     async def _fire_due_schedules(self, now_ms: int) -> None:
-        """Leader: propose one `fire` per due fire time (the machine drops repeats),
-        at most MAX_FIRINGS_PER_TICK, oldest schedules first. A firing that
-        admission refuses (same limits as a submit) is proposed with `skip`: the
-        machine counts it as missed and moves the schedule on, so refused
-        firings never pile up."""
+        """Leader: propose one `fire` per due fire time (the machine drops
+        repeats), capped per round and under the same admission as a submit
+        (cron.plan_firings)."""
         from cluster import cron
 
         with self.raft.reading():
             top = self.machine.next_fire_ms()
             due = self.machine.due_schedules(now_ms) if top is not None and top <= now_ms else []
-        cmds: list[dict[str, Any]] = []
-        admitted = 0
-        for sched in due:
-            if len(cmds) >= MAX_FIRINGS_PER_TICK:
-                break
-            try:
-                firings = cron.due_firings(sched, now_ms)
-            except Exception:  # a zone that vanished from tzdata: log, do not stop the ticker
-                log.exception("schedule %r: cannot compute fire times", sched.get("name"))
-                continue
-            for t, n in firings[:MAX_FIRINGS_PER_TICK - len(cmds)]:
-                cmd = {"op": "fire", "schedule": sched["name"], "fire_ms": t, "next_fire_ms": n}
-                refused = self._admission_refusal(admitted + 1)
-                if refused is None:
-                    admitted += 1
-                else:
-                    cmd["skip"] = f"over {refused[0]}"
-                cmds.append(cmd)
+
+        def refusal(n: int) -> str | None:
+            refused = self._admission_refusal(n)
+            return None if refused is None else f"over {refused[0]}"
+
+        cmds = cron.plan_firings(due, now_ms, refusal)
         if cmds:
             results = await asyncio.gather(*(self.committer.commit(c) for c in cmds), return_exceptions=True)
             for cmd, r in zip(cmds, results):

@@ -184,3 +184,52 @@ def test_cli_usage_errors_are_one_line(argv: list[str], message: str) -> None:
     result = CliRunner().invoke(raftq, [*argv, "--cluster", "127.0.0.1:1", "--request-timeout", "0.2"])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- the leader's firing plan
+
+
+def _machine_with_schedule(**sched: Any) -> Any:
+    from replication.machine import JobMachine
+
+    m = JobMachine()
+    definition = {"name": "s", "job": {"type": "t"}, **sched}
+    [r] = m.apply_entry({"v": 1, "now_ms": NOW, "cmds": [
+        {"op": "schedule_add", "schedule": definition, "next_fire_ms": NOW}]})
+    assert r["created"], r
+    return m
+
+
+def _round(m: Any, now: int, refusal: Any = lambda n: None) -> list[dict[str, Any]]:
+    cmds = cron.plan_firings(m.due_schedules(now), now, refusal)
+    results = m.apply_entry({"v": 1, "now_ms": now, "cmds": cmds})
+    assert all("error" not in r for r in results), results
+    return cmds
+
+
+def test_a_schedule_a_day_behind_catches_up_over_capped_rounds_oldest_first() -> None:
+    m = _machine_with_schedule(every_ms=60_000, misfire="catch_up", max_catch_up=1000)
+    now = NOW + 86_400_000  # a day of minutes (1,440) went unseen: the latest 1,000 are due
+    fired: list[int] = []
+    rounds = 0
+    while m.due_schedules(now):
+        cmds = _round(m, now)
+        assert 0 < len(cmds) <= cron.MAX_FIRINGS_PER_TICK
+        fired += [c["fire_ms"] for c in cmds]
+        rounds += 1
+        assert rounds <= 20
+    assert rounds == 1000 // cron.MAX_FIRINGS_PER_TICK
+    assert fired == sorted(fired) == [now - 60_000 * i for i in range(999, -1, -1)]
+    assert m.get_schedule("s")["fired"] == 1000 and m.stats()["held"] == 1000
+
+
+def test_firings_admission_refuses_are_missed_and_never_pile_up() -> None:
+    m = _machine_with_schedule(every_ms=1000, misfire="catch_up", max_catch_up=50)
+    now = NOW + 100_000
+    cmds = _round(m, now, refusal=lambda n: None if n <= 20 else "over max_held_jobs")
+    assert len(cmds) == 50 and [c.get("skip") for c in cmds] == [None] * 20 + ["over max_held_jobs"] * 30
+    sched = m.get_schedule("s")
+    assert (sched["fired"], sched["missed"], m.stats()["held"]) == (20, 30, 20)
+    assert m.due_schedules(now) == []  # moved on: nothing left over for the next round
+    assert len(_round(m, now + 1000, refusal=lambda n: "over max_live_jobs")) == 1
+    assert (m.get_schedule("s")["missed"], m.stats()["held"]) == (31, 20)
