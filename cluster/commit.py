@@ -54,9 +54,9 @@ _ADAPTER_ERRORS: dict[str, type[RaftqError]] = {
 
 
 # The replicas decode an entry with msgpack's unpacker, whose stack holds 1024
-# levels; the entry adds 2 (its map and the cmds array) around each command.
-_MAX_CMD_NESTING = 1022
-# A command of n bytes nests at most n levels: smaller ones skip the depth check.
+# levels, and the entry adds 2 (its map and the cmds array) around each
+# command. A command of n bytes nests at most n levels, so one under this size
+# cannot be too deep and skips the check (`_too_deep`).
 _DEPTH_CHECK_BYTES = 1000
 # Bytes the entry adds around its commands: fixmap(3), "v", 1, "now_ms", uint64,
 # "cmds", array32 header (1 + 2 + 1 + 7 + 9 + 5 + 5 = 30).
@@ -140,10 +140,10 @@ class GroupCommitter:
         TooLarge (or whatever `check` raises) naming why it may not enter the log."""
         try:
             data = self._packer.pack(cmd)
+        except (TypeError, OverflowError, UnicodeError) as exc:
+            raise BadRequest(f"command cannot be encoded: {exc}") from None
         except ValueError:  # msgpack's recursion limit
             raise BadRequest(f"value nested deeper than {MAX_VALUE_DEPTH} levels") from None
-        except (TypeError, OverflowError) as exc:
-            raise BadRequest(f"command cannot be encoded: {exc}") from None
         if len(data) > self._max_cmd_bytes:
             raise TooLarge(f"command of {len(data)} bytes exceeds the max_entry_bytes limit of "
                            f"{self._max_batch_bytes} bytes per Raft entry; send less per request")

@@ -58,6 +58,7 @@ def test_entry_bytes_are_what_packing_the_whole_entry_gives() -> None:
     (_nested(1023), "packs alone, but the entry would be too deep for a replica to decode"),
     ({"x": object()}, "not encodable"),
     ({"n": 2**64}, "integer out of msgpack range"),
+    ({"s": "\ud800"}, "a lone surrogate: not UTF-8"),
 ])
 def test_a_poisoned_command_fails_alone(poison: Any, why: str) -> None:
     raft = ApplyingProposer()
