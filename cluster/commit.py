@@ -107,7 +107,7 @@ class GroupCommitter:
         self._check = check
         self._clock_ms = clock_ms
         self._packer = msgpack.Packer(use_bin_type=True)
-        self._pending: deque[tuple[bytes, asyncio.Future[dict[str, Any]]]] = deque()
+        self._pending: deque[tuple[bytes, int, asyncio.Future[dict[str, Any]]]] = deque()  # (cmd, its size, fut)
         self._in_flight = 0
         self._flush_scheduled = False
         self.stats = CommitStats()
@@ -131,7 +131,7 @@ class GroupCommitter:
         data = self.encode(cmd)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._pending.append((data, fut))
+        self._pending.append((data, len(data), fut))
         self._schedule_flush(loop)
         return fut
 
@@ -144,13 +144,15 @@ class GroupCommitter:
             raise BadRequest(f"command cannot be encoded: {exc}") from None
         except ValueError:  # msgpack's recursion limit
             raise BadRequest(f"value nested deeper than {MAX_VALUE_DEPTH} levels") from None
-        if len(data) > self._max_cmd_bytes:
-            raise TooLarge(f"command of {len(data)} bytes exceeds the max_entry_bytes limit of "
-                           f"{self._max_batch_bytes} bytes per Raft entry; send less per request")
-        if len(data) > _DEPTH_CHECK_BYTES and _too_deep(data):
-            raise BadRequest(f"value nested deeper than {MAX_VALUE_DEPTH} levels")
+        size = len(data)
+        if size > _DEPTH_CHECK_BYTES:
+            if size > self._max_cmd_bytes:
+                raise TooLarge(f"command of {size} bytes exceeds the max_entry_bytes limit of "
+                               f"{self._max_batch_bytes} bytes per Raft entry; send less per request")
+            if _too_deep(data):
+                raise BadRequest(f"value nested deeper than {MAX_VALUE_DEPTH} levels")
         if self._check is not None:
-            self._check(cmd, len(data))
+            self._check(cmd, size)
         return data
 
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -166,12 +168,14 @@ class GroupCommitter:
         while pending and self._in_flight < self._max_in_flight:
             batch: list[tuple[bytes, asyncio.Future[dict[str, Any]]]] = []
             room = self._max_cmd_bytes
-            while pending and len(batch) < self._max_batch and len(pending[0][0]) <= room:
-                data, fut = pending.popleft()
+            slots = self._max_batch
+            while pending and slots and pending[0][1] <= room:
+                data, size, fut = pending.popleft()
                 if fut.cancelled():
                     continue
                 batch.append((data, fut))
-                room -= len(data)
+                room -= size
+                slots -= 1
             if not batch:
                 return
             self._propose(loop, batch)
@@ -181,8 +185,9 @@ class GroupCommitter:
         n = len(batch)
         count = bytes((0x90 | n,)) if n < 16 else (b"\xdc" + struct.pack(">H", n) if n < 65536
                                                    else b"\xdd" + struct.pack(">I", n))
-        entry = b"".join((_ENTRY_HEAD, self._packer.pack(self._clock_ms()), _CMDS_KEY, count,
-                          *(data for data, _ in batch)))
+        parts = [_ENTRY_HEAD, self._packer.pack(self._clock_ms()), _CMDS_KEY, count]
+        parts += [data for data, _ in batch]
+        entry = b"".join(parts)
         self._in_flight += 1
         self.stats.entries += 1
         self.stats.commands += len(batch)

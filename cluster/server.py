@@ -97,6 +97,8 @@ class Node:
         self.errors: dict[str, int] = {}
         self.connections = 0
         self._last_tick = 0.0
+        # A command no larger than this cannot hold args or a result over its cap.
+        self._part_cap = min(cfg.max_args_bytes, cfg.max_result_bytes)
 
     # ---- Raft glue -------------------------------------------------------
 
@@ -206,10 +208,10 @@ class Node:
         OVERLOADED. O(1) for a command smaller than the caps, the common case:
         only a larger one has its parts measured (encoded once more)."""
         cfg = self.cfg
-        op = cmd.get("op")
-        if size > min(cfg.max_args_bytes, cfg.max_result_bytes):
+        op = cmd["op"]
+        if size > self._part_cap:
             self._check_parts(op, cmd)
-        if op in ("submit", "submit_many"):
+        if op == "submit" or op == "submit_many":
             held = self.machine.held_bytes()
             if held + size > cfg.max_held_bytes:
                 raise Overloaded(f"queue full: {held} bytes of jobs held (limit max_held_bytes = "
