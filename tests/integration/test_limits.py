@@ -7,7 +7,6 @@ leaves the cluster below its limits for the next.
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from typing import Any, Iterator
 
 import msgpack
