@@ -13,7 +13,11 @@ dataclass itself, so a hand-built config is held to the same rules):
   (`raft_password`), and pysyncobj unpickles what arrives on the Raft port, so
   that port must never run without a strong password;
 - `data_dir` is absolute (a relative one in the file is resolved against the
-  file's own directory, not the process's working directory).
+  file's own directory, not the process's working directory);
+- size and admission limits (docs/contracts.md, "Limits") are positive and
+  nest: max_args_bytes and max_result_bytes + COMMAND_SLACK_BYTES <=
+  max_entry_bytes, and max_entry_bytes + COMMAND_SLACK_BYTES <= max_frame_bytes,
+  so a legal command always fits one Raft entry and one request frame.
 
 Every problem raises `ConfigError` with a one-line message naming the key, so
 the CLI can print it as is.
@@ -30,6 +34,10 @@ from typing import Any
 
 DURABILITIES = ("fsync", "none")
 MIN_SECRET_CHARS = 16
+# Room a command needs around its args or result (ids, type, queue, up to
+# MAX_DEPS dependency ids of 200 characters: ~200 KiB), and a request frame
+# around its command.
+COMMAND_SLACK_BYTES = 256 * 1024
 CONFIG_FILENAME = "cluster.toml"
 
 # Domain separation: the Raft password must differ from the secret itself, so
@@ -66,6 +74,13 @@ class ClusterConfig:
     retention_s: float = 86400
     lease_ttl_s: float = 30
     max_frame_bytes: int = 8 * 1024 * 1024
+    # -- size and admission limits (leader-side; docs/contracts.md "Limits") --
+    max_args_bytes: int = 1024 * 1024            # encoded args of one job (TOO_LARGE)
+    max_result_bytes: int = 1024 * 1024          # encoded result of one complete (TOO_LARGE)
+    max_entry_bytes: int = 4 * 1024 * 1024       # one Raft entry: one command, or a batch (TOO_LARGE)
+    max_held_jobs: int = 2_000_000               # jobs held in any state until purged (OVERLOADED)
+    max_held_bytes: int = 1024 * 1024 * 1024     # their args + results + errors (OVERLOADED)
+    min_schedule_interval_s: float = 1.0         # shortest every_ms a schedule may have (BAD_REQUEST)
     nodes: tuple[NodeSpec, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -118,6 +133,7 @@ def _validate(cfg: ClusterConfig) -> None:
     _positive_int(cfg.max_frame_bytes, "max_frame_bytes")
     _positive_number(cfg.retention_s, "retention_s")
     _positive_number(cfg.lease_ttl_s, "lease_ttl_s")
+    _validate_limits(cfg)
     if not cfg.nodes:
         raise ConfigError("nodes: at least one [[nodes]] entry is required")
     seen_ids: set[int] = set()
@@ -135,6 +151,20 @@ def _validate(cfg: ClusterConfig) -> None:
             seen_addrs[parsed] = key
 
 
+def _validate_limits(cfg: ClusterConfig) -> None:
+    for key in ("max_args_bytes", "max_result_bytes", "max_entry_bytes", "max_held_jobs", "max_held_bytes"):
+        _positive_int(getattr(cfg, key), key)
+    _positive_number(cfg.min_schedule_interval_s, "min_schedule_interval_s")
+    for key in ("max_args_bytes", "max_result_bytes"):
+        if getattr(cfg, key) + COMMAND_SLACK_BYTES > cfg.max_entry_bytes:
+            raise ConfigError(f"{key}: {getattr(cfg, key)} leaves no room in max_entry_bytes = {cfg.max_entry_bytes} "
+                              f"(needs {key} + {COMMAND_SLACK_BYTES} <= max_entry_bytes)")
+    if cfg.max_entry_bytes + COMMAND_SLACK_BYTES > cfg.max_frame_bytes:
+        raise ConfigError(f"max_frame_bytes: {cfg.max_frame_bytes} is too small for max_entry_bytes = "
+                          f"{cfg.max_entry_bytes}: a legal submit_many would not fit one request frame "
+                          f"(needs max_entry_bytes + {COMMAND_SLACK_BYTES} <= max_frame_bytes)")
+
+
 def _positive_int(value: Any, key: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
@@ -148,6 +178,8 @@ def _positive_number(value: Any, key: str) -> None:
 _TOP_KEYS = {
     "secret", "token", "data_dir", "durability", "max_live_jobs",
     "retention_s", "lease_ttl_s", "max_frame_bytes", "nodes",
+    "max_args_bytes", "max_result_bytes", "max_entry_bytes", "max_held_jobs", "max_held_bytes",
+    "min_schedule_interval_s",
 }
 _NODE_KEYS = {"id", "client", "raft", "http"}
 
@@ -207,7 +239,9 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> ClusterConfig:
         nodes.append(NodeSpec(id=node_id, client=entry["client"], raft=entry["raft"], http=entry.get("http")))
 
     kwargs: dict[str, Any] = {}
-    for key in ("max_live_jobs", "retention_s", "lease_ttl_s", "max_frame_bytes"):
+    for key in ("max_live_jobs", "retention_s", "lease_ttl_s", "max_frame_bytes",
+                "max_args_bytes", "max_result_bytes", "max_entry_bytes", "max_held_jobs", "max_held_bytes",
+                "min_schedule_interval_s"):
         if key in data:
             kwargs[key] = data[key]
     return ClusterConfig(
@@ -253,6 +287,12 @@ def render_config(cfg: ClusterConfig) -> str:
         f"retention_s = {_toml_num(cfg.retention_s)}",
         f"lease_ttl_s = {_toml_num(cfg.lease_ttl_s)}",
         f"max_frame_bytes = {_toml_num(cfg.max_frame_bytes)}",
+        f"max_args_bytes = {_toml_num(cfg.max_args_bytes)}",
+        f"max_result_bytes = {_toml_num(cfg.max_result_bytes)}",
+        f"max_entry_bytes = {_toml_num(cfg.max_entry_bytes)}",
+        f"max_held_jobs = {_toml_num(cfg.max_held_jobs)}",
+        f"max_held_bytes = {_toml_num(cfg.max_held_bytes)}",
+        f"min_schedule_interval_s = {_toml_num(cfg.min_schedule_interval_s)}",
     ]
     for spec in cfg.nodes:
         lines += ["", "[[nodes]]", f"id = {spec.id}", f"client = {_toml_str(spec.client)}", f"raft = {_toml_str(spec.raft)}"]

@@ -40,7 +40,7 @@ from cluster.config import ClusterConfig
 from cluster.errors import (BadRequest, Internal, NoLeader, NotFound, NotLeader, Overloaded, TooLarge,
                             RaftqError, Unauthorized, error_from_wire)
 from replication.machine import JobMachine, validate_command
-from replication.model import MAX_COMPLETE_BATCH, MAX_REQUEUE_BATCH, MAX_RESULT_BYTES
+from replication.model import MAX_COMPLETE_BATCH, MAX_REQUEUE_BATCH, validate_schedule
 from replication.raft import RaftConfig, RaftNode
 
 log = logging.getLogger("raftq.node")
@@ -99,11 +99,14 @@ class Node:
             on_fatal=self._storage_failed,
             rejoin=rejoin,
         )
-        self.committer = GroupCommitter(self.raft)
+        self.committer = GroupCommitter(self.raft, max_batch_bytes=cfg.max_entry_bytes,
+                                        check=self._check_sizes)
         self.requests: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.connections = 0
         self._last_tick = 0.0
+        # A command no larger than this cannot hold args or a result over its cap.
+        self._part_cap = min(cfg.max_args_bytes, cfg.max_result_bytes)
 
     # ---- Raft glue -------------------------------------------------------
 
@@ -212,16 +215,41 @@ class Node:
         return {"op": "submit_many", "jobs": jobs}
 
     def _complete_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
-        result = args.get("result")
-        if result is not None and not isinstance(result, (bool, int, float)):
-            try:
-                size = len(msgpack.packb(result, use_bin_type=True))
-            except (TypeError, ValueError, OverflowError):
-                size = 0  # validation rejects it with a clearer message
-            if size > MAX_RESULT_BYTES:
-                raise TooLarge(f"result of {size} bytes exceeds the {MAX_RESULT_BYTES}-byte limit; "
-                               f"store large outputs elsewhere and return a reference")
-        return {"op": "complete", "id": _job_id(args), "attempt": args.get("attempt"), "result": result}
+        # The result's size is checked by `_check_sizes` once the command is encoded.
+        return {"op": "complete", "id": _job_id(args), "attempt": args.get("attempt"), "result": args.get("result")}
+
+    def _check_sizes(self, cmd: dict[str, Any], size: int) -> None:
+        """The committer's check of an encoded command (`size` bytes): args and
+        results over their caps are TOO_LARGE, submits past the held-bytes cap
+        OVERLOADED. O(1) for a command smaller than the caps, the common case:
+        only a larger one has its parts measured (encoded once more)."""
+        cfg = self.cfg
+        op = cmd["op"]
+        if size > self._part_cap:
+            self._check_parts(op, cmd)
+        if op == "submit" or op == "submit_many":
+            held = self.machine.held_bytes()
+            if held + size > cfg.max_held_bytes:
+                raise Overloaded(f"queue full: {held} bytes of jobs held (limit max_held_bytes = "
+                                 f"{cfg.max_held_bytes}); retry once finished jobs are purged (retention_s)")
+
+    def _check_parts(self, op: Any, cmd: dict[str, Any]) -> None:
+        """TOO_LARGE naming the first args / result of `cmd` over its cap."""
+        cfg = self.cfg
+        if op == "submit":
+            _check_part(cmd.get("job"), "args", cfg.max_args_bytes, "max_args_bytes", "job")
+        elif op == "submit_many":
+            for i, spec in enumerate(cmd.get("jobs") or ()):
+                _check_part(spec, "args", cfg.max_args_bytes, "max_args_bytes", f"jobs[{i}]")
+        elif op == "schedule_add":
+            sched = cmd.get("schedule")
+            _check_part(sched.get("job") if isinstance(sched, dict) else None, "args", cfg.max_args_bytes,
+                        "max_args_bytes", "schedule.job")
+        elif op == "complete":
+            _check_part(cmd, "result", cfg.max_result_bytes, "max_result_bytes", "complete")
+        elif op == "complete_many":
+            for i, item in enumerate(cmd.get("items") or ()):
+                _check_part(item, "result", cfg.max_result_bytes, "max_result_bytes", f"items[{i}]")
 
     def _complete_many_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
         """A worker's batched completions: each item is checked like `complete`'s
@@ -261,12 +289,31 @@ class Node:
         return await self._commit(self._submit_many_cmd(args))
 
     def _check_capacity(self, n: int) -> None:
-        # Without the apply lock: a racy read of a few ints is fine for an
-        # admission limit (the limit is soft by a batch either way), and taking
-        # the lock made every submit wait behind a whole entry being applied.
-        live = self.machine.live_count()
-        if live + n > self.cfg.max_live_jobs:
-            raise Overloaded(f"queue full: {live} live jobs (limit {self.cfg.max_live_jobs}); retry later")
+        """Admission of `n` new jobs (held bytes: `_check_sizes`). Without the
+        apply lock: a racy read of a few ints is fine for an admission limit
+        (the limit is soft by a batch either way), and taking the lock made
+        every submit wait behind a whole entry being applied."""
+        refused = self._admission_refusal(n)
+        if refused is not None:
+            raise Overloaded(refused[1])
+
+    def _admission_refusal(self, n: int) -> tuple[str, str] | None:
+        """(the setting, a message naming it) when `n` more jobs may not enter
+        now: submits and schedule firings alike."""
+        machine, cfg = self.machine, self.cfg
+        live = machine.live_count()
+        if live + n > cfg.max_live_jobs:
+            return "max_live_jobs", (f"queue full: {live} live jobs (limit max_live_jobs = "
+                                     f"{cfg.max_live_jobs}); retry later")
+        held = machine.held_count()
+        if held + n > cfg.max_held_jobs:
+            return "max_held_jobs", (f"queue full: {held} jobs held, finished ones included (limit max_held_jobs = "
+                                     f"{cfg.max_held_jobs}); retry once finished jobs are purged (retention_s)")
+        held_bytes = machine.held_bytes()
+        if held_bytes >= cfg.max_held_bytes:
+            return "max_held_bytes", (f"queue full: {held_bytes} bytes of jobs held (limit max_held_bytes = "
+                                      f"{cfg.max_held_bytes}); retry once finished jobs are purged (retention_s)")
+        return None
 
     def _read_guard(self, args: dict[str, Any]) -> None:
         if not args.get("stale_ok"):
@@ -467,9 +514,18 @@ class Node:
         sched = args.get("schedule")
         if not isinstance(sched, dict):
             raise BadRequest("schedule_add needs 'schedule': a map")
-        cron.check_schedule(sched)
-        next_fire_ms = cron.next_fire_after(sched, int(time.time() * 1000))
+        problem = validate_schedule(sched)  # the machine's own check, so fields are named alike
+        if problem is not None:
+            raise BadRequest(problem)
+        self._check_interval(sched)
+        next_fire_ms = cron.check_schedule(sched, int(time.time() * 1000))
         return await self._commit({"op": "schedule_add", "schedule": sched, "next_fire_ms": next_fire_ms})
+
+    def _check_interval(self, sched: dict[str, Any]) -> None:
+        min_ms = int(self.cfg.min_schedule_interval_s * 1000)
+        every = sched.get("every_ms")
+        if every is not None and every < min_ms:
+            raise BadRequest(f"'every_ms' must be at least {min_ms} (min_schedule_interval_s), got {every}")
 
     async def _op_schedule_list(self, args: dict[str, Any]) -> Any:
         self._read_guard(args)
@@ -491,25 +547,25 @@ class Node:
             sched = self.machine.get_schedule(name)
         if sched is None:
             raise NotFound(f"no schedule {name!r}")
+        self._check_interval(sched)  # one added before the minimum existed stays paused
         next_fire_ms = cron.next_fire_after(sched, int(time.time() * 1000))
         return await self._commit({"op": "schedule_resume", "name": name, "next_fire_ms": next_fire_ms})
 
     async def _fire_due_schedules(self, now_ms: int) -> None:
-        """Leader: propose one `fire` per due fire time (the machine drops repeats)."""
+        """Leader: propose one `fire` per due fire time (the machine drops
+        repeats), capped per round and under the same admission as a submit
+        (cron.plan_firings)."""
         from cluster import cron
 
         with self.raft.reading():
             top = self.machine.next_fire_ms()
             due = self.machine.due_schedules(now_ms) if top is not None and top <= now_ms else []
-        cmds = []
-        for sched in due:
-            try:
-                firings = cron.due_firings(sched, now_ms)
-            except Exception:  # a zone that vanished from tzdata: log, do not stop the ticker
-                log.exception("schedule %r: cannot compute fire times", sched.get("name"))
-                continue
-            cmds += [{"op": "fire", "schedule": sched["name"], "fire_ms": t, "next_fire_ms": n}
-                     for t, n in firings]
+
+        def refusal(n: int) -> str | None:
+            refused = self._admission_refusal(n)
+            return None if refused is None else f"over {refused[0]}"
+
+        cmds = cron.plan_firings(due, now_ms, refusal)
         if cmds:
             results = await asyncio.gather(*(self.committer.commit(c) for c in cmds), return_exceptions=True)
             for cmd, r in zip(cmds, results):
@@ -785,6 +841,16 @@ def _number(args: dict[str, Any], key: str, default: float, lo: float, hi: float
 def _split(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host, int(port)
+
+
+def _check_part(obj: Any, key: str, limit: int, setting: str, where: str) -> None:
+    """TOO_LARGE when `obj[key]` (args or a result) encodes to more than `limit` bytes."""
+    if not isinstance(obj, dict) or obj.get(key) is None:
+        return
+    size = len(msgpack.packb(obj[key], use_bin_type=True))
+    if size > limit:
+        raise TooLarge(f"{where}: {key} of {size} bytes exceeds the {setting} limit of {limit} bytes; "
+                       f"store large data elsewhere and pass a reference")
 
 
 # ---- process entry point ---------------------------------------------------

@@ -73,7 +73,6 @@ MAX_RATE_MILLI = 10**9       # rate limits, in thousandths of a job per second
 MAX_SCHEDULE_NAME_LEN = 150  # leaves room in the derived job id "sched:NAME:FIRE_MS"
 MAX_SCHEDULES = 10_000
 MAX_CATCH_UP = 1_000
-MAX_RESULT_BYTES = 1024 * 1024  # encoded result of complete(); the server refuses more (TOO_LARGE)
 MAX_REASON_LEN = 1_000       # error text of a job cancelled through its dependencies
 
 DEFAULT_QUEUE = "default"
@@ -136,6 +135,10 @@ class Job:
     schedule: str | None = None
     resources: list[int] | None = None
     max_lease_expiries: int = DEFAULT_MAX_LEASE_EXPIRIES
+    # Derived, never in a snapshot row (rebuilt by restore): the sizes of the
+    # msgpack encodings of `args` and of `result` + `error`, for admission.
+    args_bytes: int = 0
+    outcome_bytes: int = 0
 
 
 # Snapshot row layout (positional, so a million-job snapshot stays compact).
@@ -158,7 +161,8 @@ def job_to_row(job: Job) -> list[Any]:
 
 
 def job_from_row(row: list[Any], n_fields: int = len(JOB_FIELDS)) -> Job:
-    """A Job from a snapshot row of `n_fields` fields (a prefix of JOB_FIELDS)."""
+    """A Job from a snapshot row of `n_fields` fields (a prefix of JOB_FIELDS);
+    its derived sizes are left for the caller to set."""
     if not isinstance(row, (list, tuple)) or len(row) != n_fields:
         raise ValueError(f"snapshot job row must have {n_fields} fields")
     job = Job(*row)
@@ -607,6 +611,7 @@ def validate_command(cmd: Any) -> str | None:
     if op == "fire":
         return (_check_str(cmd, "schedule", max_len=MAX_SCHEDULE_NAME_LEN)
                 or _check_int(cmd, "fire_ms", 0, MAX_MS)
-                or _check_int(cmd, "next_fire_ms", 0, MAX_MS))
+                or _check_int(cmd, "next_fire_ms", 0, MAX_MS)
+                or _check_str(cmd, "skip", optional=True))
     # tick
     return _check_int(cmd, "retention_ms", 0, MAX_MS)

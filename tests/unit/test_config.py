@@ -53,6 +53,8 @@ def test_load_good_file(tmp_path: Path) -> None:
     assert cfg.secret == SECRET and cfg.token == "tok" and cfg.durability == "fsync"
     assert cfg.max_live_jobs == 500 and cfg.retention_s == 60.5 and cfg.lease_ttl_s == 7
     assert cfg.max_frame_bytes == 8 * 1024 * 1024  # default
+    assert (cfg.max_args_bytes, cfg.max_result_bytes, cfg.max_entry_bytes) == (2**20, 2**20, 4 * 2**20)  # defaults
+    assert (cfg.max_held_jobs, cfg.max_held_bytes, cfg.min_schedule_interval_s) == (2_000_000, 2**30, 1.0)
     assert cfg.nodes == (
         NodeSpec(1, "127.0.0.1:7700", "127.0.0.1:7800", "127.0.0.1:7900"),
         NodeSpec(2, "127.0.0.1:7701", "127.0.0.1:7801", None),
@@ -130,6 +132,20 @@ BAD_CASES = [
      "nodes[id=1].http: address '127.0.0.1:7800' is already used by nodes[id=1].raft"),
     ("nodes not tables", lambda t: t[: t.index("[[nodes]]")] + "nodes = [1]\n", "nodes[0]: must be a table"),
     ("bad toml", lambda t: t + "\n[[nodes]\n", "invalid TOML"),
+    # size and admission limits: positive, and nested so a legal command fits an entry and a frame
+    ("bad max_held_jobs", lambda t: t.replace("lease_ttl_s = 7", "lease_ttl_s = 7\nmax_held_jobs = 0"),
+     "max_held_jobs: must be a positive integer"),
+    ("bad max_held_bytes", lambda t: t.replace("lease_ttl_s = 7", "lease_ttl_s = 7\nmax_held_bytes = 1.5"),
+     "max_held_bytes: must be a positive integer"),
+    ("bad min interval", lambda t: t.replace("lease_ttl_s = 7", "lease_ttl_s = 7\nmin_schedule_interval_s = 0"),
+     "min_schedule_interval_s: must be a positive number"),
+    ("args cap over the entry cap", lambda t: t.replace("lease_ttl_s = 7", "lease_ttl_s = 7\nmax_args_bytes = 4194304"),
+     "max_args_bytes: 4194304 leaves no room in max_entry_bytes = 4194304"),
+    ("result cap over the entry cap",
+     lambda t: t.replace("lease_ttl_s = 7", "lease_ttl_s = 7\nmax_entry_bytes = 1048576"),
+     "max_args_bytes: 1048576 leaves no room in max_entry_bytes = 1048576"),
+    ("frame too small for an entry", lambda t: t.replace("lease_ttl_s = 7", "lease_ttl_s = 7\nmax_frame_bytes = 4194304"),
+     "max_frame_bytes: 4194304 is too small for max_entry_bytes = 4194304"),
 ]
 
 

@@ -8,12 +8,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cli.main import parse_iso_time, parse_resources, raftq
 from cli.output import InputError
 from cluster import cron
 from cluster.errors import BadRequest
 from cluster.protocol import job_spec_from_options
+from replication.model import MAX_MS
 
 
 def ms(*args: int, tz: str = "UTC") -> int:
@@ -71,14 +74,64 @@ def test_next_fire_after_every() -> None:
     assert cron.next_fire_after({"every_ms": 2500}, 1000) == 3500
 
 
+NOW = ms(2024, 1, 1)
+
+
 @pytest.mark.parametrize("sched, message", [
-    ({"cron": "61 * * * *"}, "cron"),
-    ({"cron": "every day"}, "cron"),
-    ({"every_ms": 1000, "tz": "Mars/Olympus"}, "time zone"),
+    ({"cron": "61 * * * *"}, "'cron'"),
+    ({"cron": "every day"}, "'cron'"),
+    ({"cron": "0 0 31 2 *"}, "'cron' .* no next fire time"),     # a date that never occurs
+    ({"cron": "* * * * * *"}, "'cron' .* at most 5 fields"),     # seconds: under a minute
+    ({"cron": 5}, "'cron' must be a string"),
+    ({"cron": "* * * * *", "every_ms": 1000}, "exactly one"),
+    ({}, "exactly one"),
+    ({"every_ms": "1000"}, "'every_ms' must be a positive integer"),
+    ({"every_ms": True}, "'every_ms' must be a positive integer"),
+    ({"every_ms": MAX_MS}, "'every_ms' too large"),
+    ({"every_ms": 1000, "tz": "Mars/Olympus"}, "'tz': unknown time zone"),
+    ({"every_ms": 1000, "tz": "America"}, "'tz': unknown time zone"),       # a directory of tzdata
+    ({"every_ms": 1000, "tz": "../../etc/passwd"}, "'tz': unknown time zone"),
+    ({"every_ms": 1000, "tz": 3}, "'tz' must be an IANA time zone name"),
+    ("not a map", "'schedule' must be a map"),
 ])
-def test_check_schedule_rejects(sched: dict[str, Any], message: str) -> None:
+def test_check_schedule_rejects(sched: Any, message: str) -> None:
     with pytest.raises(BadRequest, match=message):
-        cron.check_schedule(sched)
+        cron.check_schedule(sched, NOW)
+
+
+def test_check_schedule_returns_the_first_fire_time() -> None:
+    assert cron.check_schedule({"every_ms": 1000}, NOW) == NOW + 1000
+    assert cron.check_schedule({"cron": "0 3 * * *", "tz": "Europe/Paris"}, NOW) == ms(2024, 1, 1, 3, tz="Europe/Paris")
+
+
+_ANY = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+                 st.floats(allow_nan=True), st.text(max_size=30), st.binary(max_size=10),
+                 st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+_CRONS = st.one_of(_ANY, st.sampled_from([
+    "0 0 31 2 *", "0 0 30 2 *", "@reboot", "@yearly", "H * * * *", "0 0 L * *", "0 0 * * 5#6",
+    "*/0 * * * *", "0-99 * * * *", "* * * * * *", "0 0 1 1 * 2020", "1-0 * * * *", "\x00", "* * * *",
+]), st.lists(st.sampled_from(["*", "0", "L", "W", "#", "/", "-", ",", "99", "2", "H", "?", "jan", "mon"]),
+             max_size=8).map(" ".join))
+_ZONES = st.one_of(_ANY, st.sampled_from(["UTC", "Europe/Paris", "Mars/Olympus", "America", "../etc", "", "\x00",
+                                          "/etc/localtime", "posix/UTC", "a" * 300]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(cron_expr=_CRONS, every=_ANY, tz=_ZONES, which=st.sampled_from(["cron", "every", "both", "none"]))
+def test_malformed_schedules_only_ever_raise_bad_request(cron_expr: Any, every: Any, tz: Any, which: str) -> None:
+    """Whatever a client sends, the leader's schedule arithmetic answers a fire
+    time or BadRequest: never another exception (which would be INTERNAL)."""
+    sched: dict[str, Any] = {"tz": tz}
+    if which in ("cron", "both"):
+        sched["cron"] = cron_expr
+    if which in ("every", "both"):
+        sched["every_ms"] = every
+    try:
+        first = cron.check_schedule(sched, NOW)
+    except BadRequest:
+        return
+    assert NOW < first <= MAX_MS
+    assert cron.next_fire_after(sched, first) > first
 
 
 # ---------------------------------------------------------------- client / CLI parsing
@@ -131,3 +184,52 @@ def test_cli_usage_errors_are_one_line(argv: list[str], message: str) -> None:
     result = CliRunner().invoke(raftq, [*argv, "--cluster", "127.0.0.1:1", "--request-timeout", "0.2"])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- the leader's firing plan
+
+
+def _machine_with_schedule(**sched: Any) -> Any:
+    from replication.machine import JobMachine
+
+    m = JobMachine()
+    definition = {"name": "s", "job": {"type": "t"}, **sched}
+    [r] = m.apply_entry({"v": 1, "now_ms": NOW, "cmds": [
+        {"op": "schedule_add", "schedule": definition, "next_fire_ms": NOW}]})
+    assert r["created"], r
+    return m
+
+
+def _round(m: Any, now: int, refusal: Any = lambda n: None) -> list[dict[str, Any]]:
+    cmds = cron.plan_firings(m.due_schedules(now), now, refusal)
+    results = m.apply_entry({"v": 1, "now_ms": now, "cmds": cmds})
+    assert all("error" not in r for r in results), results
+    return cmds
+
+
+def test_a_schedule_a_day_behind_catches_up_over_capped_rounds_oldest_first() -> None:
+    m = _machine_with_schedule(every_ms=60_000, misfire="catch_up", max_catch_up=1000)
+    now = NOW + 86_400_000  # a day of minutes (1,440) went unseen: the latest 1,000 are due
+    fired: list[int] = []
+    rounds = 0
+    while m.due_schedules(now):
+        cmds = _round(m, now)
+        assert 0 < len(cmds) <= cron.MAX_FIRINGS_PER_TICK
+        fired += [c["fire_ms"] for c in cmds]
+        rounds += 1
+        assert rounds <= 20
+    assert rounds == 1000 // cron.MAX_FIRINGS_PER_TICK
+    assert fired == sorted(fired) == [now - 60_000 * i for i in range(999, -1, -1)]
+    assert m.get_schedule("s")["fired"] == 1000 and m.stats()["held"] == 1000
+
+
+def test_firings_admission_refuses_are_missed_and_never_pile_up() -> None:
+    m = _machine_with_schedule(every_ms=1000, misfire="catch_up", max_catch_up=50)
+    now = NOW + 100_000
+    cmds = _round(m, now, refusal=lambda n: None if n <= 20 else "over max_held_jobs")
+    assert len(cmds) == 50 and [c.get("skip") for c in cmds] == [None] * 20 + ["over max_held_jobs"] * 30
+    sched = m.get_schedule("s")
+    assert (sched["fired"], sched["missed"], m.stats()["held"]) == (20, 30, 20)
+    assert m.due_schedules(now) == []  # moved on: nothing left over for the next round
+    assert len(_round(m, now + 1000, refusal=lambda n: "over max_live_jobs")) == 1
+    assert (m.get_schedule("s")["missed"], m.stats()["held"]) == (31, 20)

@@ -571,3 +571,28 @@ def test_lifecycle_log_same_twice_and_snapshot_replay_identical(seed: int, cut: 
     assert msgpack.packb(restored.to_snapshot()) == msgpack.packb(a.to_snapshot())
     assert restored.workers() == a.workers() and restored.queues() == a.queues()
     assert restored.next_fire_ms() == a.next_fire_ms()
+
+
+def test_a_skipped_firing_is_missed_creates_no_job_and_moves_the_schedule_on(d: Driver) -> None:
+    """The leader's admission refused the firing: `skip` carries why, in the log."""
+    t = d.now + 1000
+    _add(d, "s", next_fire_ms=t)
+    r = d.one({"op": "fire", "schedule": "s", "fire_ms": t, "next_fire_ms": t + 1000, "skip": "queue full"})
+    assert r == {"fired": False, "reason": "missed: queue full"}
+    sched = d.m.get_schedule("s")
+    assert (sched["fired"], sched["missed"], sched["last_fire_ms"]) == (0, 1, t)
+    assert d.m.next_fire_ms() == t + 1000 and d.m.get(f"sched:s:{t}") is None and d.m.held_count() == 0
+    assert _fire(d, "s", t)["fired"] is False  # a missed time is done with, like a fired one
+    assert _fire(d, "s", t + 1000)["fired"] is True
+    assert d.one({"op": "fire", "schedule": "s", "fire_ms": t + 2000, "next_fire_ms": t + 3000,
+                  "skip": 5})["error"] == "BAD_REQUEST"
+
+
+def test_snapshots_from_before_missed_firings_restore_with_zero_missed(d: Driver) -> None:
+    _add(d, "s")
+    snap = d.m.to_snapshot()
+    for sched in snap["schedules"]:
+        del sched["missed"]
+    restored = JobMachine()
+    restored.restore(snap)
+    assert restored.get_schedule("s")["missed"] == 0 and restored.digest() == d.m.digest()

@@ -488,7 +488,7 @@ def test_clock_never_goes_backwards(d: Driver) -> None:
 def test_stats_and_queries(d: Driver) -> None:
     assert d.m.stats() == {"jobs": {s: 0 for s in ("pending", "scheduled", "queued", "running", "succeeded",
                                                    "failed", "cancelled")},
-                           "queues": {}, "clock_ms": 0, "live": 0}
+                           "queues": {}, "clock_ms": 0, "live": 0, "held": 0, "held_bytes": 0}
     d.submit("a", queue="q1")
     d.submit("b", queue="q2", delay_ms=10)
     d.submit("c", queue="q1")
@@ -778,3 +778,50 @@ def test_state_machine_modules_stay_pure() -> None:
         imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                      if isinstance(node, ast.ImportFrom) and node.module}
         assert not imported & banned, (module.__name__, imported & banned)
+
+
+# ------------------------------------------------------------ held jobs and bytes
+
+def _packed(value: Any) -> int:
+    return len(msgpack.packb(value, use_bin_type=True))
+
+
+def test_held_counters_follow_every_change_of_args_result_and_error(d: Driver) -> None:
+    """Admission reads `held_count` / `held_bytes`: every job until purged, and
+    the msgpack sizes of its args, result and error (Driver.run recounts them
+    through check_invariants after every entry)."""
+    args = {"blob": "x" * 1000}
+    d.submit("a", args=args)
+    d.submit("b")
+    base = _packed(args) + _packed({})
+    assert (d.m.held_count(), d.m.held_bytes()) == (2, base)
+    [job] = d.lease()
+    d.fail("a", job["attempt"], err="e" * 500)  # retried: the error is held while it waits
+    assert d.m.held_bytes() == base + _packed("e" * 500)
+    d.advance(10_000)
+    d.tick()  # the backoff is over: a is queued again
+    jobs = d.lease(n=2)
+    attempt = {j["id"]: j["attempt"] for j in jobs}
+    d.fail("a", attempt["a"], err="final", retryable=False)
+    d.complete("b", attempt["b"], result={"r": [1, 2, 3]})
+    assert d.m.held_count() == 2  # final jobs still count
+    assert d.m.held_bytes() == base + _packed("final") + _packed({"r": [1, 2, 3]})
+    d.one({"op": "retry", "id": "a"})  # clears the error
+    assert d.m.held_bytes() == base + _packed({"r": [1, 2, 3]})
+    d.advance(10_000)
+    d.tick(retention_ms=0)  # purges b only (a is queued again)
+    assert (d.m.held_count(), d.m.held_bytes()) == (1, _packed(args))
+
+
+def test_held_bytes_are_rebuilt_by_restore_without_changing_the_snapshot(d: Driver) -> None:
+    d.submit("a", args={"k": "v" * 100})
+    [job] = d.lease()
+    d.complete("a", job["attempt"], result="done")
+    d.submit("b", args=[1, 2])
+    snap = d.m.to_snapshot()
+    assert "held_bytes" not in snap and all(len(row) == len(snap["job_fields"]) for row in snap["jobs"])
+    restored = JobMachine()
+    restored.restore(msgpack.unpackb(msgpack.packb(snap, use_bin_type=True), raw=False))
+    restored.check_invariants()
+    assert (restored.held_count(), restored.held_bytes()) == (d.m.held_count(), d.m.held_bytes())
+    assert restored.digest() == d.m.digest()
