@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import pytest
 
-from replication.link import MAX_FRAME_BYTES, LinkError, LinkKey, Receiver, Sender
+from replication.link import (HANDSHAKE_FRAME_BYTES, LinkError, LinkKey, Receiver, Sender,
+                              max_frame_bytes)
 
 KEY = LinkKey("a-raft-password-derived-from-the-secret")
+BATCH = 4 * 1024 * 1024
+CAP = max_frame_bytes(BATCH)
 
 
 def _open_all(receiver: Receiver, buf: bytearray) -> list[object]:
     out = []
-    while (frame := receiver.next_frame(buf)) is not None:
+    while (frame := receiver.next_frame(buf, CAP)) is not None:
         out.append(receiver.open(frame))
     return out
 
@@ -58,16 +61,16 @@ def test_frames_of_another_connection_are_refused_mid_connection() -> None:
         _open_all(receiver, bytearray(Sender(KEY).seal("theirs")))
 
 
-@pytest.mark.parametrize("size", [0, 10, MAX_FRAME_BYTES + 1, 2**32 - 1])
+@pytest.mark.parametrize("size", [0, 10, CAP + 1, 2**32 - 1])
 def test_impossible_lengths_are_refused_before_buffering(size: int) -> None:
     with pytest.raises(LinkError, match="length"):
-        Receiver(KEY).next_frame(bytearray(size.to_bytes(4, "little") + b"\0" * 64))
+        Receiver(KEY).next_frame(bytearray(size.to_bytes(4, "little") + b"\0" * 64), CAP)
 
 
 def test_an_incomplete_frame_waits() -> None:
     frame = Sender(KEY).seal("whole")
     buf = bytearray(frame[:-1])
     receiver = Receiver(KEY)
-    assert receiver.next_frame(buf) is None and len(buf) == len(frame) - 1
+    assert receiver.next_frame(buf, CAP) is None and len(buf) == len(frame) - 1
     buf += frame[-1:]
     assert _open_all(receiver, buf) == ["whole"]
