@@ -394,6 +394,14 @@ class _SyncingTransport(TCPTransport):
             return
         super()._onNewIncomingConnection(sealed)
 
+    def _maybeBind(self) -> None:  # noqa: N802
+        # pysyncobj listens with a backlog of 5: a burst of strangers' connects
+        # would make a peer's (re)connect wait for SYN retransmits (1 s, 3 s).
+        was_ready = self._ready
+        super()._maybeBind()
+        if self._ready and not was_ready and self._server is not None:
+            self._server._TcpServer__socket.listen(LISTEN_BACKLOG)
+
     def unsent_bytes(self, node: Any) -> int:
         conn = self._connections.get(node)
         return conn.unsent_bytes if isinstance(conn, SealedConnection) else 0
@@ -473,6 +481,9 @@ class _SyncingTransport(TCPTransport):
 
 
 _KEEPALIVE = {"type": "keepalive"}
+# The Raft port's listen backlog: room for a burst of connects (each is then
+# judged by source host, handshake deadline and seal) before SYNs are dropped.
+LISTEN_BACKLOG = 1024
 
 
 def _source_host(addr: str) -> str | None:
