@@ -31,7 +31,28 @@ lacks for raftq:
   synced k before acking) and after its own sync covered k. So an
   acknowledged entry is on disk on a majority. (A leader that crashes before
   its sync loses an entry that was never committed: a follower holding it is
-  just a partially replicated entry, which Raft allows.)
+  just a partially replicated entry, which Raft allows.) The adapter's own
+  messages change none of this: pre_vote and its answers go through the same
+  syncing send and grant nothing (no term or vote is recorded for them); a
+  keepalive carries no log state at all; a deferred send (bytes-in-flight
+  bound, below) only delays an append_entries, and every ack still follows
+  the follower's sync.
+* Replication that survives large entries (`_SyncObj`, `_PreVote`). pysyncobj
+  flushed a connection's write buffer only on its next send (a 1 MiB entry
+  crept out one socket buffer per 50 ms heartbeat, heartbeats queued behind
+  it), queued everything from nextIndex at once, and moved nextIndex back on
+  every ack, resending entries already on the way; a follower that missed
+  heartbeats meanwhile started an election it could not win and still made
+  the leader step down (1 MiB x 200 sequential submits: term 1 -> 74, p50
+  222 ms). Now a partial send drains on WRITE events (replication/link.py), a
+  leader queues new entries to a follower only while fewer than
+  max_in_flight_bytes wait unsent to it (the heartbeat always goes), acks
+  never move nextIndex back, and a follower asks for a pre-vote before it
+  starts an election (none while bytes from its leader are still arriving).
+* The Raft port's limits (`_SyncingTransport`, replication/link.py): frames
+  capped by the append batch size (a few KiB before the handshake), a
+  handshake deadline, idle connections reaped (peers keep quiet links alive),
+  and only the configured peers' hosts served.
 * Snapshots without pickle: pysyncobj's custom serializer hooks write our own
   msgpack dump from a forked child (replication/snapshot.py).
 * One replicated method. State lives in `_Replica`, a `SyncObjConsumer` with
@@ -55,7 +76,7 @@ threads twice and the two threads fought over the GIL: ~0.4 ms of a
 sequential submit on a 2-core box.) Apply, `on_applied`, propose callbacks,
 the journal, the dump writer and the transport all run on the loop thread.
 `propose`, `is_leader`, `leader`, `status`, `reading` and `destroy` may be
-called from any thread.
+called from any thread. The connection reaper (`_reap`) is a loop timer too.
 """
 from __future__ import annotations
 

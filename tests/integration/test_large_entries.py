@@ -1,15 +1,24 @@
 """Large entries keep their leader (replication/raft.py: bounded sends per
 follower, writes drained on WRITE events, pre-vote), on a real 3-node fsync
 cluster: 30 sequential 1 MB submits and one ~4 MB submit_many commit with no
-leader change. A behaviour assert (term and leader), not a timing one.
+leader change. A behaviour assert (term and leader), not a timing one. And in
+process: a follower whose loop stalls is sent no more than the bound.
 """
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import msgpack
 import pytest
 
-from tests.integration.harness import LocalCluster
+from loadtest.localcluster import free_ports
+from replication.link import max_frame_bytes
+from replication.machine import JobMachine
+from replication.raft import RaftConfig, RaftNode
+from tests.integration.harness import LocalCluster, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -54,3 +63,51 @@ def test_a_four_mb_submit_many_commits_without_a_leader_change(cluster: LocalClu
     assert len(ids) == 4
     assert after_term <= term + 1 and after_leader == leader, (term, after_term, leader, after_leader)
     cluster.wait_replicas_equal([1, 2, 3])
+
+
+# ---- in-process: the bytes-in-flight bound itself ----------------------------
+
+def _propose(node: RaftNode, data: bytes) -> str | None:
+    done, out = threading.Event(), []
+
+    def cb(results: list | None, code: str | None) -> None:
+        out.append(code)
+        done.set()
+    node.propose(data, cb)
+    assert done.wait(30), "propose callback never called"
+    return out[0]
+
+
+def _entry(job_id: str, blob: str) -> bytes:
+    cmd = {"op": "submit", "job": {"id": job_id, "type": "util.noop", "args": {"blob": blob}}}
+    return msgpack.packb({"v": 1, "now_ms": int(time.time() * 1000), "cmds": [cmd]}, use_bin_type=True)
+
+
+def test_a_stalled_follower_is_sent_at_most_the_in_flight_bound(tmp_path: Path) -> None:
+    in_flight = 1024 * 1024
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    nodes = [RaftNode(RaftConfig(self_addr=a, peers=[b for b in addrs if b != a], data_dir=tmp_path / str(i),
+                                 password="pw", durability="none", max_in_flight_bytes=in_flight), JobMachine())
+             for i, a in enumerate(addrs)]
+    try:
+        leader = wait_until(lambda: next((n for n in nodes if n.is_leader()), None), 10, "a leader")
+        slow = next(n for n in nodes if n is not leader)
+        _propose(leader, _entry("warm", ""))
+
+        def unsent_to_slow() -> int:
+            t = leader._transport
+            assert t is not None
+            return max((c.unsent_bytes for node, c in t._connections.items()
+                        if node.address == slow.config.self_addr), default=0)
+        slow._loop.call_soon_threadsafe(time.sleep, 4.0)  # its loop stops reading its sockets
+        blob, peak = "z" * 900_000, 0
+        for i in range(12):  # ~11 MB: without the bound all of it would queue up for `slow`
+            assert _propose(leader, _entry(f"big-{i}", blob)) is None
+            peak = max(peak, leader._call_on_loop(unsent_to_slow))
+        assert in_flight <= peak <= in_flight + max_frame_bytes(leader.config.append_entries_batch_bytes)
+        last = leader.status()["last_applied"]
+        wait_until(lambda: slow.status()["last_applied"] >= last, 20, "the stalled follower to catch up")
+        assert leader.is_leader()
+    finally:
+        for n in nodes:
+            n.destroy()
