@@ -2,11 +2,14 @@
 transport in replication/raft.py): a stranger's huge length prefix costs the
 node no memory and the cluster keeps committing; silent connections are
 closed by the handshake deadline; a source address that is not a peer's host
-is refused at once, while peers bound on their own hosts keep working.
+is refused at once, while peers bound on their own hosts keep working; and
+(in process) an authentic connection that only trickles bytes is reaped after
+idle_timeout_s.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
 import time
@@ -15,10 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.localcluster import free_ports
+from replication.link import LinkKey, Receiver, Sender, max_frame_bytes
+from replication.machine import JobMachine
+from replication.raft import RaftConfig, RaftConfigError, RaftNode
 from tests.integration.harness import LocalCluster, wait_until
 
 pytestmark = pytest.mark.integration
 
+PASSWORD = "raft-port-test-password"
 HANDSHAKE_TIMEOUT_S = 2.0  # RaftConfig.handshake_timeout_s default
 REAP_SLACK_S = 3.0  # the reaper's period (0.5 s) and a loaded 2-core box
 
@@ -132,3 +140,55 @@ def test_a_non_peer_source_address_is_refused_at_once(tmp_path: Path) -> None:
         assert "refused a connection from 127.0.0.9" in (c.root / "logs" / "node-1.log").read_text()
     finally:
         c.stop()
+
+
+# ---- in-process: the idle reaper and the settings ---------------------------
+
+def _handshake_as_peer(addr: tuple[str, int], peer_addr: str) -> socket.socket:
+    """pysyncobj's handshake, as a peer holding the password would do it."""
+    s = socket.create_connection(addr, timeout=5)
+    sender, receiver = Sender(LinkKey(PASSWORD)), Receiver(LinkKey(PASSWORD))
+    my_key = os.urandom(32)
+    s.sendall(sender.seal(my_key))
+    buf = bytearray()
+    while (frame := receiver.next_frame(buf, max_frame_bytes(1024))) is None:
+        buf += s.recv(4096)
+    echoed, node_key = receiver.open(frame)
+    assert echoed == my_key
+    s.sendall(sender.seal((node_key, peer_addr)))
+    return s
+
+
+def test_an_authentic_connection_that_only_trickles_bytes_is_reaped(tmp_path: Path) -> None:
+    ports = free_ports(3)
+    addrs = [f"127.0.0.1:{p}" for p in ports]
+    idle = 1.5
+    node = RaftNode(RaftConfig(self_addr=addrs[0], peers=addrs[1:], data_dir=tmp_path, password=PASSWORD,
+                               durability="none", connection_timeout_s=1.0, idle_timeout_s=idle), JobMachine())
+    try:
+        s = _handshake_as_peer(_addr(addrs[0]), addrs[1])
+        authenticated = time.monotonic()
+        with s:
+            s.sendall((1000).to_bytes(4, "little"))  # a frame that never completes...
+            closed = False
+            while not closed and time.monotonic() - authenticated < idle + REAP_SLACK_S:
+                with contextlib.suppress(OSError):
+                    s.sendall(b"\0")  # ...trickled: pysyncobj's own read timeout never fires
+                time.sleep(0.1)
+                closed = _closed_by_peer(s)
+                s.setblocking(True)
+            gone = time.monotonic() - authenticated
+        assert closed, "the connection was not reaped"
+        assert gone >= idle - 0.2
+        assert node._transport is not None and node._transport.reaped >= 1
+    finally:
+        node.destroy()
+
+
+def test_raft_config_refuses_bad_port_settings(tmp_path: Path) -> None:
+    base = dict(self_addr="127.0.0.1:7800", peers=["127.0.0.1:7801"], data_dir=tmp_path, password="pw")
+    for bad, match in [({"max_in_flight_bytes": 0}, "max_in_flight_bytes"),
+                       ({"handshake_timeout_s": 0}, "handshake_timeout_s"),
+                       ({"idle_timeout_s": 1.5}, "idle_timeout_s")]:  # not above connection_timeout_s
+        with pytest.raises(RaftConfigError, match=match):
+            RaftConfig(**{**base, **bad})
