@@ -427,10 +427,14 @@ class _SyncingTransport(TCPTransport):
         conn = self._connections.get(node)
         return conn.unsent_bytes if isinstance(conn, SealedConnection) else 0
 
-    def leader_read_at(self, node: Any) -> float:
-        """When bytes last arrived from `node` (a frame may still be incomplete)."""
+    def partial_frame_at(self, node: Any) -> float:
+        """When bytes of a frame still incomplete last arrived from `node` (0:
+        none buffered). Whole frames do not count: a node that lost leadership
+        still sends keepalives, which must not pass for a live leader."""
         conn = self._connections.get(node)
-        return float(conn._TcpConnection__lastReadTime) if conn is not None else 0.0
+        if not isinstance(conn, SealedConnection) or not conn._rbuf:
+            return 0.0
+        return float(conn._TcpConnection__lastReadTime)  # type: ignore[attr-defined]
 
     def reap(self, now: float) -> None:
         for conn in list(self._unknownConnections):
@@ -663,7 +667,8 @@ class _SyncObj(SyncObj):
                     entries: list[Any] = []
                     if nxt <= log_last and (first is False or transport.unsent_bytes(node) < self._max_in_flight):
                         entries = _batch(raft_log, nxt - log_first, batch)
-                    prev = (nxt - 1, raft_log[nxt - 1 - log_first][2])
+                    # (None, None) as pysyncobj: past the log's end the follower asks for a reset
+                    prev = (nxt - 1, raft_log[nxt - 1 - log_first][2]) if nxt <= log_last + 1 else (None, None)
                     self._send_entries(node, entries, prev, term, commit, batch)
                     if entries:
                         next_index[node] = entries[-1][1] + 1
@@ -673,10 +678,13 @@ class _SyncObj(SyncObj):
                     if not first and transport.unsent_bytes(node) >= self._max_in_flight:
                         break
                     data = serializer.getTransmissionData(node)
-                    transport.send(node, {"type": "append_entries", "term": term,
-                                          "commit_index": commit, "serialized": data or None})
                     if not data:
+                        # No dump ready yet (one is being written). pysyncobj sent
+                        # 'serialized': None here, over and over for the whole
+                        # appendEntriesPeriod; nothing goes until a chunk is ready.
                         break
+                    transport.send(node, {"type": "append_entries", "term": term,
+                                          "commit_index": commit, "serialized": data})
                     if data[2]:  # the last chunk
                         next_index[node] = raft_log[1][1] + 1
                 first = False
@@ -729,8 +737,9 @@ class _PreVote:
     when a majority (itself included) granted it does pysyncobj's own election
     start, at the next tick. A node grants a pre-vote, changing none of its
     own state, only if it is not leader, has not heard from a leader for
-    election_timeout_min_s (an append_entries, or any bytes on the leader's
-    connection: a large message still arriving counts), the term is above its
+    election_timeout_min_s (an append_entries, or bytes of a frame still
+    incomplete on the leader's connection: a large message arriving counts),
+    the term is above its
     own, and the candidate's log is at least as up to date as its own. A
     refusal carries the refuser's term; a node that learns a higher term that
     way adopts it (as any Raft message with a higher term would make it), so a
@@ -769,7 +778,7 @@ class _PreVote:
         leader = so._SyncObj__raftLeader
         transport = self._transport_of()
         return (leader is not None and leader is not so._SyncObj__selfNode and transport is not None
-                and now - transport.leader_read_at(leader) < self._min_timeout)
+                and now - transport.partial_frame_at(leader) < self._min_timeout)
 
     def before_tick(self) -> None:
         so = self._so
