@@ -191,8 +191,9 @@ class SealedConnection(TcpConnection):
     send and drops whatever arrives.
 
     Besides pysyncobj's behaviour: frames are capped as the module docstring
-    says; `authentic` and `last_frame_at` (pysyncobj's monotonic clock) tell the transport's
-    reaper whether and when the other side last proved it holds the key; an
+    says; `opened_at`, `authentic` and `last_frame_at` (pysyncobj's monotonic
+    clock) tell the transport's reaper when the connection began and whether
+    and when the other side last proved it holds the key; an
     outgoing connection binds its source address to `bind_host` (so peers can
     check it); and a send that does not fit in the socket at once asks the
     poller for WRITE events, so the rest drains as the socket allows
@@ -210,10 +211,10 @@ class SealedConnection(TcpConnection):
     opened_at: float
     last_frame_at: float
 
+    keepalive_mark: int  # frames_sent at the reaper's last round (raft.py)
+
     _TcpConnection__readBuffer = _bytearray_attribute("_rbuf")
     _TcpConnection__writeBuffer = _bytearray_attribute("_wbuf")
-
-    keepalive_mark: int
 
     @property
     def unsent_bytes(self) -> int:
@@ -237,8 +238,6 @@ class SealedConnection(TcpConnection):
         if not isinstance(key, LinkKey):  # never fall back to pysyncobj's framing
             raise LinkError("a sealed connection needs the cluster's LinkKey")
         self._sender, self._receiver = Sender(key), Receiver(key)
-        self.authentic = False
-        self.opened_at = self.last_frame_at = monotonic()
 
     def connect(self, host: str, port: int) -> Any:
         if self.bind_host is None:
@@ -246,6 +245,8 @@ class SealedConnection(TcpConnection):
         else:
             result = self._connect_from(self.bind_host, host, port)
         self._new_session()  # a new TCP connection: a new salt, counters from 1
+        self.authentic = False
+        self.opened_at = self.last_frame_at = monotonic()
         return result
 
     def _connect_from(self, source: str, host: str, port: int) -> bool:
@@ -258,8 +259,9 @@ class SealedConnection(TcpConnection):
         self._TcpConnection__fileno = None
         sock = socket.socket(_getAddrType(host), socket.SOCK_STREAM)
         self._TcpConnection__socket = sock
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._TcpConnection__sendBufferSize)  # type: ignore[attr-defined]
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._TcpConnection__recvBufferSize)  # type: ignore[attr-defined]
+        sndbuf, rcvbuf = self._TcpConnection__sendBufferSize, self._TcpConnection__recvBufferSize  # type: ignore[attr-defined]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.setSockoptKeepalive()
         sock.setblocking(False)

@@ -106,7 +106,8 @@ from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as _PSO_VERSION
 
 from replication.journal import DurableJournal, Entry, JournalError
-from replication.link import ENTRY_OVERHEAD_BYTES, DUMP_CHUNK_BYTES, LinkKey, SealedConnection, max_frame_bytes, seal
+from replication.link import (DUMP_CHUNK_BYTES, ENTRY_OVERHEAD_BYTES, LinkKey, SealedConnection,
+                              max_frame_bytes, seal)
 from replication.snapshot import Dump, DumpError, DumpWriter, read_dump
 
 # RaftNode() raises RaftStartError (port taken), JournalError (damaged journal
@@ -659,24 +660,24 @@ class _SyncObj(SyncObj):
             while node in connected:
                 nxt = next_index[node]
                 log_first, log_last = raft_log[0][1], raft_log[-1][1]
-                if not first and (nxt > log_last or transport.unsent_bytes(node) >= self._max_in_flight
-                                  or _pso_monotonic() > deadline):
+                room = transport.unsent_bytes(node) < self._max_in_flight
+                if not first and (nxt > log_last or not room or _pso_monotonic() > deadline):
                     break
-                term, commit = self._SyncObj__raftCurrentTerm, self._SyncObj__raftCommitIndex  # type: ignore[attr-defined]
+                term = self._SyncObj__raftCurrentTerm  # type: ignore[attr-defined]
+                commit = self._SyncObj__raftCommitIndex  # type: ignore[attr-defined]
                 if nxt > log_first:
                     entries: list[Any] = []
-                    if nxt <= log_last and (first is False or transport.unsent_bytes(node) < self._max_in_flight):
+                    if nxt <= log_last and room:
                         entries = _batch(raft_log, nxt - log_first, batch)
-                    # (None, None) as pysyncobj: past the log's end the follower asks for a reset
-                    prev = (nxt - 1, raft_log[nxt - 1 - log_first][2]) if nxt <= log_last + 1 else (None, None)
+                    # past the log's end, (None, None) as pysyncobj: the follower asks for a reset
+                    prev: tuple[int | None, int | None] = (
+                        (nxt - 1, raft_log[nxt - 1 - log_first][2]) if nxt <= log_last + 1 else (None, None))
                     self._send_entries(node, entries, prev, term, commit, batch)
                     if entries:
                         next_index[node] = entries[-1][1] + 1
                     else:
                         break  # a heartbeat: nothing more this round
                 else:  # the follower needs entries the log no longer has: a dump
-                    if not first and transport.unsent_bytes(node) >= self._max_in_flight:
-                        break
                     data = serializer.getTransmissionData(node)
                     if not data:
                         # No dump ready yet (one is being written). pysyncobj sent
@@ -689,7 +690,7 @@ class _SyncObj(SyncObj):
                         next_index[node] = raft_log[1][1] + 1
                 first = False
 
-    def _send_entries(self, node: Any, entries: list[Any], prev: tuple[int, int],
+    def _send_entries(self, node: Any, entries: list[Any], prev: tuple[int | None, int | None],
                       term: int, commit: int, batch: int) -> None:
         transport = self._SyncObj__transport  # type: ignore[attr-defined]
         base = {"type": "append_entries", "term": term, "commit_index": commit,
@@ -1032,7 +1033,8 @@ class RaftNode:
             with _injected(self.journal, LinkKey(config.password), self._poller):
                 self._sync = _SyncObj(config.self_addr, list(config.peers), conf,
                                      consumers=[self._replica], transportClass=make_transport,
-                                     prevote=self._prevote, max_in_flight=config.max_in_flight_bytes)
+                                     prevote=self._prevote,
+                                     max_in_flight=config.max_in_flight_bytes)
         except BaseException as exc:
             if self._transport is not None:
                 self._transport.destroy()

@@ -111,3 +111,26 @@ def test_a_stalled_follower_is_sent_at_most_the_in_flight_bound(tmp_path: Path) 
     finally:
         for n in nodes:
             n.destroy()
+
+
+def test_an_entry_larger_than_the_batch_goes_in_transmission_chunks(tmp_path: Path) -> None:
+    batch = 64 * 1024  # so a 300 KB entry is cut into five 'transmission' chunks
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    nodes = [RaftNode(RaftConfig(self_addr=a, peers=[b for b in addrs if b != a], data_dir=tmp_path / str(i),
+                                 password="pw", durability="none", append_entries_batch_bytes=batch), JobMachine())
+             for i, a in enumerate(addrs)]
+    try:
+        leader = wait_until(lambda: next((n for n in nodes if n.is_leader()), None), 10, "a leader")
+        term = leader.status()["term"]
+        for i in range(3):
+            assert _propose(leader, _entry(f"chunked-{i}", "c" * 300_000)) is None
+        last = leader.status()["last_applied"]
+        wait_until(lambda: all(n.status()["last_applied"] >= last for n in nodes), 20, "every replica applied")
+        digests = set()
+        for n in nodes:
+            with n.reading() as m:
+                digests.add(m.digest())
+        assert len(digests) == 1 and leader.status()["term"] == term
+    finally:
+        for n in nodes:
+            n.destroy()
