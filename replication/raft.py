@@ -759,7 +759,7 @@ class _PreVote:
         self._term = -1  # the term of the round in progress
         self._granted = 0
         self._won = False
-        self.rounds = 0  # pre-vote rounds started (status/tests)
+        self.rounds = 0  # pre-vote rounds started (RaftNode.status)
 
     def attach(self, so: Any) -> None:
         self._so = so
@@ -1087,13 +1087,19 @@ class RaftNode:
         return None if node is None else str(getattr(node, "address", node.id))
 
     def status(self) -> dict[str, Any]:
-        s = self._sync
+        s, t = self._sync, self._transport
         return {
             "role": "leader" if s._isLeader() else _ROLES.get(self._role, "follower"),
             "term": s.raftCurrentTerm,
             "commit_index": s.raftCommitIndex,
             "last_applied": s.raftLastApplied,
             "leader": self.leader(),
+            # Raft port guards (counters since start): incoming connections
+            # refused for their source host, connections reaped (handshake
+            # deadline or idle), pre-vote rounds this node started.
+            "port_refused": t.refused if t is not None else 0,
+            "port_reaped": t.reaped if t is not None else 0,
+            "prevote_rounds": self._prevote.rounds,
         }
 
     @contextlib.contextmanager

@@ -180,7 +180,7 @@ def test_an_authentic_connection_that_only_trickles_bytes_is_reaped(tmp_path: Pa
             gone = time.monotonic() - authenticated
         assert closed, "the connection was not reaped"
         assert gone >= idle - 0.2
-        assert node._transport is not None and node._transport.reaped >= 1
+        assert node.status()["port_reaped"] >= 1
     finally:
         node.destroy()
 
