@@ -740,8 +740,8 @@ class _PreVote:
     own state, only if it is not leader, has not heard from a leader for
     election_timeout_min_s (an append_entries, or bytes of a frame still
     incomplete on the leader's connection: a large message arriving counts),
-    the term is above its
-    own, and the candidate's log is at least as up to date as its own. A
+    the term is above its own, and the candidate's log is at least as up to
+    date as its own; grants are counted once per node. A
     refusal carries the refuser's term; a node that learns a higher term that
     way adopts it (as any Raft message with a higher term would make it), so a
     node that fell behind in term can still catch up and win later.
@@ -757,7 +757,7 @@ class _PreVote:
         self._so: Any = None
         self._leader_seen = 0.0
         self._term = -1  # the term of the round in progress
-        self._granted = 0
+        self._granted: set[Any] = set()  # nodes that granted the round in progress
         self._won = False
         self.rounds = 0  # pre-vote rounds started (RaftNode.status)
 
@@ -795,7 +795,7 @@ class _PreVote:
         if so._SyncObj__raftState == 0 and self._leader_recent(now):
             return  # bytes from the leader are still arriving: not dead, just slow
         self.rounds += 1
-        self._term, self._granted = so.raftCurrentTerm + 1, 1
+        self._term, self._granted = so.raftCurrentTerm + 1, set()
         last = so._SyncObj__raftLog[-1]
         transport = self._transport_of()
         for node in so._SyncObj__otherNodes:
@@ -826,12 +826,12 @@ class _PreVote:
             so._SyncObj__raftLeader = None
             return
         if message.get("granted") and term == self._term == so.raftCurrentTerm + 1:
-            self._granted += 1
+            self._granted.add(node)
             self._count()
 
     def _count(self) -> None:
         so = self._so
-        if self._granted > (len(so._SyncObj__otherNodes) + 1) / 2 and so._SyncObj__raftState != 2:
+        if 1 + len(self._granted) > (len(so._SyncObj__otherNodes) + 1) / 2 and so._SyncObj__raftState != 2:
             self._term, self._won = -1, True
             so._SyncObj__raftElectionDeadline = 0  # the next tick starts the election
 
