@@ -37,7 +37,28 @@ lacks for raftq:
   synced k before acking) and after its own sync covered k. So an
   acknowledged entry is on disk on a majority. (A leader that crashes before
   its sync loses an entry that was never committed: a follower holding it is
-  just a partially replicated entry, which Raft allows.)
+  just a partially replicated entry, which Raft allows.) The adapter's own
+  messages change none of this: pre_vote and its answers go through the same
+  syncing send and grant nothing (no term or vote is recorded for them); a
+  keepalive carries no log state at all; a deferred send (bytes-in-flight
+  bound, below) only delays an append_entries, and every ack still follows
+  the follower's sync.
+* Replication that survives large entries (`_SyncObj`, `_PreVote`). pysyncobj
+  flushed a connection's write buffer only on its next send (a 1 MiB entry
+  crept out one socket buffer per 50 ms heartbeat, heartbeats queued behind
+  it), queued everything from nextIndex at once, and moved nextIndex back on
+  every ack, resending entries already on the way; a follower that missed
+  heartbeats meanwhile started an election it could not win and still made
+  the leader step down (1 MiB x 200 sequential submits: term 1 -> 74, p50
+  222 ms). Now a partial send drains on WRITE events (replication/link.py), a
+  leader queues new entries to a follower only while fewer than
+  max_in_flight_bytes wait unsent to it (the heartbeat always goes), acks
+  never move nextIndex back, and a follower asks for a pre-vote before it
+  starts an election (none while bytes from its leader are still arriving).
+* The Raft port's limits (`_SyncingTransport`, replication/link.py): frames
+  capped by the append batch size (a few KiB before the handshake), a
+  handshake deadline, idle connections reaped (peers keep quiet links alive),
+  and only the configured peers' hosts served.
 * A rejoin start mode (`rejoin=True`, `raftq node --rejoin`): a node whose
   data dir was wiped forgot its votes, so until a leader contacts it, it
   neither votes nor stands (`_RejoinableSyncObj`, docs/storage.md).
@@ -64,7 +85,7 @@ threads twice and the two threads fought over the GIL: ~0.4 ms of a
 sequential submit on a 2-core box.) Apply, `on_applied`, propose callbacks,
 the journal, the dump writer and the transport all run on the loop thread.
 `propose`, `is_leader`, `leader`, `status`, `reading` and `destroy` may be
-called from any thread.
+called from any thread. The connection reaper (`_reap`) is a loop timer too.
 """
 from __future__ import annotations
 
@@ -87,12 +108,15 @@ import msgpack
 import pysyncobj.syncobj as _pso_syncobj
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, SyncObjException, replicated
 from pysyncobj.config import FAIL_REASON
+from pysyncobj.monotonic import monotonic as _pso_monotonic
 from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION as _PSO_VERSION
 
 from replication.journal import DurableJournal, Entry, JournalError, JournalFailed
-from replication.link import LinkKey, seal
+from replication.link import (DUMP_CHUNK_BYTES, ENTRY_OVERHEAD_BYTES, LinkKey, SealedConnection,
+                              max_frame_bytes, seal)
 from replication.snapshot import Dump, DumpError, DumpWriter, read_dump
 
 # RaftNode() raises RaftStartError (port taken), JournalError (damaged journal
@@ -178,6 +202,20 @@ class RaftConfig:
     # (one sealed frame each, replication/link.py): the 64 KiB default split every
     # loaded group-commit batch (a few hundred jobs) that way.
     append_entries_batch_bytes: int = 4 * 1024 * 1024
+    # A leader queues new entries (or dump chunks) to a follower only while
+    # fewer than this many bytes wait unsent in its connection, so at most this
+    # plus one message is queued per follower and a heartbeat waits behind at
+    # most that (a few ms on loopback or a LAN). One 4 MiB entry at a time keeps
+    # a link busy; more only adds memory.
+    max_in_flight_bytes: int = 4 * 1024 * 1024
+    # An incoming Raft connection closes unless it completes pysyncobj's
+    # handshake with an authentic frame (one carrying this node's fresh random
+    # key) within this long; ~100x what a peer needs on a LAN.
+    handshake_timeout_s: float = 2.0
+    # A connection closes after this long without an authentic frame: a few
+    # election timeouts. Peers never get there: a quiet link carries a
+    # keepalive every connection_timeout_s / 3.
+    idle_timeout_s: float = 3.0
     compaction_min_entries: int = 50_000  # dump + drop the journal past this many entries
     compaction_min_time_s: float = 600.0  # ...or this long after the last dump (if changed)
     trace_path: Path | None = None  # test hook: durability event trace (see _Trace)
@@ -208,6 +246,10 @@ class RaftConfig:
             raise RaftConfigError(f"durability: expected 'fsync' or 'none', got {self.durability!r}")
         if self.append_entries_batch_bytes < 1024:
             raise RaftConfigError("append_entries_batch_bytes: must be >= 1024")
+        if self.max_in_flight_bytes < 1:
+            raise RaftConfigError("max_in_flight_bytes: must be >= 1")
+        if self.handshake_timeout_s <= 0:
+            raise RaftConfigError("handshake_timeout_s: must be > 0")
         if self.tick_period_s <= 0:
             raise RaftConfigError("tick_period_s: must be > 0")
         if self.append_entries_period_s <= 0:
@@ -220,6 +262,8 @@ class RaftConfig:
             raise RaftConfigError("leader_fallback_timeout_s: must exceed append_entries_period_s")
         if self.connection_timeout_s < self.election_timeout_max_s:
             raise RaftConfigError("connection_timeout_s: must be >= election_timeout_max_s")
+        if self.idle_timeout_s <= self.connection_timeout_s:
+            raise RaftConfigError("idle_timeout_s: must exceed connection_timeout_s (keepalive period x 3)")
         if self.connection_retry_s < 0:
             raise RaftConfigError("connection_retry_s: must be >= 0")
         if self.propose_timeout_s <= 0:
@@ -323,13 +367,38 @@ class _SyncingTransport(TCPTransport):
     """pysyncobj's TCP transport, but a follower's or candidate's every send is
     preceded by a journal sync (a leader's is not: see the module docstring),
     and append_entries pass through `_StaleAppendGuard` on the way in.
-    Loop thread only."""
+
+    It also guards the Raft port (replication/link.py caps the frames):
+    * an incoming connection whose source host is not a configured peer's is
+      closed at once. Peers bind their outgoing connections to their own Raft
+      host, so with peers on distinct hosts only they get through; when all
+      peers share one host (127.0.0.1 in tests, or one machine), the check is
+      by host only and the seal, the handshake deadline and the frame caps do
+      the rest;
+    * `reap` (on a timer) closes connections that did not complete the
+      handshake within handshake_timeout_s and those without an authentic
+      frame for idle_timeout_s, and sends a keepalive on every authentic
+      connection that sent nothing since the last round (two followers
+      exchange no Raft messages at all between elections);
+    * `pre_vote`, `pre_vote_response` and `keepalive` messages go to
+      `_PreVote` or nowhere, never to pysyncobj.
+    Loop thread only.
+    """
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any, *,  # noqa: N803
-                 journal: DurableJournal, trace: _Trace | None) -> None:
+                 journal: DurableJournal, trace: _Trace | None, config: RaftConfig) -> None:
         self._journal = journal
         self._trace = trace
         self._guard = _StaleAppendGuard(journal)
+        self._max_frame = max_frame_bytes(config.append_entries_batch_bytes)
+        self._bind_host = _source_host(config.self_addr)
+        self._peer_hosts = _resolve_hosts(config.peers)
+        self._handshake_timeout = config.handshake_timeout_s
+        self._idle_timeout = config.idle_timeout_s
+        self._refused_hosts: set[str] = set()
+        self.refused = 0  # incoming connections closed for their source address
+        self.reaped = 0  # connections closed by `reap`
+        self.prevote: _PreVote | None = None  # set by _SyncObj once constructed
         # False until the first send after this node became leader: that send
         # carries the no-op appended inside the poll, which no end-of-tick
         # sync covered yet. Set by RaftNode._on_state_changed (loop thread).
@@ -341,19 +410,96 @@ class _SyncingTransport(TCPTransport):
         super().addNode(node)
         conn = self._connections.get(node)
         if conn is not None:
-            seal(conn)
+            seal(conn, self._max_frame, self._bind_host)
 
     def _onNewIncomingConnection(self, conn: Any) -> None:  # noqa: N802
-        super()._onNewIncomingConnection(seal(conn))
+        sealed = seal(conn, self._max_frame)
+        host = sealed.peer_host()
+        if host not in self._peer_hosts:
+            self.refused += 1
+            if host not in self._refused_hosts and len(self._refused_hosts) < 100:
+                self._refused_hosts.add(host or "?")
+                log.warning("Raft port: refused a connection from %s (not a configured peer host; "
+                            "further ones from it are closed silently)", host)
+            sealed.disconnect()
+            return
+        super()._onNewIncomingConnection(sealed)
+
+    def _maybeBind(self) -> None:  # noqa: N802
+        # pysyncobj listens with a backlog of 5: a burst of strangers' connects
+        # would make a peer's (re)connect wait for SYN retransmits (1 s, 3 s).
+        was_ready = self._ready
+        super()._maybeBind()
+        if self._ready and not was_ready and self._server is not None:
+            self._server._TcpServer__socket.listen(LISTEN_BACKLOG)
+
+    def unsent_bytes(self, node: Any) -> int:
+        conn = self._connections.get(node)
+        return conn.unsent_bytes if isinstance(conn, SealedConnection) else 0
+
+    def partial_frame_at(self, node: Any) -> float:
+        """When bytes of a frame still incomplete last arrived from `node` (0:
+        none buffered). Whole frames do not count: a node that lost leadership
+        still sends keepalives, which must not pass for a live leader."""
+        conn = self._connections.get(node)
+        if not isinstance(conn, SealedConnection) or not conn._rbuf:
+            return 0.0
+        return float(conn._TcpConnection__lastReadTime)  # type: ignore[attr-defined]
+
+    def reap(self, now: float) -> None:
+        for conn in list(self._unknownConnections):
+            if now - conn.opened_at > self._handshake_timeout:
+                self.reaped += 1
+                conn.disconnect()  # pysyncobj's _onDisconnected drops it from the set
+        for conn in list(self._connections.values()):
+            if not isinstance(conn, SealedConnection) or conn.state == CONNECTION_STATE.DISCONNECTED:
+                continue
+            if not conn.authentic:
+                if now - conn.opened_at > self._handshake_timeout:
+                    self.reaped += 1
+                    conn.disconnect()
+            elif now - conn.last_frame_at > self._idle_timeout:
+                self.reaped += 1
+                conn.disconnect()
+            elif conn.state == CONNECTION_STATE.CONNECTED and conn.frames_sent == conn.keepalive_mark:
+                conn.send(_KEEPALIVE)  # carries no log state: no journal sync needed
+            if conn.state == CONNECTION_STATE.CONNECTED:
+                conn.keepalive_mark = conn.frames_sent
 
     def set_leader(self, leader: bool) -> None:
         self.is_leader = leader
         self.leader_synced = False
 
     def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
-        if isinstance(message, dict) and message.get("type") == "append_entries":
-            message = self._guard.rewrite(message, self._syncObj.raftCurrentTerm)
+        if isinstance(message, dict):
+            kind = message.get("type")
+            if kind == "append_entries":
+                message = self._guard.rewrite(message, self._syncObj.raftCurrentTerm)
+                if self.prevote is not None:
+                    self.prevote.heard_leader(message)
+            elif kind in ("pre_vote", "pre_vote_response"):
+                if self.prevote is not None:
+                    self.prevote.on_message(node, message)
+                return
+            elif kind == "keepalive":
+                return
+            elif kind == "next_node_idx" and self.is_leader:
+                self._no_rewind(node, message)
+                return
         super()._onMessageReceived(node, message)
+
+    def _no_rewind(self, node: Any, message: dict[str, Any]) -> None:
+        """pysyncobj moves a follower's nextIndex back to every ack that raises
+        its matchIndex, though everything after it is already on the way (same
+        TCP connection): each ack of a pipelined entry resent all later ones.
+        A successful ack may only move nextIndex forward; a reset (the
+        follower lacks prevLogIdx, e.g. after a reconnect) still moves it back."""
+        next_index = self._syncObj._SyncObj__raftNextIndex
+        before = next_index.get(node)
+        super()._onMessageReceived(node, message)
+        if (before is not None and message.get("success") and not message.get("reset")
+                and next_index.get(node, before) < before):
+            next_index[node] = before
 
     def send(self, node: Any, message: Any) -> bool:
         if not self.is_leader or not self.leader_synced:
@@ -367,6 +513,32 @@ class _SyncingTransport(TCPTransport):
             elif kind == "append_entries" and message.get("entries"):
                 self._trace.line(f"send append_entries {message['entries'][-1][1]}")
         return bool(super().send(node, message))
+
+
+_KEEPALIVE = {"type": "keepalive"}
+# The Raft port's listen backlog: room for a burst of connects (each is then
+# judged by source host, handshake deadline and seal) before SYNs are dropped.
+LISTEN_BACKLOG = 1024
+
+
+def _source_host(addr: str) -> str | None:
+    """The host outgoing Raft connections bind to: this node's Raft host (the
+    address its peers know it by), unless that is a wildcard."""
+    host = addr.rpartition(":")[0].strip("[]")
+    return None if host in ("", "0.0.0.0", "::") else host
+
+
+def _resolve_hosts(addrs: Sequence[str]) -> frozenset[str]:
+    """The IP addresses the peers' Raft hosts resolve to (once, at start)."""
+    out: set[str] = set()
+    for addr in addrs:
+        host = addr.rpartition(":")[0].strip("[]")
+        try:
+            for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM):
+                out.add(str(info[4][0]))
+        except OSError:
+            out.add(host)
+    return frozenset(out)
 
 
 # No wake-up pipe: proposals are made on the loop thread, which schedules the
@@ -431,21 +603,248 @@ class _LoopPoller:
 
 
 class _SyncObj(SyncObj):
-    """pysyncobj's SyncObj, minus one eager message round.
+    """pysyncobj's SyncObj with three changes to its replication flow.
 
-    After applying newly committed entries, a leader with appendEntriesUseBatch
-    off sends every follower an append_entries at once, only to announce the
-    new commit index, and each follower acks it: per commit two more messages
-    out, two acks back and a wake-up of every follower, on the CPU the next
-    request needs (a third of a sequential submit's time on a 2-core box).
-    Followers learn the commit index from the next append_entries anyway (new
-    entries, or the heartbeat every append_entries_period_s), as in most Raft
-    implementations; only their local apply waits for it.
+    1. No eager commit round. After applying newly committed entries, a
+       leader with appendEntriesUseBatch off sends every follower an
+       append_entries at once, only to announce the new commit index, and each
+       follower acks it: per commit two more messages out, two acks back and a
+       wake-up of every follower, on the CPU the next request needs (a third of
+       a sequential submit's time on a 2-core box). Followers learn the commit
+       index from the next append_entries anyway (new entries, or the heartbeat
+       every append_entries_period_s), as in most Raft implementations; only
+       their local apply waits for it.
+    2. Bounded sends (`_SyncObj__sendAppendEntries`, below).
+    3. Pre-vote (`_PreVote`): a follower whose election timer ran out asks
+       first and starts an election only if a majority would vote for it.
     """
+
+    def __init__(self, *args: Any, prevote: _PreVote, max_in_flight: int, **kwargs: Any) -> None:
+        self._prevote = prevote
+        self._max_in_flight = max_in_flight
+        super().__init__(*args, **kwargs)
+        prevote.attach(self)
 
     def _SyncObj__applyLogEntries(self) -> bool:  # noqa: N802 - pysyncobj's private name
         SyncObj._SyncObj__applyLogEntries(self)  # type: ignore[attr-defined]
         return False
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803
+        self._prevote.before_tick()  # before pysyncobj's own election check
+        super()._onTick(timeToWait)
+
+    def _SyncObj__sendAppendEntries(self) -> None:  # noqa: N802 - pysyncobj's private name
+        """pysyncobj's __sendAppendEntries, with what it sends bounded.
+
+        pysyncobj queues, per follower, everything from nextIndex to the end
+        of its log (or a whole dump, chunk after chunk) into the connection's
+        write buffer within appendEntriesPeriod, however much is still unsent
+        there, and its batches could exceed appendEntriesBatchSizeBytes by one
+        whole entry. Here:
+        * the first message of a round always goes (it is the heartbeat when
+          there is nothing new); more entries or dump chunks go only while
+          fewer than max_in_flight_bytes wait unsent to that follower; the
+          rest goes in a later round (next proposal or heartbeat), from the
+          nextIndex this one left;
+        * a batch holds entries while sum(len(command) +
+          ENTRY_OVERHEAD_BYTES) <= batch bytes; a single entry whose pickle is
+          larger goes as 'transmission' chunks of exactly batch bytes, all in
+          one go (a follower restarts a transmission at 'start'); pysyncobj
+          marked the chunk that crossed len(command) as 'finish', which could
+          come one chunk early. So every message fits link.max_frame_bytes.
+        """
+        conf = self._SyncObj__conf  # type: ignore[attr-defined]
+        now = _pso_monotonic()
+        self._SyncObj__newAppendEntriesTime = now + conf.appendEntriesPeriod
+        deadline = now + conf.appendEntriesPeriod
+        transport = self._SyncObj__transport  # type: ignore[attr-defined]
+        connected = self._SyncObj__connectedNodes  # type: ignore[attr-defined]
+        next_index = self._SyncObj__raftNextIndex  # type: ignore[attr-defined]
+        serializer = self._SyncObj__serializer  # type: ignore[attr-defined]
+        raft_log = self._SyncObj__raftLog  # type: ignore[attr-defined]
+        batch = conf.appendEntriesBatchSizeBytes
+        for node in self._SyncObj__otherNodes | self._SyncObj__readonlyNodes:  # type: ignore[attr-defined]
+            if node not in connected:
+                serializer.cancelTransmisstion(node)
+                continue
+            first = True
+            while node in connected:
+                nxt = next_index[node]
+                log_first, log_last = raft_log[0][1], raft_log[-1][1]
+                room = transport.unsent_bytes(node) < self._max_in_flight
+                if not first and (nxt > log_last or not room or _pso_monotonic() > deadline):
+                    break
+                term = self._SyncObj__raftCurrentTerm  # type: ignore[attr-defined]
+                commit = self._SyncObj__raftCommitIndex  # type: ignore[attr-defined]
+                if nxt > log_first:
+                    entries: list[Any] = []
+                    if nxt <= log_last and room:
+                        entries = _batch(raft_log, nxt - log_first, batch)
+                    # past the log's end, (None, None) as pysyncobj: the follower asks for a reset
+                    prev: tuple[int | None, int | None] = (
+                        (nxt - 1, raft_log[nxt - 1 - log_first][2]) if nxt <= log_last + 1 else (None, None))
+                    self._send_entries(node, entries, prev, term, commit, batch)
+                    if entries:
+                        next_index[node] = entries[-1][1] + 1
+                    else:
+                        break  # a heartbeat: nothing more this round
+                else:  # the follower needs entries the log no longer has: a dump
+                    data = serializer.getTransmissionData(node)
+                    if not data:
+                        # No dump ready yet (one is being written). pysyncobj sent
+                        # 'serialized': None here, over and over for the whole
+                        # appendEntriesPeriod; nothing goes until a chunk is ready.
+                        break
+                    transport.send(node, {"type": "append_entries", "term": term,
+                                          "commit_index": commit, "serialized": data})
+                    if data[2]:  # the last chunk
+                        next_index[node] = raft_log[1][1] + 1
+                first = False
+
+    def _send_entries(self, node: Any, entries: list[Any], prev: tuple[int | None, int | None],
+                      term: int, commit: int, batch: int) -> None:
+        transport = self._SyncObj__transport  # type: ignore[attr-defined]
+        base = {"type": "append_entries", "term": term, "commit_index": commit,
+                "prevLogIdx": prev[0], "prevLogTerm": prev[1]}
+        if len(entries) == 1 and len(entries[0][0]) + ENTRY_OVERHEAD_BYTES > batch:
+            data = _pso_syncobj.pickle.dumps(entries[0])
+            if len(data) > batch:
+                for pos in range(0, len(data), batch):
+                    kind = "start" if pos == 0 else "finish" if pos + batch >= len(data) else "process"
+                    transport.send(node, {**base, "transmission": kind, "data": data[pos:pos + batch]})
+                    if node not in self._SyncObj__connectedNodes:  # type: ignore[attr-defined]
+                        return
+                return
+        transport.send(node, {**base, "entries": entries})
+
+
+def _batch(raft_log: Any, start: int, batch: int) -> list[Any]:
+    """Entries from log position `start` while sum(len(command) +
+    ENTRY_OVERHEAD_BYTES) <= batch (always at least one)."""
+    out = [raft_log[start]]
+    size = len(out[0][0]) + ENTRY_OVERHEAD_BYTES
+    end = len(raft_log)
+    pos = start + 1
+    while pos < end:
+        entry = raft_log[pos]
+        size += len(entry[0]) + ENTRY_OVERHEAD_BYTES
+        if size > batch:
+            break
+        out.append(entry)
+        pos += 1
+    return out
+
+
+class _PreVote:
+    """Pre-vote (Raft thesis 9.6), which pysyncobj lacks, in the adapter.
+
+    Without it a follower that misses heartbeats for one election timeout
+    (say, behind a large entry still in transit) starts an election at term+1;
+    it cannot win with a shorter log, but its higher term makes the leader
+    step down: term churn with no leader for a while, again and again.
+
+    Here, when pysyncobj's election deadline passes (follower or candidate),
+    `before_tick` moves it one random election timeout further and sends
+    `pre_vote` {term: current+1, last_log_index, last_log_term} instead; only
+    when a majority (itself included) granted it does pysyncobj's own election
+    start, at the next tick. A node grants a pre-vote, changing none of its
+    own state, only if it is not leader, has not heard from a leader for
+    election_timeout_min_s (an append_entries, or bytes of a frame still
+    incomplete on the leader's connection: a large message arriving counts),
+    the term is above its own, and the candidate's log is at least as up to
+    date as its own; grants are counted once per node. A
+    refusal carries the refuser's term; a node that learns a higher term that
+    way adopts it (as any Raft message with a higher term would make it), so a
+    node that fell behind in term can still catch up and win later.
+
+    The same "heard from a leader" test keeps a follower's own timer from
+    firing while bytes from its leader are still arriving. Votes themselves
+    (request_vote) are unchanged, so safety is pysyncobj's. Loop thread only.
+    """
+
+    def __init__(self, transport_of: Callable[[], _SyncingTransport | None], min_timeout_s: float) -> None:
+        self._transport_of = transport_of
+        self._min_timeout = min_timeout_s
+        self._so: Any = None
+        self._leader_seen = 0.0
+        self._term = -1  # the term of the round in progress
+        self._granted: set[Any] = set()  # nodes that granted the round in progress
+        self._won = False
+        self.rounds = 0  # pre-vote rounds started (RaftNode.status)
+
+    def attach(self, so: Any) -> None:
+        self._so = so
+        transport = self._transport_of()
+        if transport is not None:
+            transport.prevote = self
+
+    def heard_leader(self, message: dict[str, Any]) -> None:
+        if self._so is not None and message.get("term", -1) >= self._so.raftCurrentTerm:
+            self._leader_seen = _pso_monotonic()
+            self._won = False
+
+    def _leader_recent(self, now: float) -> bool:
+        so = self._so
+        if now - self._leader_seen < self._min_timeout:
+            return True
+        leader = so._SyncObj__raftLeader
+        transport = self._transport_of()
+        return (leader is not None and leader is not so._SyncObj__selfNode and transport is not None
+                and now - transport.partial_frame_at(leader) < self._min_timeout)
+
+    def before_tick(self) -> None:
+        so = self._so
+        if so is None or so._SyncObj__raftState == 2 or so._SyncObj__selfNode is None:  # leader
+            return
+        now = _pso_monotonic()
+        if so._SyncObj__raftElectionDeadline >= now or not so._SyncObj__connectedToAnyone():
+            return
+        if self._won or so._SyncObj__transferInProgress:
+            self._won = False
+            return  # pysyncobj starts the election in this tick
+        so._SyncObj__raftElectionDeadline = now + so._SyncObj__generateRaftTimeout()
+        if so._SyncObj__raftState == 0 and self._leader_recent(now):
+            return  # bytes from the leader are still arriving: not dead, just slow
+        self.rounds += 1
+        self._term, self._granted = so.raftCurrentTerm + 1, set()
+        last = so._SyncObj__raftLog[-1]
+        transport = self._transport_of()
+        for node in so._SyncObj__otherNodes:
+            if transport is not None:
+                transport.send(node, {"type": "pre_vote", "term": self._term,
+                                      "last_log_index": last[1], "last_log_term": last[2]})
+        self._count()
+
+    def on_message(self, node: Any, message: dict[str, Any]) -> None:
+        so = self._so
+        if so is None:
+            return
+        term = message.get("term", -1)
+        transport = self._transport_of()
+        if message["type"] == "pre_vote":
+            last = so._SyncObj__raftLog[-1]
+            grant = (so._SyncObj__raftState != 2 and term > so.raftCurrentTerm
+                     and not self._leader_recent(_pso_monotonic())
+                     and (message["last_log_term"], message["last_log_index"]) >= (last[2], last[1]))
+            if transport is not None:
+                transport.send(node, {"type": "pre_vote_response", "term": term, "granted": grant,
+                                      "voter_term": so.raftCurrentTerm})
+            return
+        voter_term = message.get("voter_term", -1)
+        if voter_term > so.raftCurrentTerm and so._SyncObj__raftState != 2:
+            so._SyncObj__setCurrentTerm(voter_term, None)  # as any higher-term message would
+            so._SyncObj__setState(0)  # follower
+            so._SyncObj__raftLeader = None
+            return
+        if message.get("granted") and term == self._term == so.raftCurrentTerm + 1:
+            self._granted.add(node)
+            self._count()
+
+    def _count(self) -> None:
+        so = self._so
+        if 1 + len(self._granted) > (len(so._SyncObj__otherNodes) + 1) / 2 and so._SyncObj__raftState != 2:
+            self._term, self._won = -1, True
+            so._SyncObj__raftElectionDeadline = 0  # the next tick starts the election
 
 
 class _RejoinableSyncObj(_SyncObj):
@@ -609,6 +1008,7 @@ class RaftNode:
         self._syncing = False  # a leader's journal fdatasync is running on _fsync_thread
         self._fsync_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raft-fsync")
         self._timer: asyncio.TimerHandle | None = None
+        self._reaper: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
         if loop is None:
             loop, self._thread = _private_loop()
@@ -664,6 +1064,7 @@ class RaftNode:
             fullDumpFile=str(self._dump_path),
             logCompactionMinEntries=config.compaction_min_entries,
             logCompactionMinTime=config.compaction_min_time_s,
+            logCompactionBatchSize=DUMP_CHUNK_BYTES,  # dump chunk size (link.max_frame_bytes)
             serializer=self._dumps.serialize,
             serializeChecker=self._dumps.check,
             deserializer=self._deserialize,
@@ -673,13 +1074,16 @@ class RaftNode:
         self._transport: _SyncingTransport | None = None
 
         def make_transport(*args: Any) -> _SyncingTransport:
-            self._transport = _SyncingTransport(*args, journal=self.journal, trace=self._trace)
+            self._transport = _SyncingTransport(*args, journal=self.journal, trace=self._trace, config=config)
             return self._transport
         self._poller = _LoopPoller(self._loop, self._schedule_tick)
+        self._prevote = _PreVote(lambda: self._transport, config.election_timeout_min_s)
         try:
             with _injected(self.journal, LinkKey(config.password), self._poller):
                 self._sync = _RejoinableSyncObj(config.self_addr, list(config.peers), conf,
-                                                consumers=[self._replica], transportClass=make_transport)
+                                               consumers=[self._replica], transportClass=make_transport,
+                                               prevote=self._prevote,
+                                               max_in_flight=config.max_in_flight_bytes)
         except BaseException as exc:
             if self._transport is not None:
                 self._transport.destroy()
@@ -697,6 +1101,7 @@ class RaftNode:
         self._sync.addOnTickCallback(self._on_tick)
         self._schedule_tick()
         self._timer = self._loop.call_later(self.config.tick_period_s, self._periodic)
+        self._reaper = self._loop.call_later(self._reap_period(), self._reap)
 
     # ---- public API ------------------------------------------------------
 
@@ -741,13 +1146,19 @@ class RaftNode:
         return None if node is None else str(getattr(node, "address", node.id))
 
     def status(self) -> dict[str, Any]:
-        s = self._sync
+        s, t = self._sync, self._transport
         return {
             "role": "leader" if s._isLeader() else _ROLES.get(self._role, "follower"),
             "term": s.raftCurrentTerm,
             "commit_index": s.raftCommitIndex,
             "last_applied": s.raftLastApplied,
             "leader": self.leader(),
+            # Raft port guards (counters since start): incoming connections
+            # refused for their source host, connections reaped (handshake
+            # deadline or idle), pre-vote rounds this node started.
+            "port_refused": t.refused if t is not None else 0,
+            "port_reaped": t.reaped if t is not None else 0,
+            "prevote_rounds": self._prevote.rounds,
         }
 
     @contextlib.contextmanager
@@ -789,6 +1200,8 @@ class RaftNode:
         self._destroyed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._reaper is not None:
+            self._reaper.cancel()
         self._sync.destroy()  # autoTick off: closes the transport and the journal now
         self._fsync_thread.shutdown(wait=True)
         self._poller.close()
@@ -894,6 +1307,22 @@ class RaftNode:
             return
         self._schedule_tick()
         self._timer = self._loop.call_later(self.config.tick_period_s, self._periodic)
+
+    def _reap_period(self) -> float:
+        """Keepalives go this often on quiet links: pysyncobj drops a connection
+        that read nothing for connection_timeout_s when it next touches it."""
+        return self.config.connection_timeout_s / 3
+
+    def _reap(self) -> None:
+        """Raft port housekeeping (`_SyncingTransport.reap`), every _reap_period."""
+        if self._destroyed:
+            return
+        if self._transport is not None:
+            try:
+                self._transport.reap(_pso_monotonic())
+            except Exception:
+                log.exception("raft connection reaper failed; continuing")
+        self._reaper = self._loop.call_later(self._reap_period(), self._reap)
 
     # ---- loop-thread side ------------------------------------------------
 
