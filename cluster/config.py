@@ -66,6 +66,18 @@ class ClusterConfig:
     retention_s: float = 86400
     lease_ttl_s: float = 30
     max_frame_bytes: int = 8 * 1024 * 1024
+    # -- client-port connection limits and loop fairness (cluster/server.py
+    # ClientConnection; defaults and their reasons in docs/contracts.md §5) --
+    hello_timeout_s: float = 5.0
+    idle_timeout_s: float = 300.0
+    max_connections: int = 10_000
+    max_connections_per_source: int = 4096
+    fd_reserve: int = 64
+    conn_write_buffer_bytes: int = 1024 * 1024
+    max_heavy_reads: int = 4
+    max_heavy_reads_per_connection: int = 2
+    max_pollers: int = 10_000
+    max_pollers_per_connection: int = 512
     nodes: tuple[NodeSpec, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -118,6 +130,7 @@ def _validate(cfg: ClusterConfig) -> None:
     _positive_int(cfg.max_frame_bytes, "max_frame_bytes")
     _positive_number(cfg.retention_s, "retention_s")
     _positive_number(cfg.lease_ttl_s, "lease_ttl_s")
+    _validate_connection_limits(cfg)
     if not cfg.nodes:
         raise ConfigError("nodes: at least one [[nodes]] entry is required")
     seen_ids: set[int] = set()
@@ -135,6 +148,26 @@ def _validate(cfg: ClusterConfig) -> None:
             seen_addrs[parsed] = key
 
 
+# The token travels in `hello`, which must fit the small pre-hello frame
+# (protocol.HELLO_MAX_FRAME_BYTES, 4 KiB).
+MAX_TOKEN_CHARS = 1024
+CONNECTION_KEYS = ("hello_timeout_s", "idle_timeout_s", "max_connections", "max_connections_per_source",
+                   "fd_reserve", "conn_write_buffer_bytes", "max_heavy_reads", "max_heavy_reads_per_connection",
+                   "max_pollers", "max_pollers_per_connection")
+
+
+def _validate_connection_limits(cfg: ClusterConfig) -> None:
+    if isinstance(cfg.token, str) and len(cfg.token) > MAX_TOKEN_CHARS:
+        raise ConfigError(f"token: at most {MAX_TOKEN_CHARS} characters (it must fit the pre-hello frame)")
+    for key in CONNECTION_KEYS:
+        if key.endswith("_s"):
+            _positive_number(getattr(cfg, key), key)
+        else:
+            _positive_int(getattr(cfg, key), key)
+    if cfg.conn_write_buffer_bytes < 4096:
+        raise ConfigError(f"conn_write_buffer_bytes: must be at least 4096, got {cfg.conn_write_buffer_bytes}")
+
+
 def _positive_int(value: Any, key: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
@@ -147,7 +180,7 @@ def _positive_number(value: Any, key: str) -> None:
 
 _TOP_KEYS = {
     "secret", "token", "data_dir", "durability", "max_live_jobs",
-    "retention_s", "lease_ttl_s", "max_frame_bytes", "nodes",
+    "retention_s", "lease_ttl_s", "max_frame_bytes", "nodes", *CONNECTION_KEYS,
 }
 _NODE_KEYS = {"id", "client", "raft", "http"}
 
@@ -207,7 +240,7 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> ClusterConfig:
         nodes.append(NodeSpec(id=node_id, client=entry["client"], raft=entry["raft"], http=entry.get("http")))
 
     kwargs: dict[str, Any] = {}
-    for key in ("max_live_jobs", "retention_s", "lease_ttl_s", "max_frame_bytes"):
+    for key in ("max_live_jobs", "retention_s", "lease_ttl_s", "max_frame_bytes", *CONNECTION_KEYS):
         if key in data:
             kwargs[key] = data[key]
     return ClusterConfig(
@@ -253,6 +286,7 @@ def render_config(cfg: ClusterConfig) -> str:
         f"retention_s = {_toml_num(cfg.retention_s)}",
         f"lease_ttl_s = {_toml_num(cfg.lease_ttl_s)}",
         f"max_frame_bytes = {_toml_num(cfg.max_frame_bytes)}",
+        *(f"{key} = {_toml_num(getattr(cfg, key))}" for key in CONNECTION_KEYS),
     ]
     for spec in cfg.nodes:
         lines += ["", "[[nodes]]", f"id = {spec.id}", f"client = {_toml_str(spec.client)}", f"raft = {_toml_str(spec.raft)}"]

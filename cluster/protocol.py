@@ -13,6 +13,9 @@ Invariants this module keeps, so that the server and both clients can trust it:
   `ProtocolViolation("BAD_REQUEST")`, never an arbitrary exception. A frame is
   a map with str keys; nested maps may use str or bytes keys (msgpack's
   strict_map_key), since job args are "any msgpack value".
+- `feed(data, max_messages=1)` stops after one frame and keeps the rest
+  buffered, so a server can raise `max_frame_bytes` after a small hello
+  before the next frame's header is judged.
 - Total decode work is O(bytes fed): the buffer is consumed with one prefix
   deletion per `feed` call (bytearray front-deletion is amortised O(1)).
 - `job_spec_from_options` is the one place where client-side seconds become
@@ -33,6 +36,9 @@ from cluster.errors import BadRequest, RaftqError, error_from_wire
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 8 * 1024 * 1024
+# Before hello a peer is unauthenticated: it may send one frame of at most this
+# size. A hello (version, role, a token of <= 1024 chars) is ~100 bytes to 1.1 KiB.
+HELLO_MAX_FRAME_BYTES = 4096
 MAX_IN_FLIGHT = 1024
 HEADER_BYTES = 4
 
@@ -125,8 +131,9 @@ class FrameDecoder:
         """Bytes received but not yet part of a complete frame."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        """Add bytes; return every message completed by them, in order.
+    def feed(self, data: bytes, max_messages: int = 0) -> list[dict[str, Any]]:
+        """Add bytes; return every message completed by them (at most
+        `max_messages` if > 0: the rest stays buffered), in order.
 
         Raises ProtocolViolation; after that the stream is unusable (close it).
         """
@@ -148,6 +155,8 @@ class FrameDecoder:
                     break
                 messages.append(self._decode(bytes(buf[start : start + length])))
                 pos = start + length
+                if len(messages) == max_messages:
+                    break
         finally:
             if pos:
                 del buf[:pos]
