@@ -60,6 +60,7 @@ from cluster.protocol import (
     FINAL_STATES,
     MAX_FRAME_BYTES,
     MAX_IN_FLIGHT,
+    MAX_POLLS_PER_CONNECTION,
     ROLES,
     FrameDecoder,
     ProtocolViolation,
@@ -882,6 +883,8 @@ class AsyncClient(_Api):
         self._connect_lock = asyncio.Lock()
         # The server stops reading past MAX_IN_FLIGHT; queue here instead.
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # and refuses long polls past its per-connection cap (OVERLOADED): queue those too.
+        self._polls = asyncio.Semaphore(MAX_POLLS_PER_CONNECTION)
         self.connections_opened = 0  # observability (tests assert pipelining)
 
     @property
@@ -923,6 +926,9 @@ class AsyncClient(_Api):
                     except TimeoutError:
                         raise _NoReply(addr, f"no connection for {call.op} in time") from None
                 addr = conn.addr
+                if call.wait_s:
+                    async with self._polls, self._in_flight:
+                        return await conn.request(call.op, call.packed, deadline)
                 async with self._in_flight:
                     return await conn.request(call.op, call.packed, deadline)
             except _RETRYABLE as e:

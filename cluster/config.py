@@ -77,7 +77,7 @@ class ClusterConfig:
     max_heavy_reads: int = 4
     max_heavy_reads_per_connection: int = 2
     max_pollers: int = 10_000
-    max_pollers_per_connection: int = 512
+    max_pollers_per_connection: int = 512  # protocol.MAX_POLLS_PER_CONNECTION: the AsyncClient's own bound
     nodes: tuple[NodeSpec, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:

@@ -63,8 +63,11 @@ MAX_LIST_LIMIT = 1000
 EMPTY_LEASE_PAUSE_S = 0.1  # after a lease commit that granted nothing (limits, capacity): poll no faster
 MAX_REQUEUE_ROUNDS = 1000  # requeue --all: at most this many batches per request
 # A parked long poll re-checks at least this often even if no entry concerned
-# it (a wake-up the index cannot see: leadership moved, a worker's capacity).
-POLL_RECHECK_S = 1.0
+# it (what the index cannot see: a worker's capacity, a restored snapshot).
+# Every entry that makes a job leasable wakes its pollers, and a node that
+# loses leadership wakes them all, so this is a backstop: 8,000 parked polls
+# re-checking every second cost the leader a third of a core.
+POLL_RECHECK_S = 5.0
 # list builds its page in slices of this many jobs and yields the loop between
 # them: ~100 job views take well under a millisecond, and the Raft tick runs
 # on this loop against a 0.4-1.0 s election timeout.
@@ -313,19 +316,21 @@ class Node:
         if cursor is not None and (isinstance(cursor, bool) or not isinstance(cursor, int)):
             raise BadRequest("'cursor' must be the integer a previous list returned")
         schedule = _opt_str(args, "schedule")
-        jobs: list[dict[str, Any]] = []
-        while True:  # in slices, yielding the loop between them (LIST_SLICE)
-            want = min(LIST_SLICE, limit - len(jobs))
+        # Built and encoded in slices, yielding the loop between them
+        # (LIST_SLICE); entries applied in between may show in later slices.
+        reply = protocol.PageEncoder("jobs")
+        while True:
+            want = min(LIST_SLICE, limit - reply.count)
             try:
                 with self.raft.reading():
                     page, cursor = self.machine.list_jobs(state=state, queue=queue, limit=want, cursor=cursor,
                                                           schedule=schedule)
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
-            jobs += page
+            reply.add(page)
             # A short page: the end, or the machine's scan budget for one call.
-            if cursor is None or len(page) < want or len(jobs) >= limit:
-                return {"jobs": jobs, "cursor": cursor}
+            if cursor is None or len(page) < want or reply.count >= limit:
+                return reply.finish(cursor=cursor)
             await asyncio.sleep(0)
 
     async def _op_stats(self, args: dict[str, Any]) -> Any:
@@ -460,7 +465,10 @@ class Node:
         for key in ("max_running", "rate_per_s"):
             if args.get(key) is not None:
                 cmd[key] = args[key]
-        return await self._commit(cmd)
+        result = await self._commit(cmd)
+        # New limits may let parked polls of this queue start a job now.
+        self.waiters.wake({cmd["queue"]: self.cfg.max_pollers}, ())
+        return result
 
     async def _op_queues(self, args: dict[str, Any]) -> Any:
         self._read_guard(args)
@@ -586,13 +594,20 @@ class Node:
     async def _reaper(self) -> None:
         """Close client connections that sent no hello within hello_timeout_s,
         or sat idle (nothing in flight, no bytes in) for idle_timeout_s. One
-        sweep over the connections every quarter of the shorter timeout, so
-        `data_received` only resets a counter."""
+        sweep over the connections every quarter of the shorter timeout (at
+        most 1 s), so `data_received` only resets a counter. Also wakes every
+        parked long poll when this node loses leadership (they answer
+        NOT_LEADER at once instead of at their re-check)."""
         cfg = self.cfg
         interval = min(max(min(cfg.hello_timeout_s, cfg.idle_timeout_s) / 4, 0.05), 1.0)
         loop = asyncio.get_running_loop()
+        was_leader = False
         while True:
             await asyncio.sleep(interval)
+            leader = self.raft.is_leader()
+            if was_leader and not leader:
+                self.waiters.wake_all()
+            was_leader = leader
             now = loop.time()
             for conn in list(self.client_conns):
                 if not conn.authenticated:

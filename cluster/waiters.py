@@ -14,8 +14,8 @@ Invariants:
   at most the first n pollers of q; an entry that changed job `id`'s state
   wakes every waiter on `id`. Every poller also wakes at its own timeout (the
   caller passes at most a re-check interval), so a wake-up this index misses
-  (leadership moved, a worker's capacity, a restored snapshot) costs latency,
-  never a job.
+  (a worker's capacity, a restored snapshot) costs latency, never a job; the
+  node wakes them all when it loses leadership (`wake_all`).
 - Registration is synchronous: a caller that checked the state and then
   awaits `lease`/`job` cannot miss an entry applied in between (apply runs on
   this same loop, and never between the check and the registration).
@@ -101,3 +101,12 @@ class Waiters:
                 if futs:
                     for fut in futs:
                         _release(fut)
+
+    def wake_all(self) -> None:
+        """Wake every parked poller to re-check (this node lost leadership)."""
+        for parked in self._by_queue.values():
+            for fut in parked:
+                _release(fut)
+        for futs in self._by_job.values():
+            for fut in futs:
+                _release(fut)

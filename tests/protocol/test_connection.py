@@ -288,3 +288,16 @@ def test_connection_settings_are_validated() -> None:
     hello = protocol.encode_frame(protocol.request(2**63 - 1, "hello", protocol.hello_args("t" * 1024, "worker")))
     assert len(hello) - 4 <= protocol.HELLO_MAX_FRAME_BYTES
     assert msgpack.unpackb(hello[4:])["args"]["role"] == "worker"
+
+
+def test_a_page_encoded_in_slices_decodes_like_the_plain_reply() -> None:
+    items = [{"id": f"j{i}", "args": {"b": b"\x00" * i, "s": "é" * i}} for i in range(250)]
+    page = protocol.PageEncoder("jobs")
+    for i in range(0, 250, 100):
+        page.add(items[i:i + 100])
+    frame = protocol.encode_frame(protocol.response_ok(7, page.finish(cursor=None)))
+    assert frame == protocol.encode_frame({"id": 7, "ok": {"jobs": items, "cursor": None}})
+    empty = protocol.PageEncoder("jobs")
+    empty.add([])
+    assert protocol.FrameDecoder().feed(protocol.encode_frame(protocol.response_ok(1, empty.finish(cursor=3)))) == \
+        [{"id": 1, "ok": {"jobs": [], "cursor": 3}}]
