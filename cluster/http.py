@@ -56,6 +56,9 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily("raftq_raft_last_applied", "Last applied Raft index",
                                 value=status.get("last_applied") or 0)
         yield GaugeMetricFamily("raftq_client_connections", "Open client connections", value=node.connections)
+        yield GaugeMetricFamily("raftq_client_connection_cap", "Client connections this node admits (fd budget)",
+                                value=node.conn_limits.cap)
+        yield GaugeMetricFamily("raftq_long_polls", "lease/wait long polls in flight", value=node.pollers)
 
         requests = CounterMetricFamily("raftq_requests", "Client requests by op", labels=["op"])
         for op, count in sorted(node.requests.items()):

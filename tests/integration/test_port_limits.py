@@ -336,6 +336,8 @@ def test_http_port_caps_connections_and_request_size(limited: LocalCluster) -> N
 
     assert wait_until(lambda: get("/health").startswith(b"HTTP/1.1 200"), 10, "/health after the flood")
     assert get("/health", pad=20_000).startswith(b"HTTP/1.1 400")
+    metrics = get("/metrics")
+    assert b"raftq_client_connection_cap " in metrics and b"raftq_long_polls " in metrics
 
 
 # ---- file descriptors ------------------------------------------------------------------
