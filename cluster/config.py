@@ -74,8 +74,8 @@ class ClusterConfig:
     max_connections_per_source: int = 4096
     fd_reserve: int = 64
     conn_write_buffer_bytes: int = 1024 * 1024
-    max_heavy_reads: int = 4
-    max_heavy_reads_per_connection: int = 2
+    max_heavy_reads: int = 2
+    max_heavy_reads_per_connection: int = 1
     max_pollers: int = 10_000
     max_pollers_per_connection: int = 512  # protocol.MAX_POLLS_PER_CONNECTION: the AsyncClient's own bound
     nodes: tuple[NodeSpec, ...] = field(default_factory=tuple)

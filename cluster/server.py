@@ -69,15 +69,19 @@ MAX_REQUEUE_ROUNDS = 1000  # requeue --all: at most this many batches per reques
 # re-checking every second cost the leader a third of a core.
 POLL_RECHECK_S = 5.0
 # list builds its page in slices of this many jobs and yields the loop between
-# them: ~100 job views take well under a millisecond, and the Raft tick runs
+# them: 50 job views (built and encoded) take about a millisecond, and the Raft tick runs
 # on this loop against a 0.4-1.0 s election timeout.
-LIST_SLICE = 100
+LIST_SLICE = 50
 # Ops whose cost grows with the state (jobs, queues, workers, schedules): at
 # most max_heavy_reads_per_connection of them run per connection and
 # max_heavy_reads per node; the rest wait their turn, in order.
 HEAVY_OPS = frozenset({"list", "stats", "queues", "workers", "schedule_list", "cluster_status", "digest"})
 # Long polls: counted against max_pollers(_per_connection) while they run.
 POLL_OPS = frozenset({"lease", "wait"})
+# Requests one connection may start per loop iteration; more wait for the next
+# one (reading paused meanwhile). Ten connections pipelining 800 long polls
+# each once queued 8,000 task steps ahead of the Raft tick in one iteration.
+MAX_BATCH = 64
 # Fault-suite only (tests/fault): known bugs its checker must catch, chosen by
 # RAFTQ_TEST_INJECT_BUG, read once when the node starts. Never set in production.
 TEST_BUGS = ("ack_before_commit", "skip_fencing", "lease_without_log")
@@ -669,6 +673,9 @@ class ClientConnection(asyncio.Protocol):
       read (asyncio's pause_writing); queued handlers start only once it has
       drained below a quarter of that, so a peer that does not read holds at
       most the mark plus the replies already being built;
+    - at most MAX_BATCH requests start per loop iteration (reading paused
+      until the buffered rest has started), so no connection queues a burst
+      of work ahead of the Raft tick;
     - heavy reads (HEAVY_OPS): at most max_heavy_reads_per_connection at once
       here and max_heavy_reads on the node, in arrival order; long polls
       (POLL_OPS): at most max_pollers_per_connection here, max_pollers on the node.
@@ -685,6 +692,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_flight = 0
         self.paused = False
         self.write_paused = False
+        self.backlog = False  # frames beyond MAX_BATCH wait in the decoder for the next iteration
         self._drained: asyncio.Event | None = None  # set while the write buffer is below its low mark
         self._heavy: asyncio.Semaphore | None = None
         self.pollers = 0
@@ -733,9 +741,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         if self._drained is not None:
             self._drained.set()
-        if self.paused and self.in_flight < protocol.MAX_IN_FLIGHT // 2 and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
+        self._maybe_resume()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -745,8 +751,11 @@ class ClientConnection(asyncio.Protocol):
             if not self._hello_frame(data):
                 return
             data = b""  # what followed hello is buffered in the decoder
+        self._handle_frames(data)
+
+    def _handle_frames(self, data: bytes) -> None:
         try:
-            messages = self.decoder.feed(data)
+            messages = self.decoder.feed(data, MAX_BATCH)
         except protocol.ProtocolViolation as exc:
             self._fail_connection(None, exc.error())
             return
@@ -777,9 +786,29 @@ class ClientConnection(asyncio.Protocol):
             task = asyncio.ensure_future(self._run(req))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-        if self.in_flight >= protocol.MAX_IN_FLIGHT and not self.paused and self.transport is not None:
+        if len(messages) == MAX_BATCH:  # more may be buffered: take them next iteration
+            self.backlog = True
+            asyncio.get_running_loop().call_soon(self._next_batch)
+        if (self.backlog or self.in_flight >= protocol.MAX_IN_FLIGHT) and not self.paused \
+                and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
+
+    def _next_batch(self) -> None:
+        self.backlog = False
+        if self.closing:
+            return
+        self._handle_frames(b"")
+        if not self.backlog:
+            self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
+        """Resume reading once nothing holds it paused (in flight, unread
+        replies, frames still buffered)."""
+        if (self.paused and self.in_flight < protocol.MAX_IN_FLIGHT // 2 and not self.write_paused
+                and not self.backlog and self.transport is not None):
+            self.paused = False
+            self.transport.resume_reading()
 
     def _hello_frame(self, data: bytes) -> bool:
         """Before hello: take at most one small frame, which must be a valid
@@ -895,10 +924,8 @@ class ClientConnection(asyncio.Protocol):
         """Send a request's answer; it no longer counts as in flight."""
         self.in_flight -= 1
         self._send(frame)
-        if (self.paused and self.in_flight < protocol.MAX_IN_FLIGHT // 2 and not self.write_paused
-                and self.transport is not None):
-            self.paused = False
-            self.transport.resume_reading()
+        if self.paused:
+            self._maybe_resume()
 
     def _send(self, frame: dict[str, Any]) -> None:
         if self.transport is None or self.transport.is_closing():

@@ -132,6 +132,7 @@ def collect_leases(socks: list[socket.socket], until: int | None, timeout: float
             for key, _ in sel.select(max(deadline - time.monotonic(), 0.0)):
                 data = key.fileobj.recv(1 << 16)  # type: ignore[union-attr]
                 for f in decoders[key.fileobj].feed(data):  # type: ignore[index]
+                    assert "ok" in f, f"a parked lease poll was answered {f}"
                     granted += len(f["ok"]["jobs"])
     finally:
         sel.close()

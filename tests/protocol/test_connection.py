@@ -301,3 +301,21 @@ def test_a_page_encoded_in_slices_decodes_like_the_plain_reply() -> None:
     empty.add([])
     assert protocol.FrameDecoder().feed(protocol.encode_frame(protocol.response_ok(1, empty.finish(cursor=3)))) == \
         [{"id": 1, "ok": {"jobs": [], "cursor": 3}}]
+
+
+def test_a_pipelined_burst_starts_at_most_max_batch_requests_per_loop_iteration() -> None:
+    from cluster.server import MAX_BATCH
+
+    async def go() -> None:
+        node = StandInNode(_cfg(max_pollers_per_connection=1000))
+        conn, t = _open(node)
+        conn.data_received(_hello() + b"".join(
+            protocol.encode_frame(protocol.request(i, "get", {"id": "x"})) for i in range(2, 2 + 3 * MAX_BATCH)))
+        assert conn.in_flight == MAX_BATCH and not t.reading
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert conn.in_flight == 3 * MAX_BATCH and t.reading and not conn.backlog
+        node.gate.set()
+        await asyncio.sleep(0.01)
+        assert [f["id"] for f in t.frames()] == list(range(1, 2 + 3 * MAX_BATCH))
+    run(go())
