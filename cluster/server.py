@@ -608,21 +608,24 @@ class Node:
         was_leader = False
         while True:
             await asyncio.sleep(interval)
-            leader = self.raft.is_leader()
-            if was_leader and not leader:
-                self.waiters.wake_all()
-            was_leader = leader
-            now = loop.time()
-            for conn in list(self.client_conns):
-                if not conn.authenticated:
-                    if now - conn.opened >= cfg.hello_timeout_s:
-                        conn.fail(Timeout(f"no hello within {cfg.hello_timeout_s:g}s"))
-                elif conn.in_flight:
-                    conn.quiet_s = 0.0
-                else:
-                    conn.quiet_s += interval
-                    if conn.quiet_s >= cfg.idle_timeout_s:
-                        conn.fail(Timeout(f"idle for {cfg.idle_timeout_s:g}s: connection closed; reconnect"))
+            try:
+                leader = self.raft.is_leader()
+                if was_leader and not leader:
+                    self.waiters.wake_all()
+                was_leader = leader
+                now = loop.time()
+                for conn in list(self.client_conns):
+                    if not conn.authenticated:
+                        if now - conn.opened >= cfg.hello_timeout_s:
+                            conn.fail(Timeout(f"no hello within {cfg.hello_timeout_s:g}s"))
+                    elif conn.in_flight:
+                        conn.quiet_s = 0.0
+                    else:
+                        conn.quiet_s += interval
+                        if conn.quiet_s >= cfg.idle_timeout_s:
+                            conn.fail(Timeout(f"idle for {cfg.idle_timeout_s:g}s: connection closed; reconnect"))
+            except Exception:  # never let one bad sweep end the reaping
+                log.exception("connection reaper failed; continuing")
 
     # ---- lifecycle -----------------------------------------------------
 

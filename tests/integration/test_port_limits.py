@@ -245,11 +245,12 @@ def test_per_source_cap_refuses_with_overloaded_other_sources_still_served(limit
 # ---- backpressure and fairness -------------------------------------------------------
 
 def test_a_client_that_does_not_read_holds_bounded_memory(limited: LocalCluster) -> None:
-    lid, pid, term = leader_pid_and_term(limited)
     with limited.client() as cl:
         for _ in range(4):
             cl.submit_many([{"type": "util.noop", "args": {"pad": "x" * 1000}, "queue": "fat"}
                             for _ in range(500)])
+    # After the set-up: half-MiB entries may move leadership on a loaded box (not this test's subject).
+    lid, pid, term = leader_pid_and_term(limited)
     sock = raw(limited.client_addrs[lid - 1], "127.0.0.40")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     before = rss_kb(pid)
@@ -270,11 +271,11 @@ def test_a_client_that_does_not_read_holds_bounded_memory(limited: LocalCluster)
 
 
 def test_pipelined_heavy_reads_do_not_cost_the_leadership(limited: LocalCluster) -> None:
-    lid, _, term = leader_pid_and_term(limited)
-    addr = limited.client_addrs[lid - 1]
     with limited.client() as cl:
         for _ in range(2):
             cl.submit_many([{"type": "util.noop", "queue": "small"} for _ in range(500)])
+    lid, _, term = leader_pid_and_term(limited)
+    addr = limited.client_addrs[lid - 1]
     socks = [raw(addr, "127.0.0.50") for _ in range(2)]
     for s in socks:
         s.sendall(b"".join(protocol.encode_frame(protocol.request(i, "list", {"queue": "small", "limit": 1000}))
