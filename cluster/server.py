@@ -597,7 +597,9 @@ class Node:
 
     async def _reaper(self) -> None:
         """Close client connections that sent no hello within hello_timeout_s,
-        or sat idle (nothing in flight, no bytes in) for idle_timeout_s. One
+        or sat idle (nothing in flight, no bytes in) for idle_timeout_s; a
+        peer that leaves our replies unread (writes paused) counts as idle
+        even with requests in flight, so it cannot hold its slot forever. One
         sweep over the connections every quarter of the shorter timeout (at
         most 1 s), so `data_received` only resets a counter. Also wakes every
         parked long poll when this node loses leadership (they answer
@@ -618,11 +620,15 @@ class Node:
                     if not conn.authenticated:
                         if now - conn.opened >= cfg.hello_timeout_s:
                             conn.fail(Timeout(f"no hello within {cfg.hello_timeout_s:g}s"))
-                    elif conn.in_flight:
+                    elif conn.in_flight and not conn.write_paused:
                         conn.quiet_s = 0.0
                     else:
                         conn.quiet_s += interval
-                        if conn.quiet_s >= cfg.idle_timeout_s:
+                        if conn.quiet_s < cfg.idle_timeout_s:
+                            pass
+                        elif conn.write_paused and conn.transport is not None:
+                            conn.transport.abort()  # close() would wait for the peer to read what is buffered
+                        else:
                             conn.fail(Timeout(f"idle for {cfg.idle_timeout_s:g}s: connection closed; reconnect"))
             except Exception:  # never let one bad sweep end the reaping
                 log.exception("connection reaper failed; continuing")

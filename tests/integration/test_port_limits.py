@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -91,6 +92,19 @@ def closed_by_node(sock: socket.socket, timeout: float) -> bool:
         except TimeoutError:
             return False
     return False
+
+
+def client_connections(c: LocalCluster, node_id: int) -> int:
+    """The node's open client connections, from its /metrics."""
+    with socket.create_connection(_addr(c.http_addrs[node_id - 1]), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    for line in out.decode().splitlines():
+        if line.startswith("raftq_client_connections "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no raftq_client_connections in /metrics")
 
 
 def rss_kb(pid: int) -> int:
@@ -265,8 +279,11 @@ def test_a_client_that_does_not_read_holds_bounded_memory(limited: LocalCluster)
     grown = (max(samples) - before) / 1024
     print(f"\nnon-reading client, 300 x list(1000): leader RSS +{grown:.1f} MiB; legit submit p50 "
           f"{_p50(lat):.1f} ms max {max(lat):.1f} ms")
-    sock.close()
     assert grown < 64
+    # Requests in flight but replies unread: idle all the same, closed after idle_timeout_s.
+    # (The kernel still holds the unread bytes: the peer sees no FIN before them.)
+    assert wait_until(lambda: client_connections(limited, lid) == 0, 10, "the node dropping a peer that never reads")
+    sock.close()
     assert leader_pid_and_term(limited)[2] == term
 
 
@@ -280,8 +297,12 @@ def test_pipelined_heavy_reads_do_not_cost_the_leadership(limited: LocalCluster)
     for s in socks:
         s.sendall(b"".join(protocol.encode_frame(protocol.request(i, "list", {"queue": "small", "limit": 1000}))
                            for i in range(2, 102)))
-    lat = submit_latencies(limited, 100)
-    answered = [read_frames(s, 100, timeout=60) for s in socks]
+    # Read both replies streams as they come (a peer that leaves replies unread
+    # for idle_timeout_s is dropped), while a legitimate client writes.
+    with ThreadPoolExecutor(len(socks)) as pool:
+        readers = [pool.submit(read_frames, s, 100, 60) for s in socks]
+        lat = submit_latencies(limited, 100)
+        answered = [r.result() for r in readers]
     for s in socks:
         s.close()
     print(f"\n2 x 100 pipelined list(1000): legit submit p50 {_p50(lat):.1f} ms max {max(lat):.1f} ms")
