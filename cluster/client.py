@@ -11,6 +11,9 @@ Retry rules (shared through `_Nodes`, `_Backoff` and `_Attempts`):
 - NOT_LEADER without one, NO_LEADER, a server TIMEOUT (outcome unknown),
   connection refused/reset/EOF, or no reply within the attempt budget: drop the
   connection, move to the next known node, back off 20 ms, x2, cap 500 ms.
+  Except once per call: a kept connection found closed (EOF/reset) is retried
+  at once on a new connection to the same node, since nodes close connections
+  idle past `idle_timeout_s` and that says nothing about the node's health.
 - Everything is bounded by `timeout_s` per call, extended by the server-side
   wait of long polls (`wait`, `lease`). Then the call raises `Unavailable`
   (nothing reachable), `NoLeader`, or `Timeout`.
@@ -57,6 +60,7 @@ from cluster.protocol import (
     FINAL_STATES,
     MAX_FRAME_BYTES,
     MAX_IN_FLIGHT,
+    MAX_POLLS_PER_CONNECTION,
     ROLES,
     FrameDecoder,
     ProtocolViolation,
@@ -237,6 +241,11 @@ class _Attempts:
 
 
 _RETRYABLE = (NotLeader, NoLeader, Timeout, _ConnectionLost)
+
+
+def _closed_while_kept(exc: Exception) -> bool:
+    """A kept connection that the node closed (not one that went silent)."""
+    return isinstance(exc, _ConnectionLost) and not isinstance(exc, _NoReply)
 
 
 def _reply_error(addr: str, msg: dict[str, Any]) -> Exception:
@@ -683,16 +692,21 @@ class Client(_Api):
     def _call(self, call: _Call) -> Any:
         budget = self.timeout_s + call.wait_s
         attempts = _Attempts(self._nodes, time.monotonic() + budget, time.monotonic, budget)
+        may_reopen = True
         while True:
             if self._closed:
                 raise Unavailable("the raftq client is closed")
             addr = self._conn.addr if self._conn is not None else self._nodes.current()
+            kept = self._conn is not None
             try:
                 deadline = attempts.attempt_deadline(call.wait_s)
                 conn = self._conn or self._connect(addr, deadline)
                 return conn.request(call.op, call.packed, deadline)
             except _RETRYABLE as e:
                 self._drop()
+                if kept and may_reopen and _closed_while_kept(e):
+                    may_reopen = False
+                    continue
                 time.sleep(attempts.on_error(e, addr))
 
     def _connect(self, addr: str, deadline: float) -> _SyncConn:
@@ -869,6 +883,8 @@ class AsyncClient(_Api):
         self._connect_lock = asyncio.Lock()
         # The server stops reading past MAX_IN_FLIGHT; queue here instead.
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # and refuses long polls past its per-connection cap (OVERLOADED): queue those too.
+        self._polls = asyncio.Semaphore(MAX_POLLS_PER_CONNECTION)
         self.connections_opened = 0  # observability (tests assert pipelining)
 
     @property
@@ -894,11 +910,13 @@ class AsyncClient(_Api):
         clock = asyncio.get_running_loop().time
         budget = self.timeout_s + call.wait_s
         attempts = _Attempts(self._nodes, clock() + budget, clock, budget)
+        may_reopen = True
         while True:
             if self._closed:
                 raise Unavailable("the raftq client is closed")
             conn = self._conn if self._conn is not None and not self._conn.closed else None
             addr = conn.addr if conn is not None else self._nodes.current()
+            kept = conn is not None
             try:
                 deadline = attempts.attempt_deadline(call.wait_s)
                 if conn is None:
@@ -908,6 +926,9 @@ class AsyncClient(_Api):
                     except TimeoutError:
                         raise _NoReply(addr, f"no connection for {call.op} in time") from None
                 addr = conn.addr
+                if call.wait_s:
+                    async with self._polls, self._in_flight:
+                        return await conn.request(call.op, call.packed, deadline)
                 async with self._in_flight:
                     return await conn.request(call.op, call.packed, deadline)
             except _RETRYABLE as e:
@@ -915,6 +936,9 @@ class AsyncClient(_Api):
                     addr = e.addr
                 if conn is not None:
                     self._drop(conn)
+                if kept and may_reopen and _closed_while_kept(e):
+                    may_reopen = False
+                    continue
                 await asyncio.sleep(attempts.on_error(e, addr))
 
     async def _connection(self) -> _AsyncConn:

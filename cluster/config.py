@@ -81,6 +81,18 @@ class ClusterConfig:
     max_held_jobs: int = 2_000_000               # jobs held in any state until purged (OVERLOADED)
     max_held_bytes: int = 1024 * 1024 * 1024     # their args + results + errors (OVERLOADED)
     min_schedule_interval_s: float = 1.0         # shortest every_ms a schedule may have (BAD_REQUEST)
+    # -- client-port connection limits and loop fairness (cluster/server.py
+    # ClientConnection; defaults and their reasons in docs/contracts.md §5) --
+    hello_timeout_s: float = 5.0
+    idle_timeout_s: float = 300.0
+    max_connections: int = 10_000
+    max_connections_per_source: int = 4096
+    fd_reserve: int = 64
+    conn_write_buffer_bytes: int = 1024 * 1024
+    max_heavy_reads: int = 2
+    max_heavy_reads_per_connection: int = 1
+    max_pollers: int = 10_000
+    max_pollers_per_connection: int = 512  # protocol.MAX_POLLS_PER_CONNECTION: the AsyncClient's own bound
     nodes: tuple[NodeSpec, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -134,6 +146,7 @@ def _validate(cfg: ClusterConfig) -> None:
     _positive_number(cfg.retention_s, "retention_s")
     _positive_number(cfg.lease_ttl_s, "lease_ttl_s")
     _validate_limits(cfg)
+    _validate_connection_limits(cfg)
     if not cfg.nodes:
         raise ConfigError("nodes: at least one [[nodes]] entry is required")
     seen_ids: set[int] = set()
@@ -163,6 +176,24 @@ def _validate_limits(cfg: ClusterConfig) -> None:
         raise ConfigError(f"max_frame_bytes: {cfg.max_frame_bytes} is too small for max_entry_bytes = "
                           f"{cfg.max_entry_bytes}: a legal submit_many would not fit one request frame "
                           f"(needs max_entry_bytes + {COMMAND_SLACK_BYTES} <= max_frame_bytes)")
+# The token travels in `hello`, which must fit the small pre-hello frame
+# (protocol.HELLO_MAX_FRAME_BYTES, 4 KiB).
+MAX_TOKEN_CHARS = 1024
+CONNECTION_KEYS = ("hello_timeout_s", "idle_timeout_s", "max_connections", "max_connections_per_source",
+                   "fd_reserve", "conn_write_buffer_bytes", "max_heavy_reads", "max_heavy_reads_per_connection",
+                   "max_pollers", "max_pollers_per_connection")
+
+
+def _validate_connection_limits(cfg: ClusterConfig) -> None:
+    if isinstance(cfg.token, str) and len(cfg.token) > MAX_TOKEN_CHARS:
+        raise ConfigError(f"token: at most {MAX_TOKEN_CHARS} characters (it must fit the pre-hello frame)")
+    for key in CONNECTION_KEYS:
+        if key.endswith("_s"):
+            _positive_number(getattr(cfg, key), key)
+        else:
+            _positive_int(getattr(cfg, key), key)
+    if cfg.conn_write_buffer_bytes < 4096:
+        raise ConfigError(f"conn_write_buffer_bytes: must be at least 4096, got {cfg.conn_write_buffer_bytes}")
 
 
 def _positive_int(value: Any, key: str) -> None:
@@ -179,7 +210,7 @@ _TOP_KEYS = {
     "secret", "token", "data_dir", "durability", "max_live_jobs",
     "retention_s", "lease_ttl_s", "max_frame_bytes", "nodes",
     "max_args_bytes", "max_result_bytes", "max_entry_bytes", "max_held_jobs", "max_held_bytes",
-    "min_schedule_interval_s",
+    "min_schedule_interval_s", *CONNECTION_KEYS,
 }
 _NODE_KEYS = {"id", "client", "raft", "http"}
 
@@ -241,7 +272,7 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> ClusterConfig:
     kwargs: dict[str, Any] = {}
     for key in ("max_live_jobs", "retention_s", "lease_ttl_s", "max_frame_bytes",
                 "max_args_bytes", "max_result_bytes", "max_entry_bytes", "max_held_jobs", "max_held_bytes",
-                "min_schedule_interval_s"):
+                "min_schedule_interval_s", *CONNECTION_KEYS):
         if key in data:
             kwargs[key] = data[key]
     return ClusterConfig(
@@ -293,6 +324,7 @@ def render_config(cfg: ClusterConfig) -> str:
         f"max_held_jobs = {_toml_num(cfg.max_held_jobs)}",
         f"max_held_bytes = {_toml_num(cfg.max_held_bytes)}",
         f"min_schedule_interval_s = {_toml_num(cfg.min_schedule_interval_s)}",
+        *(f"{key} = {_toml_num(getattr(cfg, key))}" for key in CONNECTION_KEYS),
     ]
     for spec in cfg.nodes:
         lines += ["", "[[nodes]]", f"id = {spec.id}", f"client = {_toml_str(spec.client)}", f"raft = {_toml_str(spec.raft)}"]

@@ -1,9 +1,15 @@
 """HTTP `GET /health` and `GET /metrics` (Prometheus text) for one node.
 
 A deliberately tiny HTTP/1.0-style responder on asyncio: one request per
-connection, GET only, headers capped at 8 KiB. The metric values are read from
-the node at scrape time by a custom collector (prometheus_client renders the
-exposition format), so nothing is updated on the hot path.
+connection, GET only. The metric values are read from the node at scrape time
+by a custom collector (prometheus_client renders the exposition format), so
+nothing is updated on the hot path.
+
+The port is unauthenticated, so every connection is bounded: at most
+HTTP_MAX_CONNECTIONS at once (more are closed at once, unanswered), a request
+head of at most MAX_HEADER_BYTES that must arrive within HEADER_TIMEOUT_S
+(one request per connection, so this is also the idle close), and a reply the
+peer must read within WRITE_TIMEOUT_S.
 """
 from __future__ import annotations
 
@@ -20,7 +26,10 @@ if TYPE_CHECKING:
     from cluster.server import Node
 
 log = logging.getLogger("raftq.http")
-MAX_HEADER_BYTES = 8192
+MAX_HEADER_BYTES = 8192     # a GET with its headers; Prometheus sends ~300 bytes
+HEADER_TIMEOUT_S = 5.0      # a scraper or probe sends its request at once
+WRITE_TIMEOUT_S = 10.0      # /metrics is tens of KiB: any live reader takes it in well under this
+HTTP_MAX_CONNECTIONS = 16   # scrapers and health probes: a handful at a time (counted in the fd budget)
 
 
 class NodeCollector(Collector):
@@ -47,6 +56,9 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily("raftq_raft_last_applied", "Last applied Raft index",
                                 value=status.get("last_applied") or 0)
         yield GaugeMetricFamily("raftq_client_connections", "Open client connections", value=node.connections)
+        yield GaugeMetricFamily("raftq_client_connection_cap", "Client connections this node admits (fd budget)",
+                                value=node.conn_limits.cap)
+        yield GaugeMetricFamily("raftq_long_polls", "lease/wait long polls in flight", value=node.pollers)
 
         requests = CounterMetricFamily("raftq_requests", "Client requests by op", labels=["op"])
         for op, count in sorted(node.requests.items()):
@@ -77,9 +89,22 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
     registry = CollectorRegistry()
     registry.register(NodeCollector(node))
 
+    open_connections = 0
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_connections
+        if open_connections >= HTTP_MAX_CONNECTIONS:
+            writer.transport.abort()
+            return
+        open_connections += 1
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            await _serve_one(reader, writer)
+        finally:
+            open_connections -= 1
+
+    async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=HEADER_TIMEOUT_S)
             request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
             parts = request_line.split()
             if len(parts) < 2 or parts[0] != "GET":
@@ -95,9 +120,9 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
         try:
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                          "Connection: close\r\n\r\n".encode() + body)
-            await writer.drain()
-        except ConnectionError:
-            pass
+            await asyncio.wait_for(writer.drain(), timeout=WRITE_TIMEOUT_S)
+        except (ConnectionError, asyncio.TimeoutError):
+            writer.transport.abort()
         finally:
             writer.close()
 

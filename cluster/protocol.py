@@ -13,6 +13,9 @@ Invariants this module keeps, so that the server and both clients can trust it:
   `ProtocolViolation("BAD_REQUEST")`, never an arbitrary exception. A frame is
   a map with str keys; nested maps may use str or bytes keys (msgpack's
   strict_map_key), since job args are "any msgpack value".
+- `feed(data, max_messages=1)` stops after one frame and keeps the rest
+  buffered, so a server can raise `max_frame_bytes` after a small hello
+  before the next frame's header is judged.
 - Total decode work is O(bytes fed): the buffer is consumed with one prefix
   deletion per `feed` call (bytearray front-deletion is amortised O(1)).
 - `job_spec_from_options` is the one place where client-side seconds become
@@ -33,7 +36,13 @@ from cluster.errors import BadRequest, RaftqError, error_from_wire
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 8 * 1024 * 1024
+# Before hello a peer is unauthenticated: it may send one frame of at most this
+# size. A hello (version, role, a token of <= 1024 chars) is ~100 bytes to 1.1 KiB.
+HELLO_MAX_FRAME_BYTES = 4096
 MAX_IN_FLIGHT = 1024
+# Long polls (lease, wait) a node serves at once per connection by default
+# (ClusterConfig.max_pollers_per_connection); the AsyncClient queues past it.
+MAX_POLLS_PER_CONNECTION = 512
 HEADER_BYTES = 4
 
 OPS: frozenset[str] = frozenset(
@@ -104,11 +113,47 @@ class ProtocolViolation(Exception):
 def encode_frame(msg: dict[str, Any]) -> bytes:
     """One frame: 4-byte big-endian length + msgpack map.
 
-    Raises TypeError/ValueError/OverflowError from msgpack for values it
-    cannot encode (the client turns those into BadRequest).
+    A response whose "ok" is `Encoded` is spliced in as is. Raises
+    TypeError/ValueError/OverflowError from msgpack for values it cannot
+    encode (the client turns those into BadRequest).
     """
-    body = msgpack.packb(msg, use_bin_type=True)
+    ok = msg.get("ok")
+    if ok.__class__ is Encoded:
+        body = b"".join((_FIXMAP_2, _KEY_ID, msgpack.packb(msg["id"]), _KEY_OK, ok.data))  # type: ignore[union-attr]
+    else:
+        body = msgpack.packb(msg, use_bin_type=True)
     return len(body).to_bytes(HEADER_BYTES, "big") + body
+
+
+class Encoded:
+    """A result already in msgpack: a server builds a large reply in slices
+    (`PageEncoder`) so that encoding it never holds its loop for long."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class PageEncoder:
+    """Encode `{key: [items...], **rest}` a slice of items at a time."""
+
+    def __init__(self, key: str) -> None:
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self._key = key
+        self._parts: list[bytes] = []
+        self.count = 0
+
+    def add(self, items: list[Any]) -> None:
+        pack = self._packer.pack
+        self._parts.append(b"".join([pack(item) for item in items]))
+        self.count += len(items)
+
+    def finish(self, **rest: Any) -> Encoded:
+        p = self._packer
+        head = p.pack_map_header(1 + len(rest)) + p.pack(self._key) + p.pack_array_header(self.count)
+        tail = b"".join(p.pack(k) + p.pack(v) for k, v in rest.items())
+        return Encoded(b"".join((head, *self._parts, tail)))
 
 
 class FrameDecoder:
@@ -125,8 +170,9 @@ class FrameDecoder:
         """Bytes received but not yet part of a complete frame."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        """Add bytes; return every message completed by them, in order.
+    def feed(self, data: bytes, max_messages: int = 0) -> list[dict[str, Any]]:
+        """Add bytes; return every message completed by them (at most
+        `max_messages` if > 0: the rest stays buffered), in order.
 
         Raises ProtocolViolation; after that the stream is unusable (close it).
         """
@@ -148,6 +194,8 @@ class FrameDecoder:
                     break
                 messages.append(self._decode(bytes(buf[start : start + length])))
                 pos = start + length
+                if len(messages) == max_messages:
+                    break
         finally:
             if pos:
                 del buf[:pos]
@@ -410,7 +458,9 @@ def pack_args(op: str, args: Mapping[str, Any]) -> bytes:
     return packed
 
 
+_FIXMAP_2 = b"\x82"
 _FIXMAP_3 = b"\x83"
+_KEY_OK = msgpack.packb("ok")
 _KEY_ID = msgpack.packb("id")
 _KEY_OP = msgpack.packb("op")
 _KEY_ARGS = msgpack.packb("args")

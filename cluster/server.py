@@ -15,6 +15,13 @@ answered by the leader only; a follower replies NOT_LEADER with the leader's
 as a lock: leases are granted inside `apply`, so two nodes that both believe
 they lead cannot hand one job to two workers in the log.
 
+Limits on the client port (settings in cluster/config.py, reasons in
+docs/contracts.md §5): connections per node and per source (cluster/limits.py,
+inside the fd budget), a tiny frame and a deadline before `hello`, an idle
+close, a per-connection outbound high-water mark (reading stops until the
+peer drains), heavy reads bounded per connection and per node and run in
+slices, long polls indexed by queue and job (cluster/waiters.py) and capped.
+
 Leader duties run in `_ticker`: when a lease deadline or a scheduled run time
 is due on the replica (or retention is due), it commits a `tick` command.
 
@@ -28,6 +35,7 @@ import functools
 import hmac
 import logging
 import os
+import resource
 import signal
 import time
 from typing import Any, Awaitable, Callable
@@ -38,7 +46,9 @@ from cluster import protocol
 from cluster.commit import GroupCommitter
 from cluster.config import ClusterConfig
 from cluster.errors import (BadRequest, Internal, NoLeader, NotFound, NotLeader, Overloaded, TooLarge,
-                            RaftqError, Unauthorized, error_from_wire)
+                            RaftqError, Timeout, Unauthorized, error_from_wire)
+from cluster.limits import LISTEN_BACKLOG, ConnectionLimits, connection_cap, raise_fd_limit
+from cluster.waiters import Waiters
 from replication.machine import JobMachine, validate_command
 from replication.model import MAX_COMPLETE_BATCH, MAX_REQUEUE_BATCH, validate_schedule
 from replication.raft import RaftConfig, RaftNode
@@ -52,6 +62,26 @@ RETENTION_TICK_S = 5.0     # a tick for retention at least this often
 MAX_LIST_LIMIT = 1000
 EMPTY_LEASE_PAUSE_S = 0.1  # after a lease commit that granted nothing (limits, capacity): poll no faster
 MAX_REQUEUE_ROUNDS = 1000  # requeue --all: at most this many batches per request
+# A parked long poll re-checks at least this often even if no entry concerned
+# it (what the index cannot see: a worker's capacity, a restored snapshot).
+# Every entry that makes a job leasable wakes its pollers, and a node that
+# loses leadership wakes them all, so this is a backstop: 8,000 parked polls
+# re-checking every second cost the leader a third of a core.
+POLL_RECHECK_S = 5.0
+# list builds its page in slices of this many jobs and yields the loop between
+# them: 50 job views (built and encoded) take about a millisecond, and the Raft tick runs
+# on this loop against a 0.4-1.0 s election timeout.
+LIST_SLICE = 50
+# Ops whose cost grows with the state (jobs, queues, workers, schedules): at
+# most max_heavy_reads_per_connection of them run per connection and
+# max_heavy_reads per node; the rest wait their turn, in order.
+HEAVY_OPS = frozenset({"list", "stats", "queues", "workers", "schedule_list", "cluster_status", "digest"})
+# Long polls: counted against max_pollers(_per_connection) while they run.
+POLL_OPS = frozenset({"lease", "wait"})
+# Requests one connection may start per loop iteration; more wait for the next
+# one (reading paused meanwhile). Ten connections pipelining 800 long polls
+# each once queued 8,000 task steps ahead of the Raft tick in one iteration.
+MAX_BATCH = 64
 # Fault-suite only (tests/fault): known bugs its checker must catch, chosen by
 # RAFTQ_TEST_INJECT_BUG, read once when the node starts. Never set in production.
 TEST_BUGS = ("ack_before_commit", "skip_fencing", "lease_without_log")
@@ -81,7 +111,7 @@ class Node:
         self.spec = cfg.node(node_id)
         self.test_bug = _test_bug_from_env()
         self.machine = JobMachine(test_bug=self.test_bug)
-        self._applied = asyncio.Event()
+        self.waiters = Waiters()
         self._raft_to_client = {n.raft: n.client for n in cfg.nodes}
         data_dir = cfg.node_data_dir(node_id)
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +137,10 @@ class Node:
         self._last_tick = 0.0
         # A command no larger than this cannot hold args or a result over its cap.
         self._part_cap = min(cfg.max_args_bytes, cfg.max_result_bytes)
+        self.conn_limits = ConnectionLimits(cfg, connection_cap(cfg, resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+        self.client_conns: set[ClientConnection] = set()
+        self.heavy_reads = asyncio.Semaphore(cfg.max_heavy_reads)
+        self.pollers = 0
 
     # ---- Raft glue -------------------------------------------------------
 
@@ -120,17 +154,8 @@ class Node:
 
     def _wake(self) -> None:
         """After each applied entry (on this loop, inside the Raft tick): wake
-        every long poll (lease, wait)."""
-        self._applied.set()
-        self._applied = asyncio.Event()
-
-    async def _until_applied(self, timeout_s: float) -> None:
-        """Sleep until the next applied entry or the timeout, whichever first."""
-        event = self._applied
-        try:
-            await asyncio.wait_for(event.wait(), timeout=max(timeout_s, 0.0))
-        except asyncio.TimeoutError:
-            pass
+        the long polls it concerns (cluster/waiters.py)."""
+        self.waiters.wake(self.machine.touched_queues, self.machine.touched_jobs)
 
     def leader_client(self) -> str | None:
         leader = self.raft.leader()
@@ -341,7 +366,7 @@ class Node:
             remaining = deadline - time.monotonic()
             if view["state"] in FINAL_STATES or remaining <= 0:
                 return view
-            await self._until_applied(min(remaining, 1.0))
+            await self.waiters.job(job_id, min(remaining, POLL_RECHECK_S))
 
     async def _op_cancel(self, args: dict[str, Any]) -> Any:
         return await self._commit({"op": "cancel", "id": _job_id(args)})
@@ -357,13 +382,23 @@ class Node:
         cursor = args.get("cursor")
         if cursor is not None and (isinstance(cursor, bool) or not isinstance(cursor, int)):
             raise BadRequest("'cursor' must be the integer a previous list returned")
-        try:
-            with self.raft.reading():
-                jobs, next_cursor = self.machine.list_jobs(state=state, queue=queue, limit=limit, cursor=cursor,
-                                                           schedule=_opt_str(args, "schedule"))
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        return {"jobs": jobs, "cursor": next_cursor}
+        schedule = _opt_str(args, "schedule")
+        # Built and encoded in slices, yielding the loop between them
+        # (LIST_SLICE); entries applied in between may show in later slices.
+        reply = protocol.PageEncoder("jobs")
+        while True:
+            want = min(LIST_SLICE, limit - reply.count)
+            try:
+                with self.raft.reading():
+                    page, cursor = self.machine.list_jobs(state=state, queue=queue, limit=want, cursor=cursor,
+                                                          schedule=schedule)
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            reply.add(page)
+            # A short page: the end, or the machine's scan budget for one call.
+            if cursor is None or len(page) < want or reply.count >= limit:
+                return reply.finish(cursor=cursor)
+            await asyncio.sleep(0)
 
     async def _op_stats(self, args: dict[str, Any]) -> Any:
         self._read_guard(args)
@@ -436,7 +471,8 @@ class Node:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return {"jobs": []}
-            await self._until_applied(min(remaining, 1.0, wait_ms / 1000 if wait_ms else 1.0))
+            await self.waiters.lease(queues, min(remaining, POLL_RECHECK_S,
+                                                 wait_ms / 1000 if wait_ms else POLL_RECHECK_S))
 
     async def _op_heartbeat(self, args: dict[str, Any]) -> Any:
         leases = args.get("leases")
@@ -496,7 +532,10 @@ class Node:
         for key in ("max_running", "rate_per_s"):
             if args.get(key) is not None:
                 cmd[key] = args[key]
-        return await self._commit(cmd)
+        result = await self._commit(cmd)
+        # New limits may let parked polls of this queue start a job now.
+        self.waiters.wake({cmd["queue"]: self.cfg.max_pollers}, ())
+        return result
 
     async def _op_queues(self, args: dict[str, Any]) -> Any:
         self._read_guard(args)
@@ -628,6 +667,44 @@ class Node:
             except Exception:
                 log.exception("ticker failed; continuing")
 
+    async def _reaper(self) -> None:
+        """Close client connections that sent no hello within hello_timeout_s,
+        or sat idle (nothing in flight, no bytes in) for idle_timeout_s; a
+        peer that leaves our replies unread (writes paused) counts as idle
+        even with requests in flight, so it cannot hold its slot forever. One
+        sweep over the connections every quarter of the shorter timeout (at
+        most 1 s), so `data_received` only resets a counter. Also wakes every
+        parked long poll when this node loses leadership (they answer
+        NOT_LEADER at once instead of at their re-check)."""
+        cfg = self.cfg
+        interval = min(max(min(cfg.hello_timeout_s, cfg.idle_timeout_s) / 4, 0.05), 1.0)
+        loop = asyncio.get_running_loop()
+        was_leader = False
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                leader = self.raft.is_leader()
+                if was_leader and not leader:
+                    self.waiters.wake_all()
+                was_leader = leader
+                now = loop.time()
+                for conn in list(self.client_conns):
+                    if not conn.authenticated:
+                        if now - conn.opened >= cfg.hello_timeout_s:
+                            conn.fail(Timeout(f"no hello within {cfg.hello_timeout_s:g}s"))
+                    elif conn.in_flight and not conn.write_paused:
+                        conn.quiet_s = 0.0
+                    else:
+                        conn.quiet_s += interval
+                        if conn.quiet_s < cfg.idle_timeout_s:
+                            pass
+                        elif conn.write_paused and conn.transport is not None:
+                            conn.transport.abort()  # close() would wait for the peer to read what is buffered
+                        else:
+                            conn.fail(Timeout(f"idle for {cfg.idle_timeout_s:g}s: connection closed; reconnect"))
+            except Exception:  # never let one bad sweep end the reaping
+                log.exception("connection reaper failed; continuing")
+
     # ---- lifecycle -----------------------------------------------------
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -636,18 +713,24 @@ class Node:
 
         host, port = _split(self.spec.client)
         server = await loop.create_server(lambda: ClientConnection(self), host, port,
-                                                reuse_address=True)
+                                          reuse_address=True, backlog=LISTEN_BACKLOG)
         http_server = None
         if self.spec.http:
             h_host, h_port = _split(self.spec.http)
             http_server = await start_http_server(self, h_host, h_port)
         ticker = asyncio.create_task(self._ticker())
+        reaper = asyncio.create_task(self._reaper())
         log.info("node %d serving clients on %s (raft %s%s)", self.node_id, self.spec.client, self.spec.raft,
                  f", http {self.spec.http}" if self.spec.http else "")
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        log.info("client connections capped at %d (max_connections %d, open-file limit %d, fd_reserve %d), "
+                 "%d per source", self.conn_limits.cap, self.cfg.max_connections, nofile, self.cfg.fd_reserve,
+                 self.cfg.max_connections_per_source)
         try:
             await stop.wait()
         finally:
             ticker.cancel()
+            reaper.cancel()
             server.close()
             if http_server is not None:
                 http_server.close()
@@ -660,16 +743,40 @@ class ClientConnection(asyncio.Protocol):
 
     A malformed frame gets an error frame and the connection is closed; a
     failing handler gets INTERNAL and the connection keeps serving (STYLE 14).
-    Reading pauses while too many requests are in flight (flow control).
+
+    Limits (settings in ClusterConfig):
+    - admitted only under the node's and the source's connection caps, else
+      OVERLOADED and close (`Node.conn_limits`);
+    - before hello: one frame of at most HELLO_MAX_FRAME_BYTES, within
+      hello_timeout_s (`Node._reaper`); after: max_frame_bytes;
+    - reading pauses while MAX_IN_FLIGHT requests are in flight, and while
+      the transport holds more than conn_write_buffer_bytes the peer has not
+      read (asyncio's pause_writing); queued handlers start only once it has
+      drained below a quarter of that, so a peer that does not read holds at
+      most the mark plus the replies already being built;
+    - at most MAX_BATCH requests start per loop iteration (reading paused
+      until the buffered rest has started), so no connection queues a burst
+      of work ahead of the Raft tick;
+    - heavy reads (HEAVY_OPS): at most max_heavy_reads_per_connection at once
+      here and max_heavy_reads on the node, in arrival order; long polls
+      (POLL_OPS): at most max_pollers_per_connection here, max_pollers on the node.
     """
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.decoder = protocol.FrameDecoder(node.cfg.max_frame_bytes)
+        self.decoder = protocol.FrameDecoder(protocol.HELLO_MAX_FRAME_BYTES)
         self.transport: asyncio.Transport | None = None
+        self.source: str | None = None  # set once admitted (counted in node.conn_limits)
+        self.opened = 0.0
+        self.quiet_s = 0.0  # idle time seen by the reaper; reset by any bytes in
         self.authenticated = False
         self.in_flight = 0
         self.paused = False
+        self.write_paused = False
+        self.backlog = False  # frames beyond MAX_BATCH wait in the decoder for the next iteration
+        self._drained: asyncio.Event | None = None  # set while the write buffer is below its low mark
+        self._heavy: asyncio.Semaphore | None = None
+        self.pollers = 0
         self.closing = False
         # Running handler Tasks and fast-path commit futures: cancelled when the
         # connection is lost (a cancelled future drops its not-yet-proposed command).
@@ -677,19 +784,59 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.node.connections += 1
+        node = self.node
+        peer = transport.get_extra_info("peername")
+        source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        refusal = node.conn_limits.admit(source)
+        if refusal is not None:
+            node.errors["OVERLOADED"] = node.errors.get("OVERLOADED", 0) + 1
+            self.fail(Overloaded(refusal))
+            return
+        self.source = source
+        node.connections += 1
+        node.client_conns.add(self)
+        self.opened = asyncio.get_running_loop().time()
+        high = node.cfg.conn_write_buffer_bytes
+        self.transport.set_write_buffer_limits(high=high, low=high // 4)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.node.connections -= 1
         self.closing = True
+        if self.source is not None:
+            self.node.connections -= 1
+            self.node.conn_limits.release(self.source)
+            self.node.client_conns.discard(self)
+            self.source = None
         for task in self.tasks:
             task.cancel()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self._drained is None:
+            self._drained = asyncio.Event()
+        self._drained.clear()
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._drained is not None:
+            self._drained.set()
+        self._maybe_resume()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.quiet_s = 0.0
+        if not self.authenticated:
+            if not self._hello_frame(data):
+                return
+            data = b""  # what followed hello is buffered in the decoder
+        self._handle_frames(data)
+
+    def _handle_frames(self, data: bytes) -> None:
         try:
-            messages = self.decoder.feed(data)
+            messages = self.decoder.feed(data, MAX_BATCH)
         except protocol.ProtocolViolation as exc:
             self._fail_connection(None, exc.error())
             return
@@ -697,18 +844,13 @@ class ClientConnection(asyncio.Protocol):
             try:
                 req = protocol.parse_request(msg)
             except protocol.ProtocolViolation as exc:
-                if exc.request_id is not None and self.authenticated:
+                if exc.request_id is not None:
                     # A well-framed request with a bad op or args: answer it, keep serving.
                     self.node.errors[exc.code] = self.node.errors.get(exc.code, 0) + 1
                     self._send(protocol.response_err(exc.request_id, exc.error()))
                     continue
                 self._fail_connection(exc.request_id, exc.error())
                 return
-            if not self.authenticated:
-                self._hello(req)
-                if self.closing:
-                    return
-                continue
             self.in_flight += 1
             try:
                 fut = self.node.start_write(req.op, req.args)
@@ -725,9 +867,48 @@ class ClientConnection(asyncio.Protocol):
             task = asyncio.ensure_future(self._run(req))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-        if self.in_flight >= protocol.MAX_IN_FLIGHT and not self.paused and self.transport is not None:
+        if len(messages) == MAX_BATCH:  # more may be buffered: take them next iteration
+            self.backlog = True
+            asyncio.get_running_loop().call_soon(self._next_batch)
+        if (self.backlog or self.in_flight >= protocol.MAX_IN_FLIGHT) and not self.paused \
+                and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
+
+    def _next_batch(self) -> None:
+        self.backlog = False
+        if self.closing:
+            return
+        self._handle_frames(b"")
+        if not self.backlog:
+            self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
+        """Resume reading once nothing holds it paused (in flight, unread
+        replies, frames still buffered)."""
+        if (self.paused and self.in_flight < protocol.MAX_IN_FLIGHT // 2 and not self.write_paused
+                and not self.backlog and self.transport is not None):
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _hello_frame(self, data: bytes) -> bool:
+        """Before hello: take at most one small frame, which must be a valid
+        hello. True once authenticated (the rest of the stream is then read
+        under the normal frame limit)."""
+        try:
+            messages = self.decoder.feed(data, max_messages=1)
+        except protocol.ProtocolViolation as exc:
+            self._fail_connection(None, error_from_wire([exc.code, f"before hello: {exc.message}", None]))
+            return False
+        if not messages:
+            return False
+        try:
+            req = protocol.parse_request(messages[0])
+        except protocol.ProtocolViolation as exc:
+            self._fail_connection(exc.request_id, exc.error())
+            return False
+        self._hello(req)
+        return self.authenticated
 
     def _hello(self, req: protocol.Request) -> None:
         token = req.args.get("token")
@@ -740,12 +921,20 @@ class ClientConnection(asyncio.Protocol):
             self._fail_connection(req.id, Unauthorized("invalid token"))
         else:
             self.authenticated = True
+            self.decoder.max_frame_bytes = self.node.cfg.max_frame_bytes
             self._send(protocol.response_ok(req.id, {"node_id": self.node.node_id,
                                                      "protocol": protocol.PROTOCOL_VERSION}))
 
     async def _run(self, req: protocol.Request) -> None:
         try:
-            result = await self.node.handle(req.op, req.args)
+            if self.write_paused:
+                await self._until_drained()
+            if req.op in HEAVY_OPS:
+                result = await self._heavy_read(req)
+            elif req.op in POLL_OPS:
+                result = await self._long_poll(req)
+            else:
+                result = await self.node.handle(req.op, req.args)
             frame = protocol.response_ok(req.id, result)
         except RaftqError as exc:
             frame = self._error_frame(req, exc)
@@ -755,6 +944,39 @@ class ClientConnection(asyncio.Protocol):
         except Exception:
             frame = self._internal_frame(req)
         self._answered(frame)
+
+    async def _until_drained(self) -> None:
+        """Wait until the peer has read our replies down to the low mark (a lost
+        connection cancels the waiting task)."""
+        while self.write_paused and self._drained is not None:
+            await self._drained.wait()
+
+    async def _heavy_read(self, req: protocol.Request) -> Any:
+        if self._heavy is None:
+            self._heavy = asyncio.Semaphore(self.node.cfg.max_heavy_reads_per_connection)
+        async with self._heavy:
+            # Re-checked: the reply must not go out while the peer is not reading.
+            if self.write_paused:
+                await self._until_drained()
+            async with self.node.heavy_reads:
+                return await self.node.handle(req.op, req.args)
+
+    async def _long_poll(self, req: protocol.Request) -> Any:
+        node = self.node
+        cfg = node.cfg
+        if self.pollers >= cfg.max_pollers_per_connection:
+            raise Overloaded(f"{self.pollers} long polls (lease/wait) already running on this connection "
+                             f"(limit {cfg.max_pollers_per_connection})")
+        if node.pollers >= cfg.max_pollers:
+            raise Overloaded(f"node has {node.pollers} long polls (lease/wait) running (limit {cfg.max_pollers}); "
+                             f"retry later")
+        self.pollers += 1
+        node.pollers += 1
+        try:
+            return await node.handle(req.op, req.args)
+        finally:
+            self.pollers -= 1
+            node.pollers -= 1
 
     def _write_done(self, req: protocol.Request, fut: asyncio.Future[dict[str, Any]]) -> None:
         """Done callback of a fast-path write (see `Node.start_write`)."""
@@ -783,9 +1005,8 @@ class ClientConnection(asyncio.Protocol):
         """Send a request's answer; it no longer counts as in flight."""
         self.in_flight -= 1
         self._send(frame)
-        if self.paused and self.in_flight < protocol.MAX_IN_FLIGHT // 2 and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
+        if self.paused:
+            self._maybe_resume()
 
     def _send(self, frame: dict[str, Any]) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -796,6 +1017,10 @@ class ClientConnection(asyncio.Protocol):
             log.exception("could not encode a response")
             data = protocol.encode_frame(protocol.response_err(frame.get("id"), Internal("unencodable result")))
         self.transport.write(data)
+
+    def fail(self, error: RaftqError) -> None:
+        """Send a connection-level error (request id 0) and close."""
+        self._fail_connection(0, error)
 
     def _fail_connection(self, req_id: Any, error: RaftqError) -> None:
         self._send(protocol.response_err(req_id if isinstance(req_id, int) else 0, error))
@@ -870,4 +1095,5 @@ def run_node(cfg: ClusterConfig, node_id: int, rejoin: bool = False) -> int:
         await node.serve(stop)
         return 1 if node.fatal is not None else 0  # storage failed: a supervisor must see it
 
+    raise_fd_limit()  # before the loop: connection_cap budgets what it gives
     return uvloop.run(main())

@@ -217,12 +217,20 @@ class JobMachine:
         self._fire_heap: list[tuple[int, str]] = []
         self._workers: dict[str, dict[str, Any]] = {}
         self._held_bytes: int = 0
+        self._clear_touched()
 
     @staticmethod
     def _size(value: Any) -> int:
         """Bytes of `value`'s msgpack encoding (0 for None: an absent result or
         error holds nothing). Deterministic: same value, same bytes, every replica."""
         return 0 if value is None else len(_pack(value))
+
+    def _clear_touched(self) -> None:
+        # Not state: a record of the last applied entry, for the node's long
+        # polls (cluster/waiters.py). queue -> jobs that became queued there or
+        # left `running` (a max_running slot freed); ids whose state changed.
+        self.touched_queues: dict[str, int] = {}
+        self.touched_jobs: set[str] = set()
 
     # ------------------------------------------------------------------ apply
 
@@ -240,6 +248,7 @@ class JobMachine:
             return [error(BAD_REQUEST, msg) for _ in cmds]
         if now > self.clock_ms:
             self.clock_ms = now
+        self._clear_touched()
         results = [self._apply_cmd(cmd) for cmd in cmds]
         self._settle()
         return results
@@ -265,9 +274,14 @@ class JobMachine:
             del self._queue_counts[queue]
 
     def _move(self, job: Job, state: str) -> None:
-        self._count(job.queue, job.state, -1)
+        old = job.state
+        self._count(job.queue, old, -1)
         job.state = state
         self._count(job.queue, state, +1)
+        self.touched_jobs.add(job.id)
+        if state == QUEUED or old == RUNNING:
+            touched = self.touched_queues
+            touched[job.queue] = touched.get(job.queue, 0) + 1
 
     def _resize(self, job: Job) -> None:
         """After `job.result` or `job.error` changed: keep `_held_bytes` exact."""
