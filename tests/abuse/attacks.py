@@ -51,10 +51,10 @@ class Scale:
 
 
 SHORT = Scale("short", baseline_s=3, attack_s=8, fd_conns=1100, unauth_client_conns=30, unauth_raft_conns=4,
-              silent_raft_conns=40, poison_rounds=1, large_submits=30, jobs_held=2000, nonreading_lists=1500,
+              silent_raft_conns=40, poison_rounds=1, large_submits=30, jobs_held=2000, nonreading_lists=3000,
               heavy_conns=4, idle_polls=4000, admission_limit=1000)
 LONG = Scale("long", baseline_s=5, attack_s=30, fd_conns=2000, unauth_client_conns=100, unauth_raft_conns=12,
-             silent_raft_conns=200, poison_rounds=3, large_submits=200, jobs_held=5000, nonreading_lists=5000,
+             silent_raft_conns=200, poison_rounds=3, large_submits=200, jobs_held=5000, nonreading_lists=10000,
              heavy_conns=8, idle_polls=8000, admission_limit=5000)
 
 REFUSE_WAIT_S = 15.0        # a node refusing its storage exits within this
@@ -129,50 +129,72 @@ def corrupt_journal(root: Path, scale: Scale) -> Outcome:
             cluster.kill(meta_node)
             (cluster.node_dir(meta_node) / "raft.meta").unlink()
             _restart_expect_refusal(sc, meta_node, "meta deleted")
-            # One flipped byte in the middle of a stopped follower's journal
-            # (valid records after it), writes while it is down, then restart.
-            damaged = followers[1]
+            if not sc.wait_caught_up([meta_node], leader):
+                sc.out.notes.append(f"node {meta_node} did not catch up")
+            # Batch b is acknowledged by the leader and `damaged` alone (the
+            # other follower is down); then one byte in the middle of
+            # `damaged`'s journal flips (valid records after it).
+            damaged, other = followers[1], followers[0]
+            cluster.kill(other)
+            with sc.client() as c:
+                for k in range(2):
+                    sc.ack("b", c.submit_many([{"type": "abuse.b", "id": f"b-{k}-{i}", "queue": "b"}
+                                               for i in range(50)]))
             cluster.kill(damaged)
             journal = cluster.node_dir(damaged) / "raft.journal"
             data = bytearray(journal.read_bytes())
             data[len(data) // 2] ^= 0xFF
             journal.write_bytes(bytes(data))
-            with sc.client() as c:
-                for k in range(2):
-                    sc.ack("b", c.submit_many([{"type": "abuse.b", "id": f"b-{k}-{i}", "queue": "b"}
-                                               for i in range(50)]))
             _restart_expect_refusal(sc, damaged, "journal byte flipped")
-            # Let the restarted nodes catch up, then crash the leader.
-            try:
-                cluster.wait_replicas_equal(list(range(1, cluster.n + 1)), timeout=30)
-            except AssertionError:
-                sc.out.notes.append("restarted nodes did not catch up before the leader kill")
+            # Once `damaged` has caught up with the leader, crash the leader:
+            # `damaged` is then the only live copy of batch b.
+            if not sc.wait_caught_up([damaged], leader):
+                sc.out.notes.append(f"node {damaged} did not catch up before the leader kill")
             cluster.kill(leader)
+            cluster.start(other)
             with sc.client() as c:
                 sc.ack("c", c.submit_many([{"type": "abuse.c", "id": f"c-{i}", "queue": "c"} for i in range(50)]))
         sc.out.observed = "; ".join(sc.out.notes)
-        sc.leader = followers[0]  # the old leader is dead: no RSS after
-        sc.out.rss_after_mb = None
+        sc.leader = other  # the old leader is dead: no RSS after
         return sc.finish(judge_p99=False, judge_rss=False, max_elections=None)
 
 
 # ------------------------------------------------------------ 2 fd-exhaustion
 
 
+def _fresh_submit(sc: Scenario, job_id: str) -> str:
+    """A client connecting now (from 127.0.0.1) submits one job: "ok" or the code."""
+    try:
+        with sc.client(timeout_s=10) as c:
+            sc.ack("fresh", [c.submit("abuse.fresh", {}, id=job_id, queue="fresh")])
+        return "ok"
+    except RaftqError as exc:
+        return _code(exc)
+
+
 def fd_exhaustion(root: Path, scale: Scale) -> Outcome:
-    sc = Scenario("fd-exhaustion", f"{scale.fd_conns} idle conns vs a 1024-fd leader: writes keep committing",
-                  root, nofile=1024)
+    n = scale.fd_conns
+    sc = Scenario("fd-exhaustion", f"{n} idle conns vs 1024-fd nodes, from one source then from 250: "
+                  "a new client is served (first), the connected one keeps committing (both)", root, nofile=1024)
     with sc:
         sc.baseline(scale.baseline_s)
         addr = sc.cluster.client_addrs[sc.leader - 1]
+        seen = []
         with sc.attack():
-            socks = wire.open_many(addr, scale.fd_conns, block=1, deadline_s=10)
-            time.sleep(scale.attack_s)
-            still_open = len(socks) - wire.closed_by_node(list(socks), 0.5)
-            wire.close_all(socks)
+            for label, sources in (("1 source", 1), ("250 sources", 250)):
+                socks = wire.open_many(addr, n, block=1, deadline_s=10, sources=sources)
+                time.sleep(scale.attack_s / 2)
+                fresh = _fresh_submit(sc, f"fresh-{sources}")
+                time.sleep(scale.attack_s / 2)
+                still_open = len(socks) - wire.closed_by_node(list(socks), 0.5)
+                wire.close_all(socks)
+                seen.append(f"{label}: {len(socks)} opened, {still_open} kept, new client {fresh}")
+                if sources == 1 and fresh != "ok":
+                    sc.out.violate(f"a new client could not submit while one source held {n} conns ({fresh})")
+        emfile = sc.cluster.log_text(sc.leader).count("Errno 24")
         during = sc.legit.stats("attack")
-        sc.out.observed = (f"{len(socks)} conns opened, {still_open} still open; legit {during['ok']}/"
-                           f"{during['calls']} submits ok")
+        sc.out.observed = "; ".join(seen) + f"; connected client {during['ok']}/{during['calls']} ok; " \
+                                            f"EMFILE in leader log: {emfile}"
         return sc.finish()
 
 
@@ -377,6 +399,8 @@ async def _heavy_reads(addr: str, conns: int, window: int, seconds: float) -> Co
                 if isinstance(reply, str):
                     return
                 outstanding -= 1
+                if wire.outcome_of(reply) in ("NOT_LEADER", "NO_LEADER"):
+                    return  # leadership moved (a finding in itself): this reader stops
         finally:
             conn.close()
 

@@ -142,7 +142,8 @@ class LegitClient:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=LEGIT_CALL_TIMEOUT_S + 10)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=LEGIT_CALL_TIMEOUT_S + 10)
 
     def _client(self) -> Client:
         return Client(self.cluster.client_addrs, token=TOKEN, timeout_s=LEGIT_CALL_TIMEOUT_S)
@@ -240,6 +241,18 @@ class Scenario:
 
     def client(self, timeout_s: float = 20.0) -> Client:
         return self.cluster.client(timeout_s=timeout_s)
+
+    def wait_caught_up(self, nodes: list[int], leader: int, timeout_s: float = 30.0) -> bool:
+        """Have `nodes` applied everything `leader` had applied when asked? (Digests
+        are never equal at one instant while the legit client keeps writing.)"""
+        try:
+            with self.cluster.node_client(leader) as c:
+                target = int(c.digest()["last_applied"])
+            wait_until(lambda: all(index >= target for _, index in self.cluster.digests(nodes).values()),
+                       timeout_s, f"nodes {nodes} to apply index {target}", interval=0.2)
+            return True
+        except (AssertionError, RaftqError, OSError):
+            return False
 
     def ack(self, queue: str, ids: Any) -> None:
         self.acked.setdefault(queue, set()).update(ids)

@@ -125,9 +125,10 @@ def connect(addr: str, source: str, timeout_s: float = 2.0) -> socket.socket | N
         return None
 
 
-def open_many(addr: str, n: int, block: int, deadline_s: float) -> list[socket.socket]:
-    """Up to n idle connections opened at once (non-blocking connects, epoll):
-    a node that stops accepting makes connects hang, not the suite."""
+def open_many(addr: str, n: int, block: int, deadline_s: float, sources: int = 250) -> list[socket.socket]:
+    """Up to n idle connections opened at once (non-blocking connects, epoll)
+    from `sources` attacker addresses: a node that stops accepting makes
+    connects hang, not the suite."""
     host, port = split(addr)
     sel = selectors.DefaultSelector()
     pending: list[socket.socket] = []
@@ -135,7 +136,7 @@ def open_many(addr: str, n: int, block: int, deadline_s: float) -> list[socket.s
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setblocking(False)
         try:
-            s.bind((attacker_source(i, block), 0))
+            s.bind((attacker_source(i % sources, block), 0))
             rc = s.connect_ex((host, port))
         except OSError:
             s.close()
