@@ -85,10 +85,9 @@ def _hold_jobs(sc: Scenario, n: int, queue: str = "held") -> None:
 # ------------------------------------------------------------ 1 corrupt-journal
 
 
-def _restart_expect_refusal(sc: Scenario, node: int, what: str) -> bool:
-    """Start `node` on damaged storage; True if it refused (exited non-zero
-    without a traceback within REFUSE_WAIT_S). A refusal is followed by the
-    documented way back: wipe the node's data and start it empty."""
+def _start_expect_refusal(sc: Scenario, node: int, what: str) -> bool:
+    """Start `node` on damaged storage; True if it refused: exited non-zero
+    within REFUSE_WAIT_S, with no traceback in its log."""
     cluster, out = sc.cluster, sc.out
     log_path = cluster.root / "logs" / f"node-{node}.log"
     log_from = log_path.stat().st_size if log_path.exists() else 0
@@ -107,14 +106,18 @@ def _restart_expect_refusal(sc: Scenario, node: int, what: str) -> bool:
     if "Traceback" in new_log:
         out.violate(f"{what}: node {node} refused with a traceback, not one clear line")
     out.notes.append(f"{what}: refused (exit {proc.returncode})")
-    shutil.rmtree(cluster.node_dir(node))
-    cluster.start(node)
     return True
 
 
+def _wipe_and_start(sc: Scenario, node: int) -> None:
+    """The documented way back for a refused node: start it with no state."""
+    shutil.rmtree(sc.cluster.node_dir(node))
+    sc.cluster.start(node)
+
+
 def corrupt_journal(root: Path, scale: Scale) -> Outcome:
-    sc = Scenario("corrupt-journal", "damaged node refuses to start (exit != 0, one line), "
-                  "rejoins after a wipe; no acked job lost", root)
+    sc = Scenario("corrupt-journal", "damaged node refuses to start (exit != 0, one line), rejoins after a "
+                  "wipe; no acked job lost; replicas agree", root)
     with sc:
         cluster = sc.cluster
         sc.baseline(scale.baseline_s)
@@ -123,18 +126,18 @@ def corrupt_journal(root: Path, scale: Scale) -> Outcome:
                 sc.ack("a", c.submit_many([{"type": "abuse.a", "id": f"a-{k}-{i}", "queue": "a"} for i in range(50)]))
         leader = sc.leader
         followers = [i for i in range(1, cluster.n + 1) if i != leader]
+        damaged, other = followers
         with sc.attack():
             # A deleted raft.meta next to a non-empty journal.
-            meta_node = followers[0]
-            cluster.kill(meta_node)
-            (cluster.node_dir(meta_node) / "raft.meta").unlink()
-            _restart_expect_refusal(sc, meta_node, "meta deleted")
-            if not sc.wait_caught_up([meta_node], leader):
-                sc.out.notes.append(f"node {meta_node} did not catch up")
-            # Batch b is acknowledged by the leader and `damaged` alone (the
-            # other follower is down); then one byte in the middle of
-            # `damaged`'s journal flips (valid records after it).
-            damaged, other = followers[1], followers[0]
+            cluster.kill(other)
+            (cluster.node_dir(other) / "raft.meta").unlink()
+            if _start_expect_refusal(sc, other, "meta deleted"):
+                _wipe_and_start(sc, other)
+            if not sc.wait_caught_up([other], leader):
+                sc.out.notes.append(f"node {other} did not catch up")
+            # Batch b is acknowledged by the leader and `damaged` alone; then
+            # one byte in the middle of `damaged`'s journal flips (valid
+            # records after it) and it restarts; then the leader crashes.
             cluster.kill(other)
             with sc.client() as c:
                 for k in range(2):
@@ -145,17 +148,19 @@ def corrupt_journal(root: Path, scale: Scale) -> Outcome:
             data = bytearray(journal.read_bytes())
             data[len(data) // 2] ^= 0xFF
             journal.write_bytes(bytes(data))
-            _restart_expect_refusal(sc, damaged, "journal byte flipped")
-            # Once `damaged` has caught up with the leader, crash the leader:
-            # `damaged` is then the only live copy of batch b.
-            if not sc.wait_caught_up([damaged], leader):
-                sc.out.notes.append(f"node {damaged} did not catch up before the leader kill")
+            refused = _start_expect_refusal(sc, damaged, "journal byte flipped")
             cluster.kill(leader)
             cluster.start(other)
-            with sc.client() as c:
-                sc.ack("c", c.submit_many([{"type": "abuse.c", "id": f"c-{i}", "queue": "c"} for i in range(50)]))
+            if not refused:  # the survivors elect a leader and take writes
+                with sc.client() as c:
+                    sc.ack("c", c.submit_many([{"type": "abuse.c", "id": f"c-{i}", "queue": "c"}
+                                               for i in range(50)]))
+            # The crashed leader comes back; a refused node takes the way back.
+            cluster.start(leader)
+            if refused:
+                cluster.leader_id(timeout=30, among=[leader, other])
+                _wipe_and_start(sc, damaged)
         sc.out.observed = "; ".join(sc.out.notes)
-        sc.leader = other  # the old leader is dead: no RSS after
         return sc.finish(judge_p99=False, judge_rss=False, max_elections=None)
 
 
