@@ -498,7 +498,7 @@ def admission(root: Path, scale: Scale) -> Outcome:
             seen.append(f"fill refused at {total} held: {refusal}" if refusal else
                         f"{total} jobs held ({n} finished), never refused")
             if refusal != "OVERLOADED" or total > limit + 100:
-                sc.out.violate(f"admission: {total} jobs held with max_live_jobs={limit}, refusal {refusal}")
+                sc.out.violate(f"{total} jobs held with max_live_jobs={limit}, refusal {refusal}")
             # A 1 ms schedule with the biggest catch-up: refused, or bounded by admission.
             try:
                 c.schedule_add("flood", "abuse.flood", every=0.001, misfire="catch_up", max_catch_up=1000)
