@@ -233,7 +233,11 @@ class Scenario:
 
     def __enter__(self) -> "Scenario":
         self.cluster.start()
-        self.leader = self.cluster.leader_id(timeout=45)
+        try:
+            self.leader = self.cluster.leader_id(timeout=45)
+        except BaseException:
+            self.cluster.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
