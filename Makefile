@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: run test unit bench bench-scale loadtest clean chaos
+.PHONY: run test unit bench bench-scale loadtest clean chaos abuse
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ chaos: $(VENV)/.installed
 	RAFTQ_FAULT=1 $(PY) -m pytest -q tests/fault; \
 	$(PY) -m tests.fault.runner --faults $(CHAOS_FAULTS) --workloads $(CHAOS_WORKLOADS) \
 		--runs $(CHAOS_RUNS) --duration $(CHAOS_DURATION) --seed $(CHAOS_SEED)
+
+# Abuse suite (see docs/abuse-testing.md): issue 10's attacks against fresh real
+# 3-node clusters on loopback, one table row per attack; exits 1 on any violation.
+# ABUSE=short (CI, ~5 min) or long; ABUSE_ONLY=name,... runs a subset.
+ABUSE      ?= short
+ABUSE_ONLY ?=
+abuse: $(VENV)/.installed
+	$(PY) -m tests.abuse.runner --$(ABUSE) $(if $(ABUSE_ONLY),--only $(ABUSE_ONLY))
 
 # raftq vs Celery and RQ on this machine (installs Debian redis-server and the
 # `bench` extra). ROUNDS, JOBS, PRODUCERS, SYSTEMS override the defaults.
