@@ -47,7 +47,7 @@ class Scale:
     nonreading_lists: int    # pipelined list(limit=1000) never read
     heavy_conns: int         # connections pipelining list(limit=1000)
     idle_polls: int          # idle lease long polls
-    admission_limit: int     # max_live_jobs for the admission attack
+    admission_limit: int     # max_held_jobs for the admission attack
 
 
 SHORT = Scale("short", baseline_s=3, attack_s=8, fd_conns=1100, unauth_client_conns=30, unauth_raft_conns=4,
@@ -465,7 +465,7 @@ def idle_long_polls(root: Path, scale: Scale) -> Outcome:
 def admission(root: Path, scale: Scale) -> Outcome:
     limit = scale.admission_limit
     sc = Scenario("admission", f"7 MiB args TOO_LARGE; OVERLOADED once {limit} jobs held (finished ones count); "
-                  "1 ms schedule refused or held under the limit", root, extra_config=f"max_live_jobs = {limit}")
+                  "1 ms schedule refused or held under the limit", root, extra_config=f"max_held_jobs = {limit}")
     with sc:
         sc.baseline(scale.baseline_s)
         sc.legit.stop()  # its own jobs would count against the limit under test
@@ -498,7 +498,7 @@ def admission(root: Path, scale: Scale) -> Outcome:
             seen.append(f"fill refused at {total} held: {refusal}" if refusal else
                         f"{total} jobs held ({n} finished), never refused")
             if refusal != "OVERLOADED" or total > limit + 100:
-                sc.out.violate(f"{total} jobs held with max_live_jobs={limit}, refusal {refusal}")
+                sc.out.violate(f"{total} jobs held with max_held_jobs={limit}, refusal {refusal}")
             # A 1 ms schedule with the biggest catch-up: refused, or bounded by admission.
             try:
                 c.schedule_add("flood", "abuse.flood", every=0.001, misfire="catch_up", max_catch_up=1000)
@@ -512,7 +512,7 @@ def admission(root: Path, scale: Scale) -> Outcome:
                 c.schedule_remove("flood")
                 seen.append(f"1 ms schedule accepted: {after - before} jobs in 4 s, {after} held")
                 if after > limit + 100:
-                    sc.out.violate(f"1 ms schedule: {after} jobs held with max_live_jobs={limit}")
+                    sc.out.violate(f"1 ms schedule: {after} jobs held with max_held_jobs={limit}")
             else:
                 seen.append(f"1 ms schedule: {added}")
                 if added != "BAD_REQUEST":

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from cluster import protocol
-from tests.integration.harness import REPO, TOKEN, LocalCluster
+from tests.integration.harness import REPO, TOKEN, LocalCluster, wait_until
 
 
 def raw_call(addr: str, op: str, args: dict, token: str = TOKEN) -> dict:
@@ -29,6 +29,11 @@ def test_follower_redirects_writes_and_serves_stale_reads(cluster: LocalCluster)
     leader = cluster.leader_id()
     follower = next(i for i in range(1, 4) if i != leader)
     faddr = cluster.client_addrs[follower - 1]
+    # The leader knows itself before every follower has heard from it (with
+    # pre-vote a follower not yet connected waits for the leader rather than
+    # forcing an election): wait until this follower names it.
+    wait_until(lambda: raw_call(faddr, "cluster_status", {})["ok"]["leader"] == cluster.client_addrs[leader - 1],
+               10, "the follower to learn the leader")
     reply = raw_call(faddr, "submit", {"job": {"id": "x1", "type": "util.noop", "args": {}}})
     assert reply["err"][0] == "NOT_LEADER"
     assert reply["err"][2] == {"leader": cluster.client_addrs[leader - 1]}
@@ -42,7 +47,6 @@ def test_follower_redirects_writes_and_serves_stale_reads(cluster: LocalCluster)
         job_id = c.submit("util.noop", {}, id="via-follower")
         assert c.get(job_id)["state"] == "queued"
     # Stale reads are answered by the follower itself once it has applied the entry.
-    from tests.integration.harness import wait_until
     view = wait_until(lambda: raw_call(faddr, "get", {"id": "via-follower", "stale_ok": True}).get("ok"), 10,
                       "the follower to apply the submit")
     assert view["id"] == "via-follower"
