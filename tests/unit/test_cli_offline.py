@@ -163,10 +163,14 @@ def test_worker_config_errors_are_one_line() -> None:
 def test_dev_refuses_a_busy_port_before_starting_anything(tmp_path: Path) -> None:
     # Other processes on this shared box may take a port of the span between our
     # probe and the run: then the error names that port; try another base.
+    line, base = "", 0
     for _ in range(5):
         base = free_port(span=202)
         with socket.socket() as busy:
-            busy.bind(("127.0.0.1", base + 101))  # node 2's raft port
+            try:
+                busy.bind(("127.0.0.1", base + 101))  # node 2's raft port
+            except OSError:  # taken since the probe: try another base
+                continue
             busy.listen()
             line = assert_one_error_line(run("dev", "--data-dir", str(tmp_path), "--port", str(base)), 1)
         if f"port {base + 101} " in line:
