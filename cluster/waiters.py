@@ -42,20 +42,15 @@ class Waiters:
 
     async def lease(self, queues: list[str], timeout_s: float) -> None:
         """Sleep until an entry makes a job of `queues` ready, or `timeout_s`."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for q in queues:
             parked = self._by_queue.get(q)
             if parked is None:
                 parked = self._by_queue[q] = OrderedDict()
             parked[fut] = None
-        handle = loop.call_later(max(timeout_s, 0.0), _release, fut)
-        self.count += 1
         try:
-            await fut
+            await self._park(fut, timeout_s)
         finally:
-            self.count -= 1
-            handle.cancel()
             for q in queues:
                 parked = self._by_queue.get(q)
                 if parked is not None:
@@ -65,21 +60,26 @@ class Waiters:
 
     async def job(self, job_id: str, timeout_s: float) -> None:
         """Sleep until an entry changes job `job_id`'s state, or `timeout_s`."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._by_job.setdefault(job_id, set()).add(fut)
-        handle = loop.call_later(max(timeout_s, 0.0), _release, fut)
+        try:
+            await self._park(fut, timeout_s)
+        finally:
+            parked = self._by_job.get(job_id)
+            if parked is not None:
+                parked.discard(fut)
+                if not parked:
+                    del self._by_job[job_id]
+
+    async def _park(self, fut: asyncio.Future[None], timeout_s: float) -> None:
+        """Await a registered `fut` until it is woken or `timeout_s` passes."""
+        handle = asyncio.get_running_loop().call_later(max(timeout_s, 0.0), _release, fut)
         self.count += 1
         try:
             await fut
         finally:
             self.count -= 1
             handle.cancel()
-            parked = self._by_job.get(job_id)
-            if parked is not None:
-                parked.discard(fut)
-                if not parked:
-                    del self._by_job[job_id]
 
     def wake(self, ready_queues: Mapping[str, int], changed_jobs: Iterable[str]) -> None:
         """After an applied entry: wake the pollers it concerns (see the header)."""

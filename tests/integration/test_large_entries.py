@@ -19,6 +19,7 @@ from loadtest.localcluster import free_ports
 from replication.link import max_frame_bytes
 from replication.machine import JobMachine
 from replication.raft import RaftConfig, RaftNode
+from tests.integration.conftest import clusters
 from tests.integration.harness import LocalCluster, wait_until
 
 pytestmark = pytest.mark.integration
@@ -28,13 +29,8 @@ ARG_BYTES = 1_000_000  # under the 1 MiB job-args cap
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("large"), durability="fsync")
-    c.start()
-    try:
-        c.leader_id(timeout=30)
-        yield c
-    finally:
-        c.stop()
+    for make in clusters(tmp_path_factory.mktemp("large")):
+        yield make(durability="fsync")
 
 
 def _term_and_leader(cluster: LocalCluster) -> tuple[int, str]:

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from cluster.errors import TooLarge
+from tests.integration.conftest import clusters
 from tests.integration.harness import REPO, TOKEN, LocalCluster, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.integration
@@ -27,13 +28,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def lc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """One cluster for the module (start-up costs seconds); tests use distinct queues."""
-    c = LocalCluster(tmp_path_factory.mktemp("lifecycle"), lease_ttl_s=3.0)
-    c.start()
-    try:
-        c.leader_id(timeout=30)
-        yield c
-    finally:
-        c.stop()
+    for make in clusters(tmp_path_factory.mktemp("lifecycle")):
+        yield make(lease_ttl_s=3.0)
 
 
 def raftq(c: LocalCluster, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:

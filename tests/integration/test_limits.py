@@ -15,7 +15,7 @@ import pytest
 from cluster import protocol
 from cluster.client import Client
 from cluster.errors import BadRequest, NotFound, Overloaded, TooLarge
-from tests.integration.conftest import _clusters
+from tests.integration.conftest import clusters
 from tests.integration.harness import TOKEN, LocalCluster, wait_until
 
 ARGS_CAP = 16 * 1024
@@ -37,7 +37,7 @@ PURGE_WAIT_S = 15  # retention_s plus the retention tick (every 5 s), with room 
 
 @pytest.fixture(scope="module")
 def lc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    for make in _clusters(tmp_path_factory.mktemp("limits")):
+    for make in clusters(tmp_path_factory.mktemp("limits")):
         yield make(extra_config=LIMITS)
 
 

@@ -23,6 +23,7 @@ import pytest
 
 from cluster import protocol
 from cluster.client import AsyncClient
+from tests.integration.conftest import clusters
 from tests.integration.harness import REPO, TOKEN, LocalCluster, WorkerProcess, wait_until
 
 LIMITS = """
@@ -37,13 +38,8 @@ max_heavy_reads_per_connection = 1
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("limits"), extra_config=LIMITS)
-    c.start()
-    try:
-        c.leader_id(timeout=30)
-        yield c
-    finally:
-        c.stop()
+    for make in clusters(tmp_path_factory.mktemp("limits")):
+        yield make(extra_config=LIMITS)
 
 
 # ---- helpers -----------------------------------------------------------------

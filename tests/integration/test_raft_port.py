@@ -22,6 +22,7 @@ from loadtest.localcluster import free_ports
 from replication.link import LinkKey, Receiver, Sender, max_frame_bytes
 from replication.machine import JobMachine
 from replication.raft import RaftConfig, RaftConfigError, RaftNode
+from tests.integration.conftest import clusters
 from tests.integration.harness import LocalCluster, wait_until
 
 pytestmark = pytest.mark.integration
@@ -54,13 +55,8 @@ def _closed_by_peer(s: socket.socket) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("raftport"))
-    c.start()
-    try:
-        c.leader_id(timeout=30)
-        yield c
-    finally:
-        c.stop()
+    for make in clusters(tmp_path_factory.mktemp("raftport")):
+        yield make()
 
 
 def test_a_strangers_huge_length_prefix_costs_no_memory_and_commits_go_on(cluster: LocalCluster) -> None:
