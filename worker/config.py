@@ -102,7 +102,7 @@ class WorkerConfig:
         if not root.is_dir():
             raise ConfigError(f"data_root {str(root)!r} is not an existing directory")
         set_("data_root", root)
-        from worker.jobs.safety import HostRuleError, parse_allow_hosts  # late: jobs import config-free modules
+        from worker.jobs.netguard import HostRuleError, parse_allow_hosts  # late: jobs import config-free modules
 
         try:
             rules = _split("allow_hosts", self.allow_hosts)

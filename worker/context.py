@@ -31,7 +31,7 @@ from typing import Any, MutableMapping
 @dataclass(frozen=True)
 class JobSettings:
     """What built-in handlers may touch: files under `data_root`, hosts in
-    `allow_hosts` (see worker/jobs/safety.py for the entry syntax), and the SMTP
+    `allow_hosts` (see worker/jobs/netguard.py for the entry syntax), and the SMTP
     relay used by email.send and health.check alerts."""
 
     data_root: Path = field(default_factory=Path.cwd)

@@ -24,7 +24,7 @@ from typing import Any
 
 from worker.context import JobContext
 from worker.jobs.email import _addresses, send_mail
-from worker.jobs.safety import check_host, check_url, http_request
+from worker.jobs.netguard import check_host, check_url, http_request
 from worker.registry import BadArgument, JobError, check_keys, require
 
 MAX_PROBES = 50

@@ -5,7 +5,7 @@ Breadth-first over links on the same scheme, host and port as the start URL
 fetched first and obeyed for our user agent (urllib.robotparser); a missing
 robots.txt (404) allows everything, as the robots convention says, and an
 unreachable one stops the crawl (we cannot know the rules). Every request goes
-through the worker's host allowlist (worker/jobs/safety.py); only HTML pages
+through the worker's host allowlist (worker/jobs/netguard.py); only HTML pages
 are parsed. `delay` seconds are waited between requests (politeness), and
 cancellation is checked between pages. I/O-bound: thread pool.
 
@@ -23,7 +23,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 from worker.context import JobContext
-from worker.jobs.safety import USER_AGENT, check_url, http_request
+from worker.jobs.netguard import USER_AGENT, check_url, http_request
 from worker.registry import BadArgument, JobError, check_keys, require
 
 MAX_PAGES = 500
