@@ -143,6 +143,7 @@ class WorkerConfig:
             smtp_port=self.smtp_port, smtp_starttls=self.smtp_starttls, smtp_ssl=self.smtp_ssl,
             smtp_user=self.smtp_user, smtp_password=self.smtp_password, smtp_from=self.smtp_from,
             smtp_ca_file=str(self.smtp_ca_file) if self.smtp_ca_file else None,
+            node_addrs=self.cluster,  # jobs may not reach the cluster's own ports
         )
 
     @property

@@ -15,8 +15,8 @@ by SIGTERM (raised in the handler as JobCancelled, so `finally` blocks run),
 then SIGKILL if it does not end within a second.
 
 `JobSettings` is the part of the worker's configuration that handlers read
-(data root, HTTP allowlist, SMTP relay). It is frozen plain data so it can be
-pickled into a process-pool child.
+(data root, HTTP allowlist and the cluster's own addresses, SMTP relay). It is
+frozen plain data so it can be pickled into a process-pool child.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class JobSettings:
 
     data_root: Path = field(default_factory=Path.cwd)
     allow_hosts: tuple[str, ...] = ("loopback",)
+    node_addrs: tuple[str, ...] = ()  # the cluster's client addresses "host:port": jobs may not reach them
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025
     smtp_starttls: bool = False

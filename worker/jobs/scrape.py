@@ -91,7 +91,7 @@ def web_scrape(args: dict, ctx: JobContext) -> dict:
     """Crawl the site of `url` (at most `max_pages` pages), obeying robots.txt."""
     check_keys(args, ("url", "max_pages", "timeout", "delay", "prefix"))
     start = require(args, "url", str)
-    parts = check_url(ctx.settings, start)
+    parts = check_url(ctx.settings, start).url
     max_pages = require(args, "max_pages", int, min=1, max=MAX_PAGES, default=20)
     timeout = require(args, "timeout", float, min=0.1, max=60, default=10.0)
     delay = require(args, "delay", float, min=0, max=10, default=0.0)
