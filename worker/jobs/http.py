@@ -1,8 +1,10 @@
 """http.fetch: one GET to an allowlisted host, with a timeout and a size cap.
 
 The host must pass the worker's allowlist (default: loopback only, so a fresh
-worker is no open proxy); redirects are followed only to allowed hosts; proxies
-from the environment are ignored (worker/jobs/netguard.py). I/O-bound: thread pool.
+worker is no open proxy); the connection goes to the address that was checked,
+redirects are followed only to allowed hosts (each checked the same way), and
+proxies from the environment are ignored (worker/jobs/netguard.py). I/O-bound:
+thread pool.
 
 A status >= 400 fails the job unless `fail_on_status` is false: 408, 429 and
 5xx retryably (the server may recover), other 4xx not.

@@ -184,8 +184,9 @@ def _address_port(rule: str, r: str) -> tuple[IPAddress, int]:
 
 
 def _node_addrs(settings: JobSettings, resolver: Resolver) -> frozenset[tuple[IPAddress, int]]:
-    """The cluster's client addresses as (ip, port); names resolved now, so a
-    job naming a node by another name or by address is still recognised."""
+    """The cluster's own addresses (client, Raft, HTTP) as (ip, port); names
+    resolved now, so a job naming a node by another name or by address is
+    still recognised."""
     out: set[tuple[IPAddress, int]] = set()
     for addr in settings.node_addrs:
         host, _, port = addr.rpartition(":")
@@ -195,7 +196,7 @@ def _node_addrs(settings: JobSettings, resolver: Resolver) -> frozenset[tuple[IP
         except ValueError:
             try:
                 ips = [_ip(a) for a in resolver(host)]
-            except OSError:
+            except (OSError, UnicodeError):
                 continue  # a node name that does not resolve is not reachable either
         out.update((ip, int(port)) for ip in ips)
     return frozenset(out)
