@@ -102,7 +102,7 @@ class WorkerConfig:
         if not root.is_dir():
             raise ConfigError(f"data_root {str(root)!r} is not an existing directory")
         set_("data_root", root)
-        from worker.jobs.safety import HostRuleError, parse_allow_hosts  # late: jobs import config-free modules
+        from worker.jobs.netguard import HostRuleError, parse_allow_hosts  # late: jobs import config-free modules
 
         try:
             rules = _split("allow_hosts", self.allow_hosts)
@@ -143,6 +143,7 @@ class WorkerConfig:
             smtp_port=self.smtp_port, smtp_starttls=self.smtp_starttls, smtp_ssl=self.smtp_ssl,
             smtp_user=self.smtp_user, smtp_password=self.smtp_password, smtp_from=self.smtp_from,
             smtp_ca_file=str(self.smtp_ca_file) if self.smtp_ca_file else None,
+            node_addrs=self.cluster,  # jobs may not reach the cluster's own ports
         )
 
     @property
