@@ -176,27 +176,18 @@ SCAN_DEPTH = 3  # <root>/.raftq/dev/cluster.toml is depth 2; deeper trees are us
 SCAN_ENTRIES = 20_000  # directory entries looked at, so a huge data root starts in well under a second
 
 
-def _cluster_state(d: Path) -> str | None:
-    """The first piece of cluster state directly in `d`: a cluster file, or a node-N dir holding Raft files."""
-    try:
-        entries = sorted(os.scandir(d), key=lambda e: e.name)
-    except OSError:
-        return None  # unreadable: the worker cannot serve it either
-    for entry in entries:
-        if entry.name in CLUSTER_FILES and entry.is_file(follow_symlinks=False):
-            return entry.path
-        if _NODE_DIR_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
-            if any((Path(entry.path) / n).is_file() for n in CLUSTER_FILES):
-                return entry.path
-    return None
+def _holds_state(d: Path) -> str | None:
+    """A cluster file directly in `d` (a cluster or node data dir holds one): a few stats, no listing."""
+    return next((str(d / n) for n in sorted(CLUSTER_FILES) if (d / n).is_file()), None)
 
 
 def check_data_root(root: Path) -> None:
-    """ConfigError if `root` holds cluster state (at most SCAN_DEPTH levels and
-    SCAN_ENTRIES directory entries down) or lies inside a directory that does."""
+    """ConfigError if `root` holds cluster state (a cluster file, or a node-N
+    dir with one, at most SCAN_DEPTH levels and SCAN_ENTRIES directory entries
+    down) or lies inside a directory holding a cluster file."""
     hint = "give workers a directory of their own (--data-root)"
     for parent in root.parents:
-        found = _cluster_state(parent)
+        found = _holds_state(parent)
         if found:
             raise ConfigError(f"data_root {str(root)!r} is inside a cluster data dir ({found}); {hint}")
     seen = 0
@@ -204,19 +195,21 @@ def check_data_root(root: Path) -> None:
     for _depth in range(SCAN_DEPTH + 1):
         below: list[Path] = []
         for d in level:
-            found = _cluster_state(d)
-            if found:
-                raise ConfigError(f"data_root {str(root)!r} holds cluster state ({found}); {hint}")
             try:
                 with os.scandir(d) as it:
                     for entry in it:
                         seen += 1
                         if seen > SCAN_ENTRIES:
                             return
-                        if entry.is_dir(follow_symlinks=False):
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                        found = (entry.path if entry.name in CLUSTER_FILES and not is_dir else
+                                 _holds_state(Path(entry.path)) if is_dir and _NODE_DIR_RE.match(entry.name) else None)
+                        if found:
+                            raise ConfigError(f"data_root {str(root)!r} holds cluster state ({found}); {hint}")
+                        if is_dir:
                             below.append(Path(entry.path))
             except OSError:
-                continue
+                continue  # unreadable: the worker cannot serve it either
         level = below
 
 

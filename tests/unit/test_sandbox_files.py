@@ -327,9 +327,10 @@ def test_a_data_root_holding_cluster_state_is_refused(tmp_path: Path, state: str
 def test_a_data_root_inside_a_cluster_data_dir_is_refused(tmp_path: Path) -> None:
     cluster_dir = tmp_path / "cluster"
     (cluster_dir / "node-1").mkdir(parents=True)
+    (cluster_dir / "cluster.toml").write_text("")
     (cluster_dir / "node-1/raft.journal").write_text("")
-    for inside in (cluster_dir / "files", cluster_dir / "node-1/files"):
-        inside.mkdir()
+    for inside in (cluster_dir / "files", cluster_dir / "node-1/files", cluster_dir / "node-1/files/deeper"):
+        inside.mkdir(parents=True)
         with pytest.raises(ConfigError, match="is inside a cluster data dir"):
             check_data_root(inside)
     # A user directory merely named node-1 is not cluster state.
