@@ -54,7 +54,8 @@ def read_text_input(args: dict, ctx: JobContext, *, text_key: str = "text", path
     if len(data) > MAX_TEXT_BYTES:
         raise BadArgument(f"{path_key!r}: {args[path_key]!r} is larger than {MAX_TEXT_BYTES} bytes")
     try:
-        return data.decode("utf-8")
+        # Universal newlines, as reading the file in text mode did.
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
         raise BadArgument(f"{path_key!r}: {args[path_key]!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
