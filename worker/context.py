@@ -15,8 +15,8 @@ by SIGTERM (raised in the handler as JobCancelled, so `finally` blocks run),
 then SIGKILL if it does not end within a second.
 
 `JobSettings` is the part of the worker's configuration that handlers read
-(data root, HTTP allowlist and the cluster's own addresses, SMTP relay). It is
-frozen plain data so it can be pickled into a process-pool child.
+(data root, HTTP allowlist and the cluster's own addresses, SMTP relay, size
+limits). It is frozen plain data so it can be pickled into a process-pool child.
 """
 from __future__ import annotations
 
@@ -46,6 +46,12 @@ class JobSettings:
     smtp_from: str = "raftq@localhost"
     smtp_ca_file: str | None = None  # extra CA bundle to trust for STARTTLS/SSL
     smtp_timeout_s: float = 30.0
+    # Bomb and size limits (worker settings; a job argument may only lower them):
+    max_extract_bytes: int = 1 << 30  # archive.extract: total bytes written
+    max_extract_entries: int = 10_000  # archive.extract: entries in one archive
+    max_extract_ratio: float = 200.0  # archive.extract: expanded size / archive size
+    max_header_bytes: int = 1 << 16  # tar long-name / pax header, refused before it is read
+    max_output_bytes: int = 1 << 30  # file.decompress: bytes written
 
 
 class JobCancelled(Exception):

@@ -49,7 +49,7 @@ def http_fetch(args: dict, ctx: JobContext) -> dict:
         "headers": {k: v for k, v in resp.headers.items() if k in _KEEP_HEADERS},
     }
     if out_path is not None:
-        with atomic_output(out_path) as fh:
+        with atomic_output(out_path, ctx=ctx) as fh:
             fh.write(resp.body)
         out["output"] = rel(ctx, out_path)
     elif resp.content_type.startswith(_TEXT_TYPES) or not resp.content_type:
