@@ -166,20 +166,16 @@ def rel(ctx: JobContext, path: Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, mode: str = "wb", ctx: JobContext | None = None) -> Iterator[Any]:
+def atomic_output(path: Path, mode: str = "wb", *, ctx: JobContext) -> Iterator[Any]:
     """Write to a temp file beside `path`, fsync, rename over `path` on success.
 
-    With ctx (every in-tree file job), the directory is opened (and made)
-    beneath the data root fd and the temp file is created and renamed relative
-    to that directory fd, so no symlink swapped in meanwhile can redirect the
-    write. The file gets the usual umask-based permissions (0o666 & ~umask).
+    The directory is opened (and made) beneath the data root fd and the temp
+    file is created and renamed relative to that directory fd, so no symlink
+    swapped in meanwhile can redirect the write. The file gets the usual
+    umask-based permissions (0o666 & ~umask).
     """
-    if ctx is None:  # a caller that has no data root: plain paths
-        path.parent.mkdir(parents=True, exist_ok=True)
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    else:
-        with root_fd(ctx) as rfd:
-            dfd = open_dir_in(ctx, rfd, Path(root_rel(ctx, path)).parent.as_posix(), "output")
+    with root_fd(ctx) as rfd:
+        dfd = open_dir_in(ctx, rfd, Path(root_rel(ctx, path)).parent.as_posix(), "output")
     try:
         with atomic_in_dir(dfd, path.name, mode) as fh:
             yield fh
