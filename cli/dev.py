@@ -18,12 +18,20 @@ Supervision rules:
   processes, with it).
 
 Each child's stdout and stderr go to <data-dir>/logs/<name>.log (appended).
+
+The workers' data root (what file jobs may read and write) is a directory of
+its own, <data-dir>-files (.raftq/dev-files by default), never the working
+directory or the data dir: those hold cluster.toml (the secret) and the Raft
+files, and `raftq worker` refuses a data root that does. On first use the
+repo's ./examples is copied into it, so the README's job examples
+(`path=examples/...`) run as written.
 """
 from __future__ import annotations
 
 import errno
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -253,10 +261,23 @@ def wait_for_leader(cfg: ClusterConfig, sup: Supervisor, deadline_s: float, stop
             stop.wait(POLL_INTERVAL_S)
 
 
-def _print_banner(cfg: ClusterConfig, sup: Supervisor, leader: str, config_path: Path, recovered: bool) -> None:
+def prepare_files_dir(data_dir: Path) -> Path:
+    """The dev workers' data root, beside (not inside) the cluster's data dir,
+    seeded with ./examples when there is one and it was not copied before."""
+    files_dir = data_dir.parent / f"{data_dir.name}-files"
+    files_dir.mkdir(parents=True, exist_ok=True)
+    examples = Path("examples")
+    if examples.is_dir() and not (files_dir / "examples").exists():
+        shutil.copytree(examples, files_dir / "examples", symlinks=True)
+    return files_dir
+
+
+def _print_banner(cfg: ClusterConfig, sup: Supervisor, leader: str, config_path: Path, recovered: bool,
+                  files_dir: Path) -> None:
     click.echo(f"raftq dev cluster is up ({'recovered existing state' if recovered else 'new state'})")
     click.echo(f"  config: {config_path}")
     click.echo(f"  logs:   {sup.log_dir}/<name>.log")
+    click.echo(f"  files:  {files_dir} (the workers' data root: job paths are relative to it)")
     click.echo()
     pids = {c.name: c.pid for c in sup.children}
     emit_table(
@@ -298,6 +319,7 @@ def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: st
     """Run a local cluster (nodes + workers) in the foreground; Ctrl-C stops it."""
     cfg = dev_config(data_dir, nodes=nodes, base_port=base_port, token=token, durability=durability)
     check_ports_free(cfg)
+    files_dir = prepare_files_dir(cfg.data_dir)
     config_path = cfg.data_dir / CONFIG_FILENAME
     recovered = any(cfg.data_dir.glob("node-*"))
     write_config(cfg, config_path)
@@ -318,8 +340,9 @@ def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: st
                 workdir.mkdir(parents=True, exist_ok=True)
                 sup.start(f"worker-{i}", [sys.executable, "-m", "cli.main", "worker", "--cluster", addrs,
                                           "--token", cfg.token, "--name", f"dev-worker-{i}",
-                                          "--workdir", str(workdir)], stop_phase=0)
-            _print_banner(cfg, sup, leader, config_path, recovered)
+                                          "--workdir", str(workdir), "--data-root", str(files_dir)],
+                          stop_phase=0)
+            _print_banner(cfg, sup, leader, config_path, recovered, files_dir)
             exit_code = _supervise(sup, stops)
         finally:
             # Also on errors and exceptions: never leave a child running behind us.

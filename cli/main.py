@@ -296,7 +296,8 @@ def node(config_path: Path, node_id: int, rejoin: bool) -> None:
               help="Directory for per-job scratch dirs [default: <tmp>/raftq-worker-NAME] [env RAFTQ_WORKDIR].")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), envvar="RAFTQ_DATA_ROOT",
               default=None, help="File job types read and write only below this directory; job paths are "
-              "relative to it [default: the current directory] [env RAFTQ_DATA_ROOT].")
+              "relative to it; refused if it holds cluster state [default: the current directory] "
+              "[env RAFTQ_DATA_ROOT].")
 @click.option("--allow-host", "allow_hosts", multiple=True, envvar="RAFTQ_ALLOW_HOSTS", metavar="RULE",
               help="Hosts http.fetch/web.scrape/health.check may reach: name, *.domain, IP, CIDR, 'loopback' "
               "or '*'; repeatable [default: loopback] [env RAFTQ_ALLOW_HOSTS, space-separated].")
@@ -319,12 +320,26 @@ def node(config_path: Path, node_id: int, rejoin: bool) -> None:
               help="CPUs offered to jobs declaring resources [default: one per free job slot] [env RAFTQ_CPU].")
 @click.option("--mem-mb", type=click.IntRange(min=1), envvar="RAFTQ_MEM_MB", default=None,
               help="Memory (MB) offered to jobs declaring resources [default: no limit] [env RAFTQ_MEM_MB].")
+@click.option("--max-extract-bytes", type=click.IntRange(min=1), envvar="RAFTQ_MAX_EXTRACT_BYTES", default=None,
+              help="archive.extract: most bytes one archive may write; jobs may only lower it [default: 1 GiB] "
+              "[env RAFTQ_MAX_EXTRACT_BYTES].")
+@click.option("--max-extract-entries", type=click.IntRange(min=1), envvar="RAFTQ_MAX_EXTRACT_ENTRIES",
+              default=None, help="archive.extract: most entries in one archive [default: 10000] "
+              "[env RAFTQ_MAX_EXTRACT_ENTRIES].")
+@click.option("--max-extract-ratio", type=click.FloatRange(min=1), envvar="RAFTQ_MAX_EXTRACT_RATIO", default=None,
+              help="archive.extract: most expanded size / archive size [default: 200] [env RAFTQ_MAX_EXTRACT_RATIO].")
+@click.option("--max-header-bytes", type=click.IntRange(min=1), envvar="RAFTQ_MAX_HEADER_BYTES", default=None,
+              help="archive.extract: largest tar long-name/pax header [default: 65536] [env RAFTQ_MAX_HEADER_BYTES].")
+@click.option("--max-output-bytes", type=click.IntRange(min=1), envvar="RAFTQ_MAX_OUTPUT_BYTES", default=None,
+              help="file.decompress: most bytes written; jobs may only lower it [default: 1 GiB] "
+              "[env RAFTQ_MAX_OUTPUT_BYTES].")
 def worker(cluster: str, token: str, queues: str | None, threads: int | None, processes: int | None,
            name: str | None, imports: tuple[str, ...], lease_ttl: float | None, grace: float | None,
            workdir: Path | None, data_root: Path | None, allow_hosts: tuple[str, ...], smtp_host: str | None,
            smtp_port: int | None, smtp_starttls: bool | None, smtp_ssl: bool | None, smtp_user: str | None,
            smtp_password: str | None, smtp_from: str | None, smtp_ca_file: Path | None, cpu: float | None,
-           mem_mb: int | None) -> None:
+           mem_mb: int | None, max_extract_bytes: int | None, max_extract_entries: int | None,
+           max_extract_ratio: float | None, max_header_bytes: int | None, max_output_bytes: int | None) -> None:
     """Run a worker: lease jobs from the cluster, run them, report results."""
     kwargs: dict[str, Any] = {"cluster": tuple(_split_addresses(cluster)), "token": token}
     # Options left unset fall back to WorkerConfig's own defaults (one place for them).
@@ -332,7 +347,10 @@ def worker(cluster: str, token: str, queues: str | None, threads: int | None, pr
                 "lease_ttl_s": lease_ttl, "grace_s": grace, "workdir": workdir, "data_root": data_root,
                 "smtp_host": smtp_host, "smtp_port": smtp_port, "smtp_starttls": smtp_starttls,
                 "smtp_ssl": smtp_ssl, "smtp_user": smtp_user, "smtp_password": smtp_password,
-                "smtp_from": smtp_from, "smtp_ca_file": smtp_ca_file, "cpu": cpu, "mem_mb": mem_mb}
+                "smtp_from": smtp_from, "smtp_ca_file": smtp_ca_file, "cpu": cpu, "mem_mb": mem_mb,
+                "max_extract_bytes": max_extract_bytes, "max_extract_entries": max_extract_entries,
+                "max_extract_ratio": max_extract_ratio, "max_header_bytes": max_header_bytes,
+                "max_output_bytes": max_output_bytes}
     if allow_hosts:
         kwargs["allow_hosts"] = tuple(allow_hosts)
     kwargs.update({k: v for k, v in optional.items() if v is not None})

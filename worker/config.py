@@ -56,6 +56,13 @@ class WorkerConfig:
     smtp_password: str | None = field(default=None, repr=False)
     smtp_from: str = "raftq@localhost"
     smtp_ca_file: Path | None = None
+    # Bomb and size limits of file jobs (a job argument may only lower them; see
+    # docs/job-types.md). Defaults: what a small worker host survives.
+    max_extract_bytes: int = 1 << 30  # archive.extract total output: 1 GiB
+    max_extract_entries: int = 10_000  # archive.extract entries (one inode each)
+    max_extract_ratio: float = 200.0  # expanded/archive size; deflate of real data rarely passes 20
+    max_header_bytes: int = 1 << 16  # tar long-name/pax header: names are < 4 KiB (PATH_MAX)
+    max_output_bytes: int = 1 << 30  # file.decompress output: 1 GiB
     # Capacity offered when leasing (jobs declaring `resources` must fit what is free):
     cpu: float | None = None  # None = one cpu per free job slot
     mem_mb: int | None = None  # None = memory is not offered as a limit
@@ -101,8 +108,16 @@ class WorkerConfig:
         root = Path(root).expanduser().resolve()
         if not root.is_dir():
             raise ConfigError(f"data_root {str(root)!r} is not an existing directory")
+        check_data_root(root)
         set_("data_root", root)
-        from worker.jobs.safety import HostRuleError, parse_allow_hosts  # late: jobs import config-free modules
+        for limit, hi in (("max_extract_bytes", 1 << 50), ("max_extract_entries", 10_000_000),
+                          ("max_header_bytes", 1 << 30), ("max_output_bytes", 1 << 50)):
+            set_(limit, _int(limit, getattr(self, limit), 1, hi))
+        ratio = self.max_extract_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 1 <= ratio <= 1e6:
+            raise ConfigError(f"max_extract_ratio must be a number between 1 and 1000000, got {ratio!r}")
+        set_("max_extract_ratio", float(ratio))
+        from worker.jobs.netguard import HostRuleError, parse_allow_hosts  # late: jobs import config-free modules
 
         try:
             rules = _split("allow_hosts", self.allow_hosts)
@@ -143,11 +158,60 @@ class WorkerConfig:
             smtp_port=self.smtp_port, smtp_starttls=self.smtp_starttls, smtp_ssl=self.smtp_ssl,
             smtp_user=self.smtp_user, smtp_password=self.smtp_password, smtp_from=self.smtp_from,
             smtp_ca_file=str(self.smtp_ca_file) if self.smtp_ca_file else None,
+            node_addrs=self.cluster,  # jobs may not reach the cluster's own ports
+            max_extract_bytes=self.max_extract_bytes, max_extract_entries=self.max_extract_entries,
+            max_extract_ratio=self.max_extract_ratio, max_header_bytes=self.max_header_bytes,
+            max_output_bytes=self.max_output_bytes,
         )
 
     @property
     def lease_ttl_ms(self) -> int:
         return int(round(self.lease_ttl_s * 1000))
+
+
+# Files and directories that hold a cluster's state: a data root containing one
+# would let any job read the cluster secret or write next to the Raft journal.
+CLUSTER_FILES = frozenset({"cluster.toml", "raft.journal", "raft.meta", "raft.dump"})
+_NODE_DIR_RE = re.compile(r"^node-\d+$")
+SCAN_DEPTH = 3  # <root>/.raftq/dev/cluster.toml is depth 2; deeper trees are user data
+SCAN_ENTRIES = 20_000  # directory entries looked at, so a huge data root starts in well under a second
+
+
+def _holds_state(d: Path) -> str | None:
+    """A cluster file directly in `d` (a cluster or node data dir holds one): a few stats, no listing."""
+    return next((str(d / n) for n in sorted(CLUSTER_FILES) if (d / n).is_file()), None)
+
+
+def check_data_root(root: Path) -> None:
+    """ConfigError if `root` holds cluster state (a cluster file, or a node-N
+    dir with one, at most SCAN_DEPTH levels and SCAN_ENTRIES directory entries
+    down) or lies inside a directory holding a cluster file."""
+    hint = "give workers a directory of their own (--data-root)"
+    for parent in root.parents:
+        found = _holds_state(parent)
+        if found:
+            raise ConfigError(f"data_root {str(root)!r} is inside a cluster data dir ({found}); {hint}")
+    seen = 0
+    level = [root]
+    for _depth in range(SCAN_DEPTH + 1):
+        below: list[Path] = []
+        for d in level:
+            try:
+                with os.scandir(d) as it:
+                    for entry in it:
+                        seen += 1
+                        if seen > SCAN_ENTRIES:
+                            return
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                        found = (entry.path if entry.name in CLUSTER_FILES and not is_dir else
+                                 _holds_state(Path(entry.path)) if is_dir and _NODE_DIR_RE.match(entry.name) else None)
+                        if found:
+                            raise ConfigError(f"data_root {str(root)!r} holds cluster state ({found}); {hint}")
+                        if is_dir:
+                            below.append(Path(entry.path))
+            except OSError:
+                continue  # unreadable: the worker cannot serve it either
+        level = below
 
 
 def _safe(text: str) -> str:

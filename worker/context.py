@@ -15,8 +15,8 @@ by SIGTERM (raised in the handler as JobCancelled, so `finally` blocks run),
 then SIGKILL if it does not end within a second.
 
 `JobSettings` is the part of the worker's configuration that handlers read
-(data root, HTTP allowlist, SMTP relay). It is frozen plain data so it can be
-pickled into a process-pool child.
+(data root, HTTP allowlist and the cluster's own addresses, SMTP relay, size
+limits). It is frozen plain data so it can be pickled into a process-pool child.
 """
 from __future__ import annotations
 
@@ -31,11 +31,12 @@ from typing import Any, MutableMapping
 @dataclass(frozen=True)
 class JobSettings:
     """What built-in handlers may touch: files under `data_root`, hosts in
-    `allow_hosts` (see worker/jobs/safety.py for the entry syntax), and the SMTP
+    `allow_hosts` (see worker/jobs/netguard.py for the entry syntax), and the SMTP
     relay used by email.send and health.check alerts."""
 
     data_root: Path = field(default_factory=Path.cwd)
     allow_hosts: tuple[str, ...] = ("loopback",)
+    node_addrs: tuple[str, ...] = ()  # the cluster's client addresses "host:port": jobs may not reach them
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025
     smtp_starttls: bool = False
@@ -45,6 +46,12 @@ class JobSettings:
     smtp_from: str = "raftq@localhost"
     smtp_ca_file: str | None = None  # extra CA bundle to trust for STARTTLS/SSL
     smtp_timeout_s: float = 30.0
+    # Bomb and size limits (worker settings; a job argument may only lower them):
+    max_extract_bytes: int = 1 << 30  # archive.extract: total bytes written
+    max_extract_entries: int = 10_000  # archive.extract: entries in one archive
+    max_extract_ratio: float = 200.0  # archive.extract: expanded size / archive size
+    max_header_bytes: int = 1 << 16  # tar long-name / pax header, refused before it is read
+    max_output_bytes: int = 1 << 30  # file.decompress: bytes written
 
 
 class JobCancelled(Exception):

@@ -3,7 +3,9 @@
 Everything below runs on one asyncio event loop except the handlers themselves,
 which run in a ThreadPoolExecutor (pool="thread") or each in its own child
 process (pool="process", see worker/process.py; at most `processes` at once). The worker talks to the cluster only through the client's
-`lease`, `heartbeat`, `complete_many`, `complete` and `fail` (docs/contracts.md §4).
+`lease`, `heartbeat`, `complete_many`, `complete` and `fail` (docs/contracts.md §4),
+plus one `cluster_status` at start: every node's client, Raft and HTTP address
+joins the addresses network jobs may not reach (worker/jobs/netguard.py).
 
 Tasks and what they own:
 - lease loop: long-polls `lease(max=free slots + prefetch room)` only while a
@@ -57,7 +59,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,6 +81,9 @@ MAX_ERROR_CHARS = 4000
 PREFETCH_MAX = 16  # jobs leased beyond the free slots (bounded by the worker's threads)
 PREFETCH_BELOW_S = 0.1  # prefetch only while the jobs' average run time is below this
 SUMMARY_S = 10.0  # how often the worker logs an INFO summary of the jobs it handled
+# How long the start waits to learn the nodes' addresses; without an answer
+# jobs are kept from the --cluster addresses and raftq's port band only.
+NODE_ADDRS_WAIT_S = 5.0
 
 # Errors that mean "this attempt is no longer ours": drop the report.
 _FENCED = (LeaseLost, NotFound, Conflict)
@@ -173,6 +178,22 @@ class Worker:
         self._settings = config.job_settings
         self.stats = {"leased": 0, "succeeded": 0, "failed": 0, "dropped": 0}
 
+    async def _learn_node_addrs(self) -> None:
+        """Add every node's client, Raft and HTTP address to the settings'
+        `node_addrs` (jobs may not reach them; --cluster may name only one node
+        and never names the HTTP ports). Best effort: the worker still runs
+        without them, with a warning."""
+        assert self._client is not None
+        try:
+            status = await asyncio.wait_for(self._client.cluster_status(), NODE_ADDRS_WAIT_S)
+        except (RaftqError, OSError, asyncio.TimeoutError) as exc:
+            log.warning("could not learn the nodes' addresses (%s): jobs are kept only from --cluster "
+                        "and raftq's port band", exc or type(exc).__name__)
+            return
+        learned = [n.get(key) for n in status.get("nodes", []) for key in ("client", "raft", "http")]
+        addrs = dict.fromkeys([*self._settings.node_addrs, *(a for a in learned if isinstance(a, str) and a)])
+        self._settings = replace(self._settings, node_addrs=tuple(addrs))
+
     # --- public control ---
 
     def request_stop(self) -> None:
@@ -232,6 +253,7 @@ class Worker:
             from cluster.client import AsyncClient  # the only way to the cluster
 
             self._client = AsyncClient(list(cfg.cluster), token=cfg.token, role="worker")
+            await self._learn_node_addrs()  # before the first lease: no job runs without them
         self._threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=cfg.threads, thread_name_prefix="raftq-job"
         )

@@ -114,6 +114,18 @@ def test_bad_paths_and_hosts_fail_at_once(env: dict[str, Any]) -> None:
     assert view["state"] == "failed" and view["attempts"] == 1 and "allowlist" in view["error"]
 
 
+def test_jobs_cannot_reach_the_nodes_own_ports(env: dict[str, Any]) -> None:
+    # --cluster names the client ports; the worker learns the Raft and HTTP
+    # (/metrics) ports from the cluster. All are random, outside raftq's port band.
+    cluster, client = env["cluster"], env["client"]
+    for url in (f"http://{cluster.http_addrs[1]}/metrics", f"http://{cluster.client_addrs[2]}/"):
+        view = run(client, "http.fetch", {"url": url}, max_attempts=3)
+        assert view["state"] == "failed" and view["attempts"] == 1, view
+        assert "is a port of this raftq cluster" in view["error"]
+    view = run(client, "health.check", {"probes": [{"tcp": cluster.raft_addrs[0]}]}, max_attempts=1)
+    assert view["state"] == "failed" and "is a port of this raftq cluster" in view["error"]
+
+
 def test_process_job_timeout_and_running_job_cancel(env: dict[str, Any]) -> None:
     client = env["client"]
     view = run(client, "math.primes", {"n": 50_000_000}, timeout=0.3, max_attempts=1)

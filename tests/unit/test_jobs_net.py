@@ -24,7 +24,8 @@ from aiosmtpd.smtp import AuthResult
 from worker.context import JobContext, JobSettings
 from worker.jobs import email as email_jobs
 from worker.jobs import health, http, scrape
-from worker.jobs.safety import UnsafeInput, check_host, parse_allow_hosts, HostRuleError
+from worker.jobs.netguard import HostRuleError, check_host, parse_allow_hosts
+from worker.jobs.safety import UnsafeInput
 from worker.registry import BadArgument, JobError
 
 

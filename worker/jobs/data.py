@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import statistics
 from pathlib import Path
 from typing import Any, Iterator
 
 from worker.context import JobContext
-from worker.jobs.safety import in_root, rel
+from worker.jobs.safety import in_root, open_in, rel
 from worker.registry import BadArgument, check_keys, require
 
 MAX_GROUPS = 1000
@@ -63,8 +64,8 @@ def _num(x: float) -> float | int:
 
 def read_rows(path: Path, ctx: JobContext, delimiter: str = ",") -> Iterator[tuple[list[str], dict[str, str]]]:
     """Yield (header, row) for each data row; checks the header and reports progress."""
-    size = path.stat().st_size or 1
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    with open_in(ctx, path, "r", newline="", encoding="utf-8-sig") as fh:
+        size = os.fstat(fh.fileno()).st_size or 1
         reader = csv.reader(fh, delimiter=delimiter)
         try:
             header = next(reader)

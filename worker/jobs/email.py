@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.context import JobContext, JobSettings
-from worker.jobs.safety import in_root, rel
+from worker.jobs.safety import in_root, open_in, rel
 from worker.registry import BadArgument, JobError, check_keys, require
 
 MAX_RECIPIENTS = 100
@@ -111,12 +111,14 @@ def email_send(args: dict, ctx: JobContext) -> dict:
     body = require(args, "body", str, max=10 << 20)
     html_body = require(args, "html", str, default=None, max=10 << 20)
     attach_args = require(args, "attachments", list, default=[], max=20)
-    files: list[Path] = []
+    files: list[tuple[Path, bytes]] = []
     for i, item in enumerate(attach_args):
         path = in_root(ctx, item, f"attachments[{i}]", want="file")
-        if path.stat().st_size > MAX_ATTACHMENT_BYTES:
+        with open_in(ctx, path, arg=f"attachments[{i}]") as fh:
+            data = fh.read(MAX_ATTACHMENT_BYTES + 1)  # one past the cap: a grown file is still caught
+        if len(data) > MAX_ATTACHMENT_BYTES:
             raise BadArgument(f"attachments[{i}]: {item!r} is larger than {MAX_ATTACHMENT_BYTES} bytes")
-        files.append(path)
+        files.append((path, data))
     settings = ctx.settings
     msg = EmailMessage()
     msg["From"] = settings.smtp_from
@@ -135,14 +137,14 @@ def email_send(args: dict, ctx: JobContext) -> dict:
     msg.set_content(body)
     if html_body is not None:
         msg.add_alternative(html_body, subtype="html")
-    for path in files:
+    for path, data in files:
         ctype, _ = mimetypes.guess_type(path.name)
         maintype, subtype = (ctype or "application/octet-stream").split("/", 1)
-        msg.add_attachment(path.read_bytes(), maintype=maintype, subtype=subtype, filename=path.name)
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=path.name)
     ctx.check_cancelled()
     sent = send_mail(settings, msg, to + cc + bcc)
     return {"message_id": msg["Message-ID"], "to": to, "cc": cc, "bcc": len(bcc),
-            "attachments": [rel(ctx, p) for p in files], "refused": sent["refused"],
+            "attachments": [rel(ctx, p) for p, _ in files], "refused": sent["refused"],
             "relay": f"{settings.smtp_host}:{settings.smtp_port}"}
 
 

@@ -2,12 +2,14 @@
 
 file.compress    gzip | bz2 | xz; CPU-bound: process pool
 file.decompress  format from the argument or the file extension; the output is
-                 capped by `max_bytes` (a decompression bomb stops there)
+                 capped by the worker's max_output_bytes (a job's `max_bytes`
+                 may only lower it): a decompression bomb stops there
 file.checksum    md5 | sha1 | sha256 | sha512 | blake2b (hashlib releases the
                  GIL on large buffers: thread pool)
 
 Files are streamed in 1 MiB chunks (memory stays flat), progress is reported
-by bytes read, and outputs are written atomically (worker/jobs/safety.py).
+by bytes read, inputs are opened beneath the data root fd and outputs are
+written atomically beside their name (worker/jobs/safety.py).
 """
 from __future__ import annotations
 
@@ -15,15 +17,14 @@ import bz2
 import gzip
 import hashlib
 import lzma
+import os
 from typing import IO, Any, Callable
 
 from worker.context import JobContext
-from worker.jobs.safety import UnsafeInput, atomic_output, in_root, rel
+from worker.jobs.safety import UnsafeInput, atomic_output, capped, in_root, open_in, rel, stat_in
 from worker.registry import BadArgument, check_keys, require
 
 CHUNK = 1 << 20
-DEFAULT_MAX_OUTPUT = 1 << 30  # decompress: 1 GiB unless the job asks otherwise
-MAX_OUTPUT_LIMIT = 1 << 36
 
 FORMATS: dict[str, tuple[str, Callable[..., IO[bytes]]]] = {
     "gzip": (".gz", gzip.open),
@@ -69,14 +70,14 @@ def file_compress(args: dict, ctx: JobContext) -> dict:
     out = in_root(ctx, args.get("output", str(src) + suffix), "output", want="file", must_exist=False)
     if out == src:
         raise BadArgument("'output' must differ from 'path'")
-    size = src.stat().st_size
     kwargs: dict[str, Any] = {}
     if level is not None:
         kwargs["preset" if fmt == "xz" else "compresslevel"] = level
-    with open(src, "rb") as fin, atomic_output(out) as raw:
+    with open_in(ctx, src) as fin, atomic_output(out, ctx=ctx) as raw:
+        size = os.fstat(fin.fileno()).st_size
         with opener(raw, "wb", **kwargs) as fout:
             _copy(fin, fout, ctx, size, "compressed", counter=fin.tell)
-    out_size = out.stat().st_size
+    out_size = stat_in(ctx, out).st_size
     ctx.progress(1.0, "done")
     return {"path": rel(ctx, src), "output": rel(ctx, out), "format": fmt, "bytes_in": size,
             "bytes_out": out_size, "ratio": round(out_size / size, 4) if size else None}
@@ -97,10 +98,10 @@ def file_decompress(args: dict, ctx: JobContext) -> dict:
     out = in_root(ctx, args.get("output", default_out), "output", want="file", must_exist=False)
     if out == src:
         raise BadArgument("'output' must differ from 'path'")
-    limit = require(args, "max_bytes", int, min=1, max=MAX_OUTPUT_LIMIT, default=DEFAULT_MAX_OUTPUT)
-    size = src.stat().st_size
+    limit = capped(args, "max_bytes", ctx.settings.max_output_bytes)
     try:
-        with open(src, "rb") as raw_in, opener(raw_in, "rb") as fin, atomic_output(out) as fout:
+        with open_in(ctx, src) as raw_in, opener(raw_in, "rb") as fin, atomic_output(out, ctx=ctx) as fout:
+            size = os.fstat(raw_in.fileno()).st_size
             written = _copy(fin, fout, ctx, size, "read", limit=limit, counter=raw_in.tell)
     except (OSError, EOFError, lzma.LZMAError) as exc:
         if isinstance(exc, FileNotFoundError):
@@ -120,9 +121,9 @@ def file_checksum(args: dict, ctx: JobContext) -> dict:
     expect = require(args, "expect", str, default=None) if "expect" in args else None
     src = in_root(ctx, args.get("path"), "path", want="file")
     h = hashlib.new(algorithm)
-    size = src.stat().st_size
     done = 0
-    with open(src, "rb") as fh:
+    with open_in(ctx, src) as fh:
+        size = os.fstat(fh.fileno()).st_size
         while chunk := fh.read(CHUNK):
             ctx.check_cancelled()
             h.update(chunk)

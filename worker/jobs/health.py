@@ -16,7 +16,6 @@ retryably (the alert matters more than the report). I/O-bound: thread pool.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -24,7 +23,7 @@ from typing import Any
 
 from worker.context import JobContext
 from worker.jobs.email import _addresses, send_mail
-from worker.jobs.safety import check_host, check_url, http_request
+from worker.jobs.netguard import check_host, check_url, connect_host, http_request
 from worker.registry import BadArgument, JobError, check_keys, require
 
 MAX_PROBES = 50
@@ -56,7 +55,7 @@ def _parse_probe(i: int, probe: Any, ctx: JobContext) -> dict[str, Any]:
         host, sep, port = target.rpartition(":") if isinstance(target, str) else ("", "", "")
         if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise BadArgument(f"{where}.tcp must be 'host:port', got {target!r}")
-        check_host(ctx.settings, host.strip("[]"), f"{where}.tcp")
+        check_host(ctx.settings, host.strip("[]"), f"{where}.tcp", port=int(port))
         out.update(kind="tcp", target=target, host=host.strip("[]"), port=int(port))
     out["name"] = require(probe, "name", str, default=out["target"])
     return out
@@ -68,10 +67,14 @@ def run_probe(p: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
                               "latency_ms": None, "error": None}
     if p["kind"] == "tcp":
         try:
-            with socket.create_connection((p["host"], p["port"]), timeout=p["timeout"]):
+            # Checked again at connect time: the answer may have changed since
+            # the arguments were validated, and the connection uses this one.
+            with connect_host(ctx.settings, p["host"], p["port"], p["timeout"], p["target"]):
                 result["ok"] = True
         except OSError as exc:
             result["error"] = f"cannot connect: {exc.strerror or exc}"
+        except JobError as exc:
+            result["error"] = str(exc)
     else:
         try:
             resp = http_request(ctx.settings, p["target"], timeout_s=p["timeout"], max_bytes=PROBE_MAX_BYTES, ctx=ctx)

@@ -1,8 +1,10 @@
 """http.fetch: one GET to an allowlisted host, with a timeout and a size cap.
 
 The host must pass the worker's allowlist (default: loopback only, so a fresh
-worker is no open proxy); redirects are followed only to allowed hosts; proxies
-from the environment are ignored (worker/jobs/safety.py). I/O-bound: thread pool.
+worker is no open proxy); the connection goes to the address that was checked,
+redirects are followed only to allowed hosts (each checked the same way), and
+proxies from the environment are ignored (worker/jobs/netguard.py). I/O-bound:
+thread pool.
 
 A status >= 400 fails the job unless `fail_on_status` is false: 408, 429 and
 5xx retryably (the server may recover), other 4xx not.
@@ -13,7 +15,8 @@ import hashlib
 from typing import Any
 
 from worker.context import JobContext
-from worker.jobs.safety import atomic_output, http_request, in_root, rel
+from worker.jobs.netguard import http_request
+from worker.jobs.safety import atomic_output, in_root, rel
 from worker.registry import JobError, check_keys, require
 
 DEFAULT_MAX_BYTES = 1 << 20
@@ -46,7 +49,7 @@ def http_fetch(args: dict, ctx: JobContext) -> dict:
         "headers": {k: v for k, v in resp.headers.items() if k in _KEEP_HEADERS},
     }
     if out_path is not None:
-        with atomic_output(out_path) as fh:
+        with atomic_output(out_path, ctx=ctx) as fh:
             fh.write(resp.body)
         out["output"] = rel(ctx, out_path)
     elif resp.content_type.startswith(_TEXT_TYPES) or not resp.content_type:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.context import JobContext
-from worker.jobs.safety import atomic_output, in_root, rel
+from worker.jobs.safety import atomic_output, in_root, open_in, rel, stat_in
 from worker.registry import BadArgument, check_keys, require
 
 MAX_PIXELS = 64_000_000
@@ -33,7 +33,7 @@ def _open(ctx: JobContext, args: dict) -> tuple[Path, Any]:
     src = in_root(ctx, args.get("path"), "path", want="file")
     try:
         # Our own file handle, so it is closed whatever Pillow raises.
-        with open(src, "rb") as fh, warnings.catch_warnings():
+        with open_in(ctx, src) as fh, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(fh)
             w, h = img.size
@@ -70,11 +70,11 @@ def _save(ctx: JobContext, img: Any, src: Path, args: dict, fmt: str, tag: str) 
     if fmt == "GIF" and img.mode not in ("P", "L"):
         img = img.convert("P", palette=1)  # adaptive palette
     params: dict[str, Any] = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-    with atomic_output(out) as fh:
+    with atomic_output(out, ctx=ctx) as fh:
         img.save(fh, format=fmt, **params)
     ctx.progress(1.0, "saved")
     return {"path": rel(ctx, src), "output": rel(ctx, out), "format": fmt.lower(), "width": img.width,
-            "height": img.height, "mode": img.mode, "bytes": out.stat().st_size}
+            "height": img.height, "mode": img.mode, "bytes": stat_in(ctx, out).st_size}
 
 
 def image_resize(args: dict, ctx: JobContext) -> dict:

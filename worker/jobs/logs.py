@@ -14,13 +14,14 @@ Streamed line by line. CPU-bound parsing: process pool.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections import Counter
 from datetime import datetime
 from typing import Any
 
 from worker.context import JobContext
-from worker.jobs.safety import in_root, rel
+from worker.jobs.safety import in_root, open_in, rel
 from worker.registry import BadArgument, check_keys, require
 
 LINE_RE = re.compile(
@@ -59,8 +60,8 @@ def logs_analyze(args: dict, ctx: JobContext) -> dict:
     latencies: list[float] = []
     total_bytes = lines = parsed = 0
     samples: list[str] = []
-    size = src.stat().st_size or 1
-    with open(src, "rb") as fh:
+    with open_in(ctx, src) as fh:
+        size = os.fstat(fh.fileno()).st_size or 1
         for raw in fh:
             lines += 1
             line = raw.decode("utf-8", "replace").rstrip("\r\n")

@@ -81,7 +81,7 @@ def svg_bar_chart(bars: list[tuple[str, float]], title: str) -> str:
     return "\n".join(parts)
 
 
-def png_bar_chart(bars: list[tuple[str, float]], title: str, out: Path) -> None:
+def png_bar_chart(ctx: JobContext, bars: list[tuple[str, float]], title: str, out: Path) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
     row_h, label_w, bar_w, pad = 24, 180, 420, 10
@@ -101,7 +101,7 @@ def png_bar_chart(bars: list[tuple[str, float]], title: str, out: Path) -> None:
         if w >= 1:
             draw.rectangle([label_w, y + 3, label_w + w, y + row_h - 3], fill=PALETTE)
         draw.text((label_w + w + 6, y + 6), _fmt(v), fill="black", font=font)
-    with atomic_output(out) as fh:
+    with atomic_output(out, ctx=ctx) as fh:
         img.save(fh, format="PNG")
 
 
@@ -171,7 +171,7 @@ def report_generate(args: dict, ctx: JobContext) -> dict:
         result["chart_file"] = None
     else:
         png = out.with_suffix(".png")
-        png_bar_chart(bars, chart_title, png)
+        png_bar_chart(ctx, bars, chart_title, png)
         lines = [f"# {title}", "", f"Source: `{src.name}` · {stats['rows']} rows · {len(header)} columns · "
                  f"generated {generated}", "", f"## {chart_title}", "", f"![{chart_title}]({png.name})", "",
                  f"| {_md_cell(label)} | {_md_cell(what)} |", "|---|---:|"]
@@ -183,7 +183,7 @@ def report_generate(args: dict, ctx: JobContext) -> dict:
                   for c, s in stats["columns"].items()]
         doc = "\n".join(lines) + "\n"
         result["chart_file"] = rel(ctx, png)
-    with atomic_output(out, "w") as fh:
+    with atomic_output(out, "w", ctx=ctx) as fh:
         fh.write(doc)
     ctx.progress(1.0, "done")
     return result

@@ -5,7 +5,7 @@ Breadth-first over links on the same scheme, host and port as the start URL
 fetched first and obeyed for our user agent (urllib.robotparser); a missing
 robots.txt (404) allows everything, as the robots convention says, and an
 unreachable one stops the crawl (we cannot know the rules). Every request goes
-through the worker's host allowlist (worker/jobs/safety.py); only HTML pages
+through the worker's host allowlist (worker/jobs/netguard.py); only HTML pages
 are parsed. `delay` seconds are waited between requests (politeness), and
 cancellation is checked between pages. I/O-bound: thread pool.
 
@@ -23,7 +23,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 from worker.context import JobContext
-from worker.jobs.safety import USER_AGENT, check_url, http_request
+from worker.jobs.netguard import USER_AGENT, check_url, http_request
 from worker.registry import BadArgument, JobError, check_keys, require
 
 MAX_PAGES = 500
@@ -91,7 +91,7 @@ def web_scrape(args: dict, ctx: JobContext) -> dict:
     """Crawl the site of `url` (at most `max_pages` pages), obeying robots.txt."""
     check_keys(args, ("url", "max_pages", "timeout", "delay", "prefix"))
     start = require(args, "url", str)
-    parts = check_url(ctx.settings, start)
+    parts = check_url(ctx.settings, start).url
     max_pages = require(args, "max_pages", int, min=1, max=MAX_PAGES, default=20)
     timeout = require(args, "timeout", float, min=0.1, max=60, default=10.0)
     delay = require(args, "delay", float, min=0, max=10, default=0.0)

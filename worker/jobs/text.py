@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any
 
 from worker.context import JobContext
-from worker.jobs.safety import atomic_output, in_root, rel
+from worker.jobs.safety import atomic_output, in_root, open_in, rel
 from worker.registry import BadArgument, check_keys, require
 
 _WORD_RE = re.compile(r"[^\W_]+")  # runs of letters/digits (Unicode-aware), "_" is a separator
@@ -48,10 +48,14 @@ def read_text_input(args: dict, ctx: JobContext, *, text_key: str = "text", path
     if has_text:
         return require(args, text_key, str, max=MAX_TEXT_BYTES)
     path = in_root(ctx, args[path_key], path_key, want="file")
-    if path.stat().st_size > MAX_TEXT_BYTES:
+    with open_in(ctx, path, arg=path_key) as fh:
+        # Read one byte past the cap: a file grown since any stat is still caught.
+        data = fh.read(MAX_TEXT_BYTES + 1)
+    if len(data) > MAX_TEXT_BYTES:
         raise BadArgument(f"{path_key!r}: {args[path_key]!r} is larger than {MAX_TEXT_BYTES} bytes")
     try:
-        return path.read_text(encoding="utf-8")
+        # Universal newlines, as reading the file in text mode did.
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
         raise BadArgument(f"{path_key!r}: {args[path_key]!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
@@ -134,7 +138,7 @@ def text_convert(args: dict, ctx: JobContext) -> dict:
         result, extra["rows"] = records_to_csv(data, delimiter)
     out: dict[str, Any] = {"op": op, "chars_in": len(text), "chars_out": len(result), **extra}
     if out_path is not None:
-        with atomic_output(out_path, "w") as fh:
+        with atomic_output(out_path, "w", ctx=ctx) as fh:
             fh.write(result)
         out["output"] = rel(ctx, out_path)
     elif len(result) > MAX_RETURNED_CHARS:
