@@ -299,8 +299,9 @@ def node(config_path: Path, node_id: int, rejoin: bool) -> None:
               "relative to it; refused if it holds cluster state [default: the current directory] "
               "[env RAFTQ_DATA_ROOT].")
 @click.option("--allow-host", "allow_hosts", multiple=True, envvar="RAFTQ_ALLOW_HOSTS", metavar="RULE",
-              help="Hosts http.fetch/web.scrape/health.check may reach: name, *.domain, IP, CIDR, 'loopback' "
-              "or '*'; repeatable [default: loopback] [env RAFTQ_ALLOW_HOSTS, space-separated].")
+              help="Hosts http.fetch/web.scrape/health.check may reach: name, *.domain, IP, CIDR, ADDRESS:PORT, "
+              "'loopback' or '*' (link-local, metadata and the cluster's own ports only when named); repeatable "
+              "[default: loopback] [env RAFTQ_ALLOW_HOSTS, space-separated].")
 @click.option("--smtp-host", envvar="RAFTQ_SMTP_HOST", default=None,
               help="SMTP relay for email.send and alerts [default: 127.0.0.1] [env RAFTQ_SMTP_HOST].")
 @click.option("--smtp-port", type=click.IntRange(1, 65535), envvar="RAFTQ_SMTP_PORT", default=None,
