@@ -430,19 +430,26 @@ def _extract_zip(fh: IO[bytes], staging: _Staging) -> None:
             staging.ctx.progress(0.95 * (i + 1) / len(plan), f"extracted {i + 1} of {len(plan)} entries")
 
 
+def _dir_nofollow(name: str, dir_fd: int, refusal: str) -> int:
+    """Make directory `name` under `dir_fd` if missing and open it without
+    following a symlink; a symlink or a file there is UnsafeInput(`refusal`)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, dir_fd=dir_fd)
+    try:
+        return os.open(name, _DIR_NOFOLLOW, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafeInput(refusal) from None
+        raise
+
+
 def _merge(src_fd: int, dst_fd: int, where: PurePosixPath) -> None:
     """Move the staged tree into the target, never writing through a symlink in it."""
     for entry in sorted(os.scandir(src_fd), key=lambda e: e.name):
         here = where / entry.name
         if entry.is_dir(follow_symlinks=False):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(entry.name, dir_fd=dst_fd)
-            try:
-                sub_dst = os.open(entry.name, _DIR_NOFOLLOW, dir_fd=dst_fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise UnsafeInput(f"refused: {str(here)!r} exists in the target and is not a directory") from None
-                raise
+            sub_dst = _dir_nofollow(entry.name, dst_fd,
+                                    f"refused: {str(here)!r} exists in the target and is not a directory")
             sub_src = os.open(entry.name, _DIR_NOFOLLOW, dir_fd=src_fd)
             try:
                 _merge(sub_src, sub_dst, here)
@@ -491,14 +498,8 @@ def archive_extract(args: dict, ctx: JobContext) -> dict:
                     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
                         raise BadArgument(f"'path': {args['path']!r} is not a valid zip archive ({exc})") from None
                 staging.check_links()
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(target.name, dir_fd=parent_fd)
-                try:
-                    tfd = os.open(target.name, _DIR_NOFOLLOW, dir_fd=parent_fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise UnsafeInput(f"refused: the target {rel(ctx, target)!r} is a symlink or a file") from None
-                    raise
+                tfd = _dir_nofollow(target.name, parent_fd,
+                                    f"refused: the target {rel(ctx, target)!r} is a symlink or a file")
                 try:
                     _merge(sfd, tfd, PurePosixPath(rel(ctx, target)))
                 finally:
