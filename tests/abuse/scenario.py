@@ -20,10 +20,6 @@ the node's internals, so the same suite judges main before and after the fixes.
 """
 from __future__ import annotations
 
-import os
-import resource
-import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -33,7 +29,7 @@ from typing import Any, Iterator
 
 from cluster.client import Client
 from cluster.errors import NotFound, RaftqError
-from tests.integration.harness import REPO, TOKEN, LocalCluster, wait_until
+from tests.integration.harness import TOKEN, LocalCluster, wait_until
 
 # ---- thresholds (stated and argued in docs/abuse-testing.md) ---------------
 RSS_GROWTH_MAX_MB = 200.0   # leader VmRSS peak minus before, during one attack
@@ -67,22 +63,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class AbuseCluster(LocalCluster):
-    """LocalCluster whose nodes may start with a hard+soft RLIMIT_NOFILE."""
-
-    def __init__(self, root: Path, nofile: int | None = None, **kwargs: Any) -> None:
-        super().__init__(root, **kwargs)
-        self.nofile = nofile
-
-    def start(self, node_id: int | None = None) -> None:
-        if self.nofile is None:
-            return super().start(node_id)
-        limit = self.nofile
-        for i in [node_id] if node_id is not None else range(1, self.n + 1):
-            with open(self.root / "logs" / f"node-{i}.log", "ab") as log:
-                self.procs[i] = subprocess.Popen(
-                    [sys.executable, "-m", "cli.main", "node", "--config", str(self.config_path), "--id", str(i)],
-                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                    preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+    """LocalCluster with the suite's views of a node (pid, data dir, log)."""
 
     def pid(self, node_id: int) -> int:
         return self.procs[node_id].pid

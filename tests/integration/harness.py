@@ -8,6 +8,7 @@ are ever signalled.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -39,8 +40,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 class LocalCluster:
     def __init__(self, root: Path, nodes: int = 3, durability: str = "none", lease_ttl_s: float = 30.0,
-                 extra_config: str = "") -> None:
+                 extra_config: str = "", nofile: int | None = None) -> None:
+        """`nofile`: start the nodes with this RLIMIT_NOFILE, soft and hard (fd-exhaustion tests)."""
         self.root = root
+        self.nofile = nofile
         root.mkdir(parents=True, exist_ok=True)
         self.n = nodes
         ports = free_ports(3 * nodes)
@@ -71,8 +74,13 @@ class LocalCluster:
             log = open(self.root / "logs" / f"node-{i}.log", "ab")
             self.procs[i] = subprocess.Popen(
                 [sys.executable, "-m", "cli.main", "node", "--config", str(self.config_path), "--id", str(i)],
-                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=None if self.nofile is None else self._limit_files)
             log.close()
+
+    def _limit_files(self) -> None:  # in the child, before exec
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def kill(self, node_id: int, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[node_id]

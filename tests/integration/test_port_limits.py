@@ -7,13 +7,9 @@ Floods come from other 127.0.0.x source addresses than the legitimate client
 from __future__ import annotations
 
 import asyncio
-import os
-import resource
 import selectors
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +20,7 @@ import pytest
 from cluster import protocol
 from cluster.client import AsyncClient
 from tests.integration.conftest import clusters
-from tests.integration.harness import REPO, TOKEN, LocalCluster, WorkerProcess, wait_until
+from tests.integration.harness import TOKEN, LocalCluster, WorkerProcess, wait_until
 
 LIMITS = """
 hello_timeout_s = 1.0
@@ -361,26 +357,8 @@ def test_http_port_caps_connections_and_request_size(limited: LocalCluster) -> N
 
 # ---- file descriptors ------------------------------------------------------------------
 
-class LowFdCluster(LocalCluster):
-    """Nodes started with RLIMIT_NOFILE 256 (soft and hard)."""
-
-    def start(self, node_id: int | None = None) -> None:
-        ids = [node_id] if node_id is not None else list(range(1, self.n + 1))
-        for i in ids:
-            log = open(self.root / "logs" / f"node-{i}.log", "ab")
-            self.procs[i] = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "node", "--config", str(self.config_path), "--id", str(i)],
-                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                preexec_fn=_low_fd_limit)
-            log.close()
-
-
-def _low_fd_limit() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-
-
 def test_a_connection_flood_never_starves_the_leaders_files(tmp_path: Path) -> None:
-    c = LowFdCluster(tmp_path, durability="fsync",
+    c = LocalCluster(tmp_path, durability="fsync", nofile=256,
                      extra_config="hello_timeout_s = 60.0\nmax_connections_per_source = 30\n")
     c.start()
     flood: list[socket.socket] = []
