@@ -97,12 +97,26 @@ def test_a_stalled_follower_is_sent_at_most_the_in_flight_bound(tmp_path: Path) 
             return max((c.unsent_bytes for node, c in t._connections.items()
                         if node.address == slow.config.self_addr), default=0)
         term = leader.status()["term"]
-        slow._loop.call_soon_threadsafe(time.sleep, 4.0)  # its loop stops reading its sockets
-        blob, peak = "z" * 900_000, 0
-        for i in range(12):  # ~11 MB: without the bound all of it would queue up for `slow`
+        stalled = threading.Event()
+
+        def stall() -> None:  # its loop stops reading its sockets
+            stalled.set()
+            time.sleep(8.0)
+        slow._loop.call_soon_threadsafe(stall)
+        assert stalled.wait(10), "the follower's loop never ran the stall"
+        # Kernel socket buffers take the first megabytes unseen (how many
+        # depends on the machine's tcp_wmem/tcp_rmem), so propose until the
+        # leader's own buffer for `slow` reaches the bound, then a few more to
+        # show it stays there. Without the bound all of it would queue up.
+        blob, peak, at_bound = "z" * 900_000, 0, 0
+        for i in range(48):  # at most ~43 MB
             assert _propose(leader, _entry(f"big-{i}", blob)) is None
             peak = max(peak, leader._call_on_loop(unsent_to_slow))
-        assert in_flight <= peak <= in_flight + max_frame_bytes(leader.config.append_entries_batch_bytes)
+            at_bound += peak >= in_flight
+            if at_bound > 4:
+                break
+        assert in_flight <= peak <= in_flight + max_frame_bytes(leader.config.append_entries_batch_bytes), (
+            f"peak unsent {peak} after {i + 1} proposals (kernel buffers absorbed the rest?)")
         last = leader.status()["last_applied"]
         wait_until(lambda: slow.status()["last_applied"] >= last, 20, "the stalled follower to catch up")
         time.sleep(1.0)  # its election timer ran out long ago: pre-vote, not an election
