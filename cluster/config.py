@@ -17,7 +17,16 @@ dataclass itself, so a hand-built config is held to the same rules):
 - size and admission limits (docs/contracts.md, "Limits") are positive and
   nest: max_args_bytes and max_result_bytes + COMMAND_SLACK_BYTES <=
   max_entry_bytes, and max_entry_bytes + COMMAND_SLACK_BYTES <= max_frame_bytes,
-  so a legal command always fits one Raft entry and one request frame.
+  so a legal command always fits one Raft entry and one request frame;
+- TLS (cluster/tls.py): `tls_cert` and `tls_key` come together and turn TLS
+  on for the client and HTTP ports; `tls_client_ca` (mutual TLS on the client
+  port) and `http_mtls` (on the HTTP port too) need them; every file is
+  readable and the key matches the certificate (checked by building the
+  contexts, so a node never starts with TLS it cannot serve). Relative paths
+  are taken from the file's own directory, like data_dir;
+- `http_token`, when set, is at least 16 printable characters without spaces
+  (it is compared with the `Authorization: Bearer` header of every HTTP
+  request).
 
 Every problem raises `ConfigError` with a one-line message naming the key, so
 the CLI can print it as is.
@@ -27,10 +36,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets as _secrets
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cluster import tls
 
 DURABILITIES = ("fsync", "none")
 MIN_SECRET_CHARS = 16
@@ -93,6 +105,12 @@ class ClusterConfig:
     max_heavy_reads_per_connection: int = 1
     max_pollers: int = 10_000
     max_pollers_per_connection: int = 512  # protocol.MAX_POLLS_PER_CONNECTION: the AsyncClient's own bound
+    # -- TLS and the HTTP port's credentials (docs/security.md) --
+    tls_cert: Path | None = None        # PEM certificate (chain) every node presents; with tls_key: TLS on
+    tls_key: Path | None = None         # its unencrypted PEM private key
+    tls_client_ca: Path | None = None   # clients must present a certificate this CA signed (mutual TLS)
+    http_mtls: bool = False             # ... on the HTTP port too (off: probes need no client certificate)
+    http_token: str | None = field(default=None, repr=False)  # /health and /metrics need "Bearer <it>"
     nodes: tuple[NodeSpec, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -115,6 +133,24 @@ class ClusterConfig:
 
     def client_addresses(self) -> list[str]:
         return [n.client for n in self.nodes]
+
+    def client_port_tls(self) -> ssl.SSLContext | None:
+        """The client port's server context; None: plain TCP."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        try:
+            return tls.server_context(self.tls_cert, self.tls_key, self.tls_client_ca)
+        except tls.TlsFileError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def http_port_tls(self) -> ssl.SSLContext | None:
+        """The HTTP port's server context (client certificates only with http_mtls); None: plain HTTP."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        try:
+            return tls.server_context(self.tls_cert, self.tls_key, self.tls_client_ca if self.http_mtls else None)
+        except tls.TlsFileError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def parse_address(value: Any, key: str) -> tuple[str, int]:
@@ -147,6 +183,7 @@ def _validate(cfg: ClusterConfig) -> None:
     _positive_number(cfg.lease_ttl_s, "lease_ttl_s")
     _validate_limits(cfg)
     _validate_connection_limits(cfg)
+    _validate_tls(cfg)
     if not cfg.nodes:
         raise ConfigError("nodes: at least one [[nodes]] entry is required")
     seen_ids: set[int] = set()
@@ -196,6 +233,32 @@ def _validate_connection_limits(cfg: ClusterConfig) -> None:
         raise ConfigError(f"conn_write_buffer_bytes: must be at least 4096, got {cfg.conn_write_buffer_bytes}")
 
 
+MIN_HTTP_TOKEN_CHARS = 16
+TLS_PATH_KEYS = ("tls_cert", "tls_key", "tls_client_ca")
+
+
+def _validate_tls(cfg: ClusterConfig) -> None:
+    for key in TLS_PATH_KEYS:
+        value = getattr(cfg, key)
+        if value is not None and (not isinstance(value, Path) or not value.is_absolute()):
+            raise ConfigError(f"{key}: must be an absolute path, got {str(value)!r}")
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ConfigError("tls_cert and tls_key go together: give both (TLS on) or neither (plain TCP)")
+    if cfg.tls_client_ca is not None and cfg.tls_cert is None:
+        raise ConfigError("tls_client_ca: mutual TLS needs TLS: set tls_cert and tls_key too")
+    if not isinstance(cfg.http_mtls, bool):
+        raise ConfigError(f"http_mtls: must be true or false, got {cfg.http_mtls!r}")
+    if cfg.http_mtls and cfg.tls_client_ca is None:
+        raise ConfigError("http_mtls: client certificates on the HTTP port need tls_client_ca (and TLS)")
+    token = cfg.http_token
+    if token is not None and (not isinstance(token, str) or len(token) < MIN_HTTP_TOKEN_CHARS
+                              or len(token) > MAX_TOKEN_CHARS or not token.isprintable() or " " in token):
+        raise ConfigError(f"http_token: must be {MIN_HTTP_TOKEN_CHARS}..{MAX_TOKEN_CHARS} printable characters "
+                          "without spaces")
+    cfg.client_port_tls()  # reads every file: a missing one or a key that does not match is refused here
+    cfg.http_port_tls()
+
+
 def _positive_int(value: Any, key: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
@@ -210,7 +273,7 @@ _TOP_KEYS = {
     "secret", "token", "data_dir", "durability", "max_live_jobs",
     "retention_s", "lease_ttl_s", "max_frame_bytes", "nodes",
     "max_args_bytes", "max_result_bytes", "max_entry_bytes", "max_held_jobs", "max_held_bytes",
-    "min_schedule_interval_s", *CONNECTION_KEYS,
+    "min_schedule_interval_s", *CONNECTION_KEYS, *TLS_PATH_KEYS, "http_mtls", "http_token",
 }
 _NODE_KEYS = {"id", "client", "raft", "http"}
 
@@ -270,6 +333,14 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> ClusterConfig:
         nodes.append(NodeSpec(id=node_id, client=entry["client"], raft=entry["raft"], http=entry.get("http")))
 
     kwargs: dict[str, Any] = {}
+    for key in TLS_PATH_KEYS:
+        if key in data:
+            if not isinstance(data[key], str) or not data[key]:
+                raise ConfigError(f"{key}: must be a file path, got {data[key]!r}")
+            kwargs[key] = (base_dir / Path(data[key]).expanduser()).resolve()
+    for key in ("http_mtls", "http_token"):
+        if key in data:
+            kwargs[key] = data[key]
     for key in ("max_live_jobs", "retention_s", "lease_ttl_s", "max_frame_bytes",
                 "max_args_bytes", "max_result_bytes", "max_entry_bytes", "max_held_jobs", "max_held_bytes",
                 "min_schedule_interval_s", *CONNECTION_KEYS):
@@ -325,7 +396,12 @@ def render_config(cfg: ClusterConfig) -> str:
         f"max_held_bytes = {_toml_num(cfg.max_held_bytes)}",
         f"min_schedule_interval_s = {_toml_num(cfg.min_schedule_interval_s)}",
         *(f"{key} = {_toml_num(getattr(cfg, key))}" for key in CONNECTION_KEYS),
+        *(f"{key} = {_toml_str(str(getattr(cfg, key)))}" for key in TLS_PATH_KEYS if getattr(cfg, key) is not None),
     ]
+    if cfg.http_mtls:
+        lines.append("http_mtls = true")
+    if cfg.http_token is not None:
+        lines.append(f"http_token = {_toml_str(cfg.http_token)}")
     for spec in cfg.nodes:
         lines += ["", "[[nodes]]", f"id = {spec.id}", f"client = {_toml_str(spec.client)}", f"raft = {_toml_str(spec.raft)}"]
         if spec.http is not None:
