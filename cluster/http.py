@@ -5,7 +5,13 @@ connection, GET only. The metric values are read from the node at scrape time
 by a custom collector (prometheus_client renders the exposition format), so
 nothing is updated on the hot path.
 
-The port is unauthenticated, so every connection is bounded: at most
+Who may ask (docs/security.md): anyone, by default, so existing scrapers and
+probes keep working. With `http_token` in the cluster config every request
+must carry `Authorization: Bearer <http_token>` (else 401); with `http_mtls`
+the peer must present a client certificate signed by `tls_client_ca`. With
+`tls_cert`/`tls_key` the port speaks HTTPS only.
+
+Before any of that a peer is unknown, so every connection is bounded: at most
 HTTP_MAX_CONNECTIONS at once (more are closed at once, unanswered), a request
 head of at most MAX_HEADER_BYTES that must arrive within HEADER_TIMEOUT_S
 (one request per connection, so this is also the idle close), and a reply the
@@ -14,6 +20,7 @@ peer must read within WRITE_TIMEOUT_S.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from typing import TYPE_CHECKING, Iterator
@@ -21,6 +28,8 @@ from typing import TYPE_CHECKING, Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from cluster.tls import asks_client_certificates
 
 if TYPE_CHECKING:
     from cluster.server import Node
@@ -88,6 +97,9 @@ class NodeCollector(Collector):
 async def start_http_server(node: "Node", host: str, port: int) -> asyncio.AbstractServer:
     registry = CollectorRegistry()
     registry.register(NodeCollector(node))
+    tls = node.cfg.http_port_tls()
+    mutual_tls = asks_client_certificates(tls)
+    expected = None if node.cfg.http_token is None else f"Bearer {node.cfg.http_token}".encode()
 
     open_connections = 0
 
@@ -107,7 +119,10 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=HEADER_TIMEOUT_S)
             request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
             parts = request_line.split()
-            if len(parts) < 2 or parts[0] != "GET":
+            refusal = _refusal(head, expected, mutual_tls and not writer.transport.get_extra_info("peercert"))
+            if refusal is not None:
+                status, ctype, body = "401 Unauthorized", "text/plain", refusal
+            elif len(parts) < 2 or parts[0] != "GET":
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
             else:
                 path = parts[1].split("?", 1)[0]
@@ -118,15 +133,33 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
             log.exception("http handler failed")
             status, ctype, body = "500 Internal Server Error", "text/plain", b"internal error\n"
         try:
+            challenge = "WWW-Authenticate: Bearer\r\n" if status.startswith("401") else ""
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n".encode() + body)
+                         f"{challenge}Connection: close\r\n\r\n".encode() + body)
             await asyncio.wait_for(writer.drain(), timeout=WRITE_TIMEOUT_S)
         except (ConnectionError, asyncio.TimeoutError):
             writer.transport.abort()
         finally:
             writer.close()
 
-    return await asyncio.start_server(handle, host, port, limit=MAX_HEADER_BYTES, reuse_address=True)
+    tls_options: dict[str, object] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": HEADER_TIMEOUT_S}
+    return await asyncio.start_server(handle, host, port, limit=MAX_HEADER_BYTES, reuse_address=True, **tls_options)
+
+
+def _refusal(head: bytes, expected: bytes | None, certificate_missing: bool) -> bytes | None:
+    """The 401 body for a request that lacks a required credential, else None."""
+    if certificate_missing:
+        return b"this port requires a client certificate (mutual TLS)\n"
+    if expected is None:
+        return None
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"authorization":
+            # Constant time: the comparison must not tell how much of a guess was right.
+            if hmac.compare_digest(value.strip(), expected):
+                return None
+            break
+    return b"this port requires Authorization: Bearer <http_token>\n"
 
 
 def _route(node: "Node", registry: CollectorRegistry, path: str) -> tuple[str, str, bytes]:

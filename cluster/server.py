@@ -48,6 +48,7 @@ from cluster.config import ClusterConfig
 from cluster.errors import (BadRequest, Internal, NoLeader, NotFound, NotLeader, Overloaded, TooLarge,
                             RaftqError, Timeout, Unauthorized, error_from_wire)
 from cluster.limits import LISTEN_BACKLOG, ConnectionLimits, connection_cap, raise_fd_limit
+from cluster.tls import asks_client_certificates
 from cluster.waiters import Waiters
 from replication.machine import JobMachine, validate_command
 from replication.model import MAX_COMPLETE_BATCH, MAX_REQUEUE_BATCH, validate_schedule
@@ -712,8 +713,15 @@ class Node:
         from cluster.http import start_http_server  # local: keeps the import graph obvious
 
         host, port = _split(self.spec.client)
-        server = await loop.create_server(lambda: ClientConnection(self), host, port,
-                                          reuse_address=True, backlog=LISTEN_BACKLOG)
+        # TLS (cluster/tls.py) when the config names a certificate; without it
+        # the listener is exactly the plain TCP one. A handshake must end
+        # within the hello deadline, which only starts once it has.
+        client_tls = self.cfg.client_port_tls()
+        tls_options: dict[str, Any] = {} if client_tls is None else {
+            "ssl": client_tls, "ssl_handshake_timeout": self.cfg.hello_timeout_s}
+        connection = MutualTlsConnection if asks_client_certificates(client_tls) else ClientConnection
+        server = await loop.create_server(lambda: connection(self), host, port,
+                                          reuse_address=True, backlog=LISTEN_BACKLOG, **tls_options)
         http_server = None
         if self.spec.http:
             h_host, h_port = _split(self.spec.http)
@@ -1027,6 +1035,20 @@ class ClientConnection(asyncio.Protocol):
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+
+
+class MutualTlsConnection(ClientConnection):
+    """A client connection on a port with mutual TLS. A peer whose certificate
+    did not verify never gets here (the handshake failed); one that sent none
+    is refused with an error it can read (see tls.server_context)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not transport.get_extra_info("peercert"):
+            self.transport = transport  # type: ignore[assignment]
+            self.fail(Unauthorized("this node requires a client certificate (mutual TLS): "
+                                   "pass --tls-cert and --tls-key [env RAFTQ_TLS_CERT, RAFTQ_TLS_KEY]"))
+            return
+        super().connection_made(transport)
 
 
 # ---- argument helpers (bad input -> BAD_REQUEST, never a traceback) -----
