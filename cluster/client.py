@@ -30,7 +30,17 @@ Learning the cluster: after the first successful connection each client calls
 `cluster_status` once (best effort) and adds every node's client address to
 its list, so a single seed address suffices.
 
-`Client` uses only socket/time from the stdlib, so gevent's monkey patching
+TLS (cluster/tls.py): with `tls=ClientTls(ca=..., cert=..., key=...)` every
+connection is TLS 1.2+, the node's certificate is verified against the CA and
+must name the host dialled. A TLS mismatch or a refused certificate is a
+`TlsError` (an `Unavailable`), raised at once, not retried: the nodes of one
+cluster share one configuration, so no other node would answer differently.
+TLS failures are silent on the wire (a TLS node just closes a plaintext
+connection), so a new connection closed before hello is answered is looked
+into: a plaintext client probes whether the port speaks TLS, a client that
+presented a certificate learns that it was refused.
+
+`Client` uses only socket/ssl/time from the stdlib, so gevent's monkey patching
 (Locust) makes it cooperative. It is not thread-safe: one per thread/greenlet.
 `AsyncClient` keeps ONE connection and pipelines: a reader task resolves
 futures by request id; on connection loss every in-flight request fails
@@ -41,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Iterable
@@ -73,8 +84,10 @@ from cluster.protocol import (
     parse_address,
     parse_nodes,
 )
+from cluster.tls import (ClientTls, TlsError, client_certificate_refused, handshake_error, probe_speaks_tls,
+                         speaks_tls)
 
-__all__ = ["Client", "AsyncClient"]
+__all__ = ["Client", "AsyncClient", "ClientTls"]
 
 # Replies come from a trusted node; accept somewhat more than a request may be
 # (a `list` page of large JobViews) rather than drop a healthy connection.
@@ -350,8 +363,13 @@ class _Api:
         timeout_s: float = 10.0,
         connect_timeout_s: float = 2.0,
         role: str = "client",
+        tls: ClientTls | None = None,
     ) -> None:
         _check_client_options(token, role, timeout_s, connect_timeout_s)
+        if tls is not None and not isinstance(tls, ClientTls):
+            raise BadRequest(f"tls must be a ClientTls or None, got {type(tls).__name__}")
+        self._tls = tls
+        self._tls_context = tls.context() if tls is not None else None  # TlsError for an unusable file
         self._nodes = _Nodes(parse_nodes(nodes))
         self.token = token
         self.role = role
@@ -365,6 +383,14 @@ class _Api:
 
     def _clock(self) -> float:
         return time.monotonic()
+
+    def _unanswered_hello(self, addr: str, lost: _ConnectionLost, speaks_tls_now: bool) -> Exception:
+        """What to raise when a new connection to `addr` was closed before
+        hello was answered; `speaks_tls_now`: a TLS probe of a plaintext
+        client's port just succeeded."""
+        if self._tls is None:
+            return speaks_tls(addr) if speaks_tls_now else lost
+        return client_certificate_refused(addr) if self._tls.cert is not None else lost
 
     # -- jobs
 
@@ -649,6 +675,8 @@ class _SyncConn:
             raise _NoReply(self.addr, f"no reply to {op} in time") from None
         except ProtocolViolation as e:
             raise _ConnectionLost(self.addr, f"bad frame from node: {e.message}") from None
+        except ssl.SSLError as e:
+            raise handshake_error(self.addr, e) or _ConnectionLost(self.addr, str(e) or type(e).__name__) from None
         except OSError as e:
             raise _ConnectionLost(self.addr, str(e) or type(e).__name__) from None
 
@@ -720,9 +748,17 @@ class Client(_Api):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+        if self._tls_context is not None:
+            sock = self._handshake(sock, addr, host)
         conn = _SyncConn(sock, addr)
         try:
-            conn.request("hello", pack_args("hello", hello_args(self.token, self.role)), deadline)
+            try:
+                conn.request("hello", pack_args("hello", hello_args(self.token, self.role)), deadline)
+            except _NoReply:
+                raise
+            except _ConnectionLost as e:
+                probe = self._tls is None and probe_speaks_tls(host, port, self.connect_timeout_s)
+                raise self._unanswered_hello(addr, e, probe) from None
             if not self._learned:
                 try:
                     self._nodes.learn(conn.request("cluster_status", pack_args("cluster_status", {}), deadline))
@@ -734,6 +770,18 @@ class Client(_Api):
             raise
         self._conn = conn
         return conn
+
+    def _handshake(self, sock: socket.socket, addr: str, host: str) -> socket.socket:
+        """TLS over a connected socket, within the socket's connect timeout."""
+        assert self._tls_context is not None
+        try:
+            return self._tls_context.wrap_socket(sock, server_hostname=host)
+        except ssl.SSLError as e:
+            sock.close()
+            raise handshake_error(addr, e) or _ConnectionLost(addr, str(e) or type(e).__name__) from None
+        except OSError as e:
+            sock.close()
+            raise _ConnectionLost(addr, f"TLS handshake: {e.strerror or e or type(e).__name__}") from None
 
     def _drop(self) -> None:
         if self._conn is not None:
@@ -769,7 +817,7 @@ class _AsyncConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.closed = False
-        self._lost: _ConnectionLost | Unauthorized | None = None
+        self._lost: _ConnectionLost | Unauthorized | TlsError | None = None
         self._decoder = FrameDecoder(_REPLY_MAX_FRAME_BYTES)
         self._next_id = 1
         self._loop = asyncio.get_running_loop()
@@ -793,8 +841,9 @@ class _AsyncConn(asyncio.Protocol):
             self._fail_all(self._lost)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail_all(_ConnectionLost(self.addr, (str(exc) or type(exc).__name__) if exc
-                                       else "connection closed by the node"))
+        tls_error = handshake_error(self.addr, exc) if isinstance(exc, ssl.SSLError) else None
+        self._fail_all(tls_error or _ConnectionLost(self.addr, (str(exc) or type(exc).__name__) if exc
+                                                    else "connection closed by the node"))
         if not self.done.done():
             self.done.set_result(None)
 
@@ -849,7 +898,7 @@ class _AsyncConn(asyncio.Protocol):
 
     def _fail_all(self, exc: Exception) -> None:
         self.closed = True
-        if self._lost is None and isinstance(exc, (_ConnectionLost, Unauthorized)):
+        if self._lost is None and isinstance(exc, (_ConnectionLost, Unauthorized, TlsError)):
             self._lost = exc
         error = self._lost or exc
         for fut in self.pending.values():
@@ -954,16 +1003,28 @@ class AsyncClient(_Api):
 
     async def _open(self, addr: str) -> _AsyncConn:
         host, port = parse_address(addr)
+        tls_options: dict[str, Any] = {} if self._tls_context is None else {
+            "ssl": self._tls_context, "server_hostname": host}
         try:
-            async with asyncio.timeout(self.connect_timeout_s):
-                _, conn = await asyncio.get_running_loop().create_connection(lambda: _AsyncConn(addr), host, port)
+            async with asyncio.timeout(self.connect_timeout_s):  # the TLS handshake included
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    lambda: _AsyncConn(addr), host, port, **tls_options)
         except TimeoutError:
             raise _ConnectionLost(addr, f"connect timed out after {self.connect_timeout_s:g}s") from None
+        except ssl.SSLError as e:
+            raise handshake_error(addr, e) or _ConnectionLost(addr, str(e) or type(e).__name__) from None
         except OSError as e:
             raise _ConnectionLost(addr, str(e) or type(e).__name__) from None
         self.connections_opened += 1
         try:
-            await conn.request("hello", pack_args("hello", hello_args(self.token, self.role)))
+            try:
+                await conn.request("hello", pack_args("hello", hello_args(self.token, self.role)))
+            except _NoReply:
+                raise
+            except _ConnectionLost as e:
+                probe = self._tls is None and await asyncio.to_thread(
+                    probe_speaks_tls, host, port, self.connect_timeout_s)
+                raise self._unanswered_hello(addr, e, probe) from None
             if not self._learned:
                 try:
                     self._nodes.learn(await conn.request("cluster_status", pack_args("cluster_status", {})))
