@@ -25,9 +25,16 @@ directory or the data dir: those hold cluster.toml (the secret) and the Raft
 files, and `raftq worker` refuses a data root that does. On first use the
 repo's ./examples is copied into it, so the README's job examples
 (`path=examples/...`) run as written.
+
+With --tls a throwaway CA signs a node certificate (for the loopback address)
+and a client certificate, all new on every start, under <data-dir>/tls; the
+nodes require TLS and client certificates (mutual TLS), the workers use the
+client certificate, and the banner prints the RAFTQ_TLS_* environment for
+other shells.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import shlex
@@ -49,6 +56,7 @@ import click
 from cli.output import CliError, emit_table
 from cluster.config import CONFIG_FILENAME, ClusterConfig, dev_config, parse_address, render_config
 from cluster.errors import RaftqError
+from cluster.tls import ClientTls, DevCerts, make_dev_certs
 
 POLL_INTERVAL_S = 0.2
 LOG_TAIL_LINES = 15
@@ -226,7 +234,8 @@ def _say(message: str) -> None:
     click.echo(f"raftq dev: {message}", err=True)
 
 
-def wait_for_leader(cfg: ClusterConfig, sup: Supervisor, deadline_s: float, stop: threading.Event) -> str | None:
+def wait_for_leader(cfg: ClusterConfig, sup: Supervisor, deadline_s: float, stop: threading.Event,
+                    tls: ClientTls | None = None) -> str | None:
     """Poll cluster_status until some node names a leader; its client address.
 
     None if a stop was requested meanwhile. A node that exits during startup
@@ -236,7 +245,7 @@ def wait_for_leader(cfg: ClusterConfig, sup: Supervisor, deadline_s: float, stop
 
     deadline = time.monotonic() + deadline_s
     last_error = "no answer yet"
-    with Client(cfg.client_addresses(), cfg.token, timeout_s=1.0) as client:
+    with Client(cfg.client_addresses(), cfg.token, timeout_s=1.0, tls=tls) as client:
         while True:
             for child in sup.children:
                 if not child.alive():
@@ -272,8 +281,21 @@ def prepare_files_dir(data_dir: Path) -> Path:
     return files_dir
 
 
+def with_dev_tls(cfg: ClusterConfig) -> tuple[ClusterConfig, DevCerts]:
+    """`cfg` with mutual TLS from a new throwaway PKI under <data_dir>/tls."""
+    hosts = sorted({parse_address(n.client, "client")[0] for n in cfg.nodes})
+    certs = make_dev_certs(cfg.data_dir / "tls", hosts)
+    return dataclasses.replace(cfg, tls_cert=certs.node_cert, tls_key=certs.node_key, tls_client_ca=certs.ca), certs
+
+
+def tls_args(certs: DevCerts | None) -> list[str]:
+    if certs is None:
+        return []
+    return ["--tls-ca", str(certs.ca), "--tls-cert", str(certs.client_cert), "--tls-key", str(certs.client_key)]
+
+
 def _print_banner(cfg: ClusterConfig, sup: Supervisor, leader: str, config_path: Path, recovered: bool,
-                  files_dir: Path) -> None:
+                  files_dir: Path, certs: DevCerts | None) -> None:
     click.echo(f"raftq dev cluster is up ({'recovered existing state' if recovered else 'new state'})")
     click.echo(f"  config: {config_path}")
     click.echo(f"  logs:   {sup.log_dir}/<name>.log")
@@ -292,6 +314,9 @@ def _print_banner(cfg: ClusterConfig, sup: Supervisor, leader: str, config_path:
     click.echo("in another shell:")
     if cfg.client_addresses()[0] != "127.0.0.1:7700" or cfg.token != "dev":
         click.echo(f"  export RAFTQ_CLUSTER={','.join(cfg.client_addresses())} RAFTQ_TOKEN={shlex.quote(cfg.token)}")
+    if certs is not None:
+        click.echo(f"  export RAFTQ_TLS_CA={shlex.quote(str(certs.ca))} RAFTQ_TLS_CERT={shlex.quote(str(certs.client_cert))} "
+                   f"RAFTQ_TLS_KEY={shlex.quote(str(certs.client_key))}")
     for example in (
         f"raftq submit {EXAMPLE_JOB} --arg text='hello raft' --wait",
         "raftq list",
@@ -314,10 +339,15 @@ def _print_banner(cfg: ClusterConfig, sup: Supervisor, leader: str, config_path:
 @click.option("--token", default="dev", show_default=True, envvar="RAFTQ_TOKEN", help="Client token [env RAFTQ_TOKEN].")
 @click.option("--startup-timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
               help="Seconds to wait for a leader.")
+@click.option("--tls", is_flag=True,
+              help="Mutual TLS on every port, with a throwaway CA and certificates under <data-dir>/tls.")
 def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: str, token: str,
-        startup_timeout: float) -> None:
+        startup_timeout: float, tls: bool) -> None:
     """Run a local cluster (nodes + workers) in the foreground; Ctrl-C stops it."""
     cfg = dev_config(data_dir, nodes=nodes, base_port=base_port, token=token, durability=durability)
+    certs = None
+    if tls:
+        cfg, certs = with_dev_tls(cfg)
     check_ports_free(cfg)
     files_dir = prepare_files_dir(cfg.data_dir)
     config_path = cfg.data_dir / CONFIG_FILENAME
@@ -331,7 +361,8 @@ def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: st
             for spec in cfg.nodes:
                 sup.start(f"node-{spec.id}", [sys.executable, "-m", "cli.main", "node",
                                               "--config", str(config_path), "--id", str(spec.id)], stop_phase=1)
-            leader = wait_for_leader(cfg, sup, startup_timeout, stops.stop)
+            client_tls = None if certs is None else ClientTls(certs.ca, certs.client_cert, certs.client_key)
+            leader = wait_for_leader(cfg, sup, startup_timeout, stops.stop, client_tls)
             if leader is None:
                 return  # stopped during startup: the finally below stops the nodes
             addrs = ",".join(cfg.client_addresses())
@@ -340,9 +371,10 @@ def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: st
                 workdir.mkdir(parents=True, exist_ok=True)
                 sup.start(f"worker-{i}", [sys.executable, "-m", "cli.main", "worker", "--cluster", addrs,
                                           "--token", cfg.token, "--name", f"dev-worker-{i}",
-                                          "--workdir", str(workdir), "--data-root", str(files_dir)],
+                                          "--workdir", str(workdir), "--data-root", str(files_dir),
+                                          *tls_args(certs)],
                           stop_phase=0)
-            _print_banner(cfg, sup, leader, config_path, recovered, files_dir)
+            _print_banner(cfg, sup, leader, config_path, recovered, files_dir, certs)
             exit_code = _supervise(sup, stops)
         finally:
             # Also on errors and exceptions: never leave a child running behind us.

@@ -37,6 +37,7 @@ from cluster.errors import RaftqError
 
 if TYPE_CHECKING:
     from cluster.client import Client
+    from cluster.tls import ClientTls
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -111,7 +112,20 @@ def _split_addresses(value: str) -> list[str]:
 
 
 def cluster_options(func: F) -> F:
-    """--cluster and --token, each with a RAFTQ_ env var (rq's shared_options)."""
+    """--cluster, --token and the TLS options, each with a RAFTQ_ env var (rq's shared_options)."""
+    pem = click.Path(dir_okay=False, path_type=Path)
+    func = click.option(
+        "--tls-key", type=pem, envvar="RAFTQ_TLS_KEY", default=None,
+        help="Key of --tls-cert [default: in the --tls-cert file] [env RAFTQ_TLS_KEY].",
+    )(func)
+    func = click.option(
+        "--tls-cert", type=pem, envvar="RAFTQ_TLS_CERT", default=None,
+        help="Client certificate (PEM) for nodes that require mutual TLS [env RAFTQ_TLS_CERT].",
+    )(func)
+    func = click.option(
+        "--tls-ca", type=pem, envvar="RAFTQ_TLS_CA", default=None,
+        help="Connect with TLS, trusting node certificates signed by this CA (PEM) [env RAFTQ_TLS_CA].",
+    )(func)
     func = click.option(
         "--token", envvar="RAFTQ_TOKEN", default=DEFAULT_TOKEN, show_default=True,
         help="Client token of the cluster [env RAFTQ_TOKEN].",
@@ -134,18 +148,30 @@ def client_options(func: F) -> F:
     return cluster_options(func)
 
 
-def make_client(cluster: str, token: str, request_timeout: float) -> Client:
+def client_tls(tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None) -> ClientTls | None:
+    """The TLS settings of the --tls-* options; None (plain TCP) when none is given."""
+    if tls_ca is None and tls_cert is None and tls_key is None:
+        return None
+    from cluster.tls import ClientTls
+
+    tls = ClientTls(ca=tls_ca, cert=tls_cert, key=tls_key)
+    tls.context()  # an unusable file is one error line now, not a failure at the first connection
+    return tls
+
+
+def make_client(cluster: str, token: str, request_timeout: float, tls: ClientTls | None = None) -> Client:
     from cluster.client import Client
 
-    return Client(_split_addresses(cluster), token, timeout_s=request_timeout)
+    return Client(_split_addresses(cluster), token, timeout_s=request_timeout, tls=tls)
 
 
 def with_client(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Replace the cluster/token/request_timeout options by a connected `client`."""
+    """Replace the cluster/token/TLS/request_timeout options by a connected `client`."""
 
     @functools.wraps(func)
-    def wrapper(*, cluster: str, token: str, request_timeout: float, **kwargs: Any) -> Any:
-        with make_client(cluster, token, request_timeout) as client:
+    def wrapper(*, cluster: str, token: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
+                request_timeout: float, **kwargs: Any) -> Any:
+        with make_client(cluster, token, request_timeout, client_tls(tls_ca, tls_cert, tls_key)) as client:
             return func(client=client, **kwargs)
 
     return wrapper
@@ -334,7 +360,7 @@ def node(config_path: Path, node_id: int, rejoin: bool) -> None:
 @click.option("--max-output-bytes", type=click.IntRange(min=1), envvar="RAFTQ_MAX_OUTPUT_BYTES", default=None,
               help="file.decompress: most bytes written; jobs may only lower it [default: 1 GiB] "
               "[env RAFTQ_MAX_OUTPUT_BYTES].")
-def worker(cluster: str, token: str, queues: str | None, threads: int | None, processes: int | None,
+def worker(cluster: str, token: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None, queues: str | None, threads: int | None, processes: int | None,
            name: str | None, imports: tuple[str, ...], lease_ttl: float | None, grace: float | None,
            workdir: Path | None, data_root: Path | None, allow_hosts: tuple[str, ...], smtp_host: str | None,
            smtp_port: int | None, smtp_starttls: bool | None, smtp_ssl: bool | None, smtp_user: str | None,
@@ -342,7 +368,8 @@ def worker(cluster: str, token: str, queues: str | None, threads: int | None, pr
            mem_mb: int | None, max_extract_bytes: int | None, max_extract_entries: int | None,
            max_extract_ratio: float | None, max_header_bytes: int | None, max_output_bytes: int | None) -> None:
     """Run a worker: lease jobs from the cluster, run them, report results."""
-    kwargs: dict[str, Any] = {"cluster": tuple(_split_addresses(cluster)), "token": token}
+    kwargs: dict[str, Any] = {"cluster": tuple(_split_addresses(cluster)), "token": token,
+                              "tls": client_tls(tls_ca, tls_cert, tls_key)}
     # Options left unset fall back to WorkerConfig's own defaults (one place for them).
     optional = {"queues": queues, "threads": threads, "processes": processes, "name": name,
                 "lease_ttl_s": lease_ttl, "grace_s": grace, "workdir": workdir, "data_root": data_root,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster.tls import ClientTls
 from worker.context import JobSettings
 
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -35,6 +36,7 @@ def _default_name() -> str:
 class WorkerConfig:
     cluster: tuple[str, ...]  # node client addresses "host:port" (any one suffices)
     token: str = "dev"  # auth token presented in hello
+    tls: ClientTls | None = None  # TLS to the nodes (--tls-ca/--tls-cert/--tls-key); None = plain TCP
     queues: tuple[str, ...] = ("default",)
     threads: int = 4  # job slots: at most this many jobs run at once (any pool)
     processes: int | None = None  # process-pool size for pool="process" handlers; None = CPU count
@@ -72,6 +74,8 @@ class WorkerConfig:
         set_("cluster", _addresses(self.cluster))
         if not isinstance(self.token, str) or not self.token:
             raise ConfigError("token must be a non-empty string")
+        if self.tls is not None and not isinstance(self.tls, ClientTls):
+            raise ConfigError(f"tls must be a cluster.tls.ClientTls, got {self.tls!r}")
         set_("queues", _names("queues", self.queues, min_count=1))
         set_("threads", _int("threads", self.threads, 1, 1024))
         procs = self.processes if self.processes is not None else (os.cpu_count() or 1)

@@ -252,7 +252,7 @@ class Worker:
         if self._client is None:
             from cluster.client import AsyncClient  # the only way to the cluster
 
-            self._client = AsyncClient(list(cfg.cluster), token=cfg.token, role="worker")
+            self._client = AsyncClient(list(cfg.cluster), token=cfg.token, role="worker", tls=cfg.tls)
             await self._learn_node_addrs()  # before the first lease: no job runs without them
         self._threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=cfg.threads, thread_name_prefix="raftq-job"
