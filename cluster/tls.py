@@ -75,9 +75,9 @@ class ClientTls:
     (None: the system's trust store) and, for mutual TLS, a client certificate
     and its key (None: the key is in the certificate file)."""
 
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
+    ca: Path | str | None = None
+    cert: Path | str | None = None
+    key: Path | str | None = None
 
     def __post_init__(self) -> None:
         if self.key is not None and self.cert is None:
