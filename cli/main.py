@@ -152,6 +152,8 @@ def client_tls(tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None)
     """The TLS settings of the --tls-* options; None (plain TCP) when none is given."""
     if tls_ca is None and tls_cert is None and tls_key is None:
         return None
+    if tls_key is not None and tls_cert is None:
+        raise InputError("--tls-key needs --tls-cert (the certificate of that key)")
     from cluster.tls import ClientTls
 
     tls = ClientTls(ca=tls_ca, cert=tls_cert, key=tls_key)
@@ -360,7 +362,8 @@ def node(config_path: Path, node_id: int, rejoin: bool) -> None:
 @click.option("--max-output-bytes", type=click.IntRange(min=1), envvar="RAFTQ_MAX_OUTPUT_BYTES", default=None,
               help="file.decompress: most bytes written; jobs may only lower it [default: 1 GiB] "
               "[env RAFTQ_MAX_OUTPUT_BYTES].")
-def worker(cluster: str, token: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None, queues: str | None, threads: int | None, processes: int | None,
+def worker(cluster: str, token: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
+           queues: str | None, threads: int | None, processes: int | None,
            name: str | None, imports: tuple[str, ...], lease_ttl: float | None, grace: float | None,
            workdir: Path | None, data_root: Path | None, allow_hosts: tuple[str, ...], smtp_host: str | None,
            smtp_port: int | None, smtp_starttls: bool | None, smtp_ssl: bool | None, smtp_user: str | None,

@@ -42,10 +42,8 @@ class TlsFileError(ValueError):
 # ---------------------------------------------------------------- contexts
 
 
-def server_context(cert: Path, key: Path, client_ca: Path | None,
-                   labels: tuple[str, str, str] = ("tls_cert", "tls_key", "tls_client_ca")) -> ssl.SSLContext:
-    """A server context presenting cert/key; `labels` name the three settings
-    in error messages.
+def server_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """A server context presenting cert/key (the config's tls_cert, tls_key).
 
     With `client_ca` the node asks for a client certificate and a certificate
     that is sent must verify against that CA, or the handshake fails. Its
@@ -56,9 +54,9 @@ def server_context(cert: Path, key: Path, client_ca: Path | None,
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = MIN_VERSION
-    _load_chain(ctx, cert, key, labels[0], labels[1])
+    _load_chain(ctx, cert, key, "tls_cert", "tls_key")
     if client_ca is not None:
-        _load_ca(ctx, client_ca, labels[2])
+        _load_ca(ctx, client_ca, "tls_client_ca")
         ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
 
@@ -85,13 +83,19 @@ class ClientTls:
 
     def context(self) -> ssl.SSLContext:
         """The ssl context; TlsError naming the file if one cannot be used."""
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)  # verifies the chain and the host name
+        # Both verify the chain and the host name; with a CA file, only that CA
+        # is trusted (not the system's as well).
+        if self.ca is None:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = MIN_VERSION
         try:
             if self.ca is not None:
                 _load_ca(ctx, Path(self.ca), "--tls-ca")
             if self.cert is not None:
-                _load_chain(ctx, Path(self.cert), Path(self.key or self.cert), "--tls-cert", "--tls-key")
+                key_label = "--tls-key" if self.key is not None else "--tls-key (not given, so from --tls-cert)"
+                _load_chain(ctx, Path(self.cert), Path(self.key or self.cert), "--tls-cert", key_label)
         except TlsFileError as exc:
             raise TlsError(str(exc)) from None
         return ctx
