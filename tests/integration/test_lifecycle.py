@@ -134,12 +134,13 @@ def test_queue_limits_capacity_and_submit_options(lc: LocalCluster) -> None:
     assert "w-cap" in raftq(lc, "workers").stdout
 
     # --run-at (client converts ISO 8601), --delay, --unique-key
-    at = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1.5)).isoformat()
+    # 6 s ahead: two CLI runs (a second each on a loaded box) come before the check.
+    at = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=6)).isoformat()
     raftq(lc, "submit", "t", "--queue", "later", "--id", "at-1", "--run-at", at)
     assert rjson(lc, "status", "at-1")["state"] == "scheduled"
     raftq(lc, "submit", "t", "--queue", "later", "--id", "delay-1", "--delay", "1")
     wait_until(lambda: status(lc, "at-1")["state"] == "queued" and status(lc, "delay-1")["state"] == "queued",
-               10, "delayed jobs promoted")
+               20, "delayed jobs promoted")
     first_id = raftq(lc, "submit", "t", "--queue", "uq", "--unique-key", "k1").stdout.strip()
     assert raftq(lc, "submit", "t", "--queue", "uq", "--unique-key", "k1").stdout.strip() == first_id
     bad = raftq(lc, "submit", "t", "--run-at", "next tuesday", ok=False)
