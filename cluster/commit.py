@@ -80,7 +80,7 @@ class CommitStats:
 class GroupCommitter:
     def __init__(
         self,
-        raft: Replica,  # only its propose is used
+        replica: Replica,  # only its propose is used
         *,
         # One entry replicating at a time: everything that arrives meanwhile
         # leaves as the next entry. With 4 in flight a loaded leader cut more,
@@ -96,7 +96,7 @@ class GroupCommitter:
         check: Callable[[dict[str, Any], int], None] | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
-        self._raft = raft
+        self._replica = replica
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
         self._max_batch_bytes = max_batch_bytes
@@ -201,7 +201,7 @@ class GroupCommitter:
                 loop.call_soon_threadsafe(self._resolve, loop, batch, results, error, started)
 
         try:
-            self._raft.propose(entry, on_commit)
+            self._replica.propose(entry, on_commit)
         except Exception as exc:  # a bug in the adapter must not wedge every writer
             log.exception("propose failed")
             self._resolve(loop, batch, None, "INTERNAL:" + str(exc), started)

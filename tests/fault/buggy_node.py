@@ -31,6 +31,7 @@ from cluster.config import ClusterConfig
 from cluster.errors import BadRequest
 from cluster.server import Node, raft_replica, run_until_stopped
 from replication.machine import JobMachine, validate_command
+from replication.replica import ReplicaFactory
 
 log = logging.getLogger("raftq.node")
 
@@ -67,19 +68,19 @@ class LogBypassingCommitter(GroupCommitter):
         if cmd.get("op") != "lease":
             return super().enqueue(cmd)
         entry = {"v": 1, "now_ms": int(time.time() * 1000), "cmds": [cmd]}
-        with self._raft.reading() as machine:
+        with self._replica.reading() as machine:
             result = machine.apply_entry(entry)[0]
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         answer.set_result(result)
         return answer
 
 
-def buggy_node(bug: str, cfg: ClusterConfig, node_id: int, rejoin: bool,
-               on_fatal: Callable[[str], None]) -> Node:
-    """The production node of `run_node` with `bug` in it."""
+def buggy_node(bug: str, cfg: ClusterConfig, node_id: int, make_replica: ReplicaFactory,
+               on_fatal: Callable[[str], None] | None = None) -> Node:
+    """The node `run_node` builds, with `bug` in it."""
     log.warning("TEST ONLY: node %d runs with the known bug %r (tests/fault/buggy_node.py)", node_id, bug)
     machine = FencelessMachine() if bug == "skip_fencing" else JobMachine()
-    node = Node(cfg, node_id, machine, raft_replica(cfg, node_id, rejoin), on_fatal=on_fatal)
+    node = Node(cfg, node_id, machine, make_replica, on_fatal=on_fatal)
     committer = {"ack_before_commit": EarlyAckCommitter, "lease_without_log": LogBypassingCommitter}.get(bug)
     if committer is not None:  # built as Node builds its own
         node.committer = committer(node.raft, max_batch_bytes=cfg.max_entry_bytes, check=node._check_sizes)
@@ -92,7 +93,8 @@ def main() -> None:
     bug = sys.argv[1]
 
     def run_buggy_node(cfg: ClusterConfig, node_id: int, rejoin: bool = False) -> int:
-        return run_until_stopped(node_id, lambda on_fatal: buggy_node(bug, cfg, node_id, rejoin, on_fatal))
+        return run_until_stopped(node_id, lambda on_fatal: buggy_node(
+            bug, cfg, node_id, raft_replica(cfg, node_id, rejoin), on_fatal))
 
     # `raftq node` looks run_node up when it runs: it starts the buggy node instead.
     cluster.server.run_node = run_buggy_node  # type: ignore[assignment]
