@@ -84,6 +84,8 @@ POLL_OPS = frozenset({"lease", "wait"})
 # one (reading paused meanwhile). Ten connections pipelining 800 long polls
 # each once queued 8,000 task steps ahead of the Raft tick in one iteration.
 MAX_BATCH = 64
+
+
 class Node:
     """One member of the cluster: its machine, the replica that applies the
     log to it, and the request handlers."""
