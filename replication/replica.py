@@ -13,8 +13,9 @@ Contract every implementation keeps (docs/contracts.md section 2):
 - `propose(entry, callback)`: `entry` is an encoded entry (contracts section 1);
   `callback(results, None)` once it committed and was applied (one result per
   command), or `callback(None, code)` with code NOT_LEADER, NO_LEADER,
-  OVERLOADED, TIMEOUT or INTERNAL; called once, later, on the loop thread,
-  never from inside `propose`.
+  OVERLOADED, TIMEOUT or INTERNAL; called exactly once, on the loop thread
+  (a live replica calls back on a later loop iteration, a stopped one may
+  answer NO_LEADER at once).
 - `on_applied()` (given at construction) runs on the loop thread after every
   applied entry and after a restored snapshot.
 - `on_fatal(reason)` (given at construction) runs once if the replica can no
