@@ -34,13 +34,14 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import msgpack
 
 from cluster.errors import (BadRequest, Internal, NoLeader, NotLeader, Overloaded, RaftqError, Timeout,
                             TooLarge)
 from replication.model import MAX_VALUE_DEPTH
+from replication.replica import Replica
 
 log = logging.getLogger("raftq.commit")
 
@@ -65,10 +66,6 @@ _ENTRY_HEAD = b"\x83" + msgpack.packb("v") + msgpack.packb(1) + msgpack.packb("n
 _CMDS_KEY = msgpack.packb("cmds")
 
 
-class Proposer(Protocol):
-    def propose(self, entry: bytes, callback: Callable[[list | None, str | None], None]) -> None: ...
-
-
 class CommitStats:
     """Counters the metrics endpoint reads."""
 
@@ -83,7 +80,7 @@ class CommitStats:
 class GroupCommitter:
     def __init__(
         self,
-        raft: Proposer,
+        replica: Replica,  # only its propose is used
         *,
         # One entry replicating at a time: everything that arrives meanwhile
         # leaves as the next entry. With 4 in flight a loaded leader cut more,
@@ -99,7 +96,7 @@ class GroupCommitter:
         check: Callable[[dict[str, Any], int], None] | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
-        self._raft = raft
+        self._replica = replica
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
         self._max_batch_bytes = max_batch_bytes
@@ -204,7 +201,7 @@ class GroupCommitter:
                 loop.call_soon_threadsafe(self._resolve, loop, batch, results, error, started)
 
         try:
-            self._raft.propose(entry, on_commit)
+            self._replica.propose(entry, on_commit)
         except Exception as exc:  # a bug in the adapter must not wedge every writer
             log.exception("propose failed")
             self._resolve(loop, batch, None, "INTERNAL:" + str(exc), started)

@@ -1,8 +1,10 @@
 """The node: one replica's asyncio (uvloop) server.
 
-A node owns a `JobMachine` (the replicated state), the `RaftNode` adapter that
-feeds it committed entries, a `GroupCommitter` that turns concurrent writes into
-single Raft entries, and three listeners:
+A node serves a `JobMachine` (the replicated state) and owns the `Replica` that
+feeds it committed entries (replication/replica.py: in production the
+`RaftNode` adapter, built by `raft_replica`; in tests replication/local.py), a
+`GroupCommitter` that turns concurrent writes into single Raft entries, and
+three listeners:
 
 - the client protocol (length-prefixed msgpack, cluster/protocol.py), served by
   `ClientConnection`, one per TCP connection, requests pipelined;
@@ -34,7 +36,6 @@ import asyncio
 import functools
 import hmac
 import logging
-import os
 import resource
 import signal
 import time
@@ -50,9 +51,10 @@ from cluster.errors import (BadRequest, Internal, NoLeader, NotFound, NotLeader,
 from cluster.limits import LISTEN_BACKLOG, ConnectionLimits, connection_cap, raise_fd_limit
 from cluster.tls import asks_client_certificates
 from cluster.waiters import Waiters
-from replication.machine import JobMachine, validate_command
+from replication.machine import JobMachine
 from replication.model import MAX_COMPLETE_BATCH, MAX_REQUEUE_BATCH, validate_schedule
 from replication.raft import RaftConfig, RaftNode
+from replication.replica import Replica, ReplicaFactory
 
 log = logging.getLogger("raftq.node")
 
@@ -83,53 +85,29 @@ POLL_OPS = frozenset({"lease", "wait"})
 # one (reading paused meanwhile). Ten connections pipelining 800 long polls
 # each once queued 8,000 task steps ahead of the Raft tick in one iteration.
 MAX_BATCH = 64
-# Fault-suite only (tests/fault): known bugs its checker must catch, chosen by
-# RAFTQ_TEST_INJECT_BUG, read once when the node starts. Never set in production.
-TEST_BUGS = ("ack_before_commit", "skip_fencing", "lease_without_log")
-
-
-def _test_bug_from_env() -> str | None:
-    name = os.environ.get("RAFTQ_TEST_INJECT_BUG") or None
-    if name is not None and name not in TEST_BUGS:
-        raise ValueError(f"RAFTQ_TEST_INJECT_BUG must be one of {', '.join(TEST_BUGS)}, not {name!r}")
-    if name is not None:
-        log.warning("TEST ONLY: injecting the known bug %r (RAFTQ_TEST_INJECT_BUG)", name)
-    return name
 
 
 class Node:
-    """One replica: the machine, the Raft adapter and the request handlers."""
+    """One member of the cluster: its machine, the replica that applies the
+    log to it, and the request handlers."""
 
-    def __init__(self, cfg: ClusterConfig, node_id: int,
-                 on_fatal: Callable[[str], None] | None = None, rejoin: bool = False) -> None:
-        """`on_fatal(reason)`: storage failed (a write, fsync or meta write); it
-        was logged, and the process must now stop and exit non-zero. `rejoin`:
-        a wiped node's first start (no vote until it hears a leader, docs/storage.md)."""
+    def __init__(self, cfg: ClusterConfig, node_id: int, machine: JobMachine, make_replica: ReplicaFactory,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
+        """Serve `machine`, replicated by the replica `make_replica` builds for
+        it (`raft_replica` in production, replication/local.py in tests); call
+        on the running loop. `on_fatal(reason)`: storage failed (a write, fsync
+        or meta write); it was logged, and the process must now stop and exit
+        non-zero."""
         self.cfg = cfg
         self.node_id = node_id
         self.fatal: str | None = None  # why storage failed (see _storage_failed)
         self._on_fatal = on_fatal
         self.spec = cfg.node(node_id)
-        self.test_bug = _test_bug_from_env()
-        self.machine = JobMachine(test_bug=self.test_bug)
+        self.machine = machine
         self.waiters = Waiters()
         self._raft_to_client = {n.raft: n.client for n in cfg.nodes}
-        data_dir = cfg.node_data_dir(node_id)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.raft = RaftNode(
-            RaftConfig(
-                self_addr=self.spec.raft,
-                peers=[n.raft for n in cfg.nodes if n.id != node_id],
-                data_dir=data_dir,
-                password=cfg.raft_password,
-                durability=cfg.durability,
-            ),
-            self.machine,
-            on_applied=self._wake,
-            loop=asyncio.get_running_loop(),
-            on_fatal=self._storage_failed,
-            rejoin=rejoin,
-        )
+        # Named `raft` for what it is in production; any Replica serves.
+        self.raft: Replica = make_replica(machine, on_applied=self._wake, on_fatal=self._storage_failed)
         self.committer = GroupCommitter(self.raft, max_batch_bytes=cfg.max_entry_bytes,
                                         check=self._check_sizes)
         self.requests: dict[str, int] = {}
@@ -171,15 +149,6 @@ class Node:
         raise NotLeader(f"not the leader; the leader is {leader}", {"leader": leader})
 
     async def _commit(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        if self.test_bug == "ack_before_commit" and cmd.get("op") == "submit":
-            problem = validate_command(cmd)
-            if problem is not None:
-                raise BadRequest(problem)
-            self._require_leader()
-            # Injected bug: answer before the entry commits (fire and forget).
-            task = asyncio.ensure_future(self.committer.commit(cmd))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            return {"id": cmd["job"]["id"], "created": True, "state": "queued"}
         fut = self._start_commit(cmd)
         try:
             await fut
@@ -303,7 +272,7 @@ class Node:
         request or a non-leader; `_commit_result` turns the done future into
         the answer), or None when `op` has no fast path (then use `handle`)."""
         build = self._fast_writes.get(op)
-        if build is None or self.test_bug is not None:
+        if build is None:
             return None
         self.requests[op] = self.requests.get(op, 0) + 1
         return self._start_commit(build(self, args))
@@ -454,15 +423,7 @@ class Node:
             with self.raft.reading():
                 # queue limits included; a rate limit says how long until a token
                 wait_ms = self.machine.lease_wait_ms(queues, int(time.time() * 1000))
-            ready = wait_ms == 0
-            if ready and self.test_bug == "lease_without_log":
-                # Injected bug: grant from this replica's state, bypassing the log.
-                entry = {"v": 1, "now_ms": int(time.time() * 1000), "cmds": [cmd]}
-                with self.raft.reading():
-                    result = self.machine.apply_entry(entry)[0]
-                if result.get("jobs"):
-                    return result
-            elif ready:
+            if wait_ms == 0:
                 result = await self._commit(cmd)
                 if result.get("jobs"):
                     return result
@@ -1102,8 +1063,31 @@ def _check_part(obj: Any, key: str, limit: int, setting: str, where: str) -> Non
 
 # ---- process entry point ---------------------------------------------------
 
+def raft_replica(cfg: ClusterConfig, node_id: int, rejoin: bool = False) -> ReplicaFactory:
+    """The production replica of node `node_id`: a RaftNode ticked on the
+    running loop, its journal in the node's data dir. `rejoin`: a wiped node's
+    first start (no vote until it hears a leader, docs/storage.md)."""
+    spec = cfg.node(node_id)
+
+    def make(machine: JobMachine, *, on_applied: Callable[[], None], on_fatal: Callable[[str], None]) -> RaftNode:
+        data_dir = cfg.node_data_dir(node_id)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        config = RaftConfig(self_addr=spec.raft, peers=[n.raft for n in cfg.nodes if n.id != node_id],
+                            data_dir=data_dir, password=cfg.raft_password, durability=cfg.durability)
+        return RaftNode(config, machine, on_applied=on_applied, loop=asyncio.get_running_loop(),
+                        on_fatal=on_fatal, rejoin=rejoin)
+    return make
+
+
 def run_node(cfg: ClusterConfig, node_id: int, rejoin: bool = False) -> int:
     """Run one node in the foreground until SIGTERM/SIGINT. Returns the exit code."""
+    return run_until_stopped(node_id, lambda on_fatal: Node(cfg, node_id, JobMachine(),
+                                                            raft_replica(cfg, node_id, rejoin), on_fatal=on_fatal))
+
+
+def run_until_stopped(node_id: int, build: Callable[[Callable[[str], None]], Node]) -> int:
+    """Run the node `build(on_fatal)` makes, on uvloop, until SIGTERM/SIGINT or
+    until it calls `on_fatal`. Returns the exit code."""
     import uvloop
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s node{node_id} %(name)s %(levelname)s %(message)s")
@@ -1113,7 +1097,7 @@ def run_node(cfg: ClusterConfig, node_id: int, rejoin: bool = False) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        node = Node(cfg, node_id, on_fatal=lambda reason: stop.set(), rejoin=rejoin)
+        node = build(lambda reason: stop.set())
         await node.serve(stop)
         return 1 if node.fatal is not None else 0  # storage failed: a supervisor must see it
 

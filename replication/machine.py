@@ -174,12 +174,7 @@ def _dep_reason(parent: Job) -> str:
 class JobMachine:
     """All replicated job state, changed only by `apply_entry` (docs/contracts.md section 1)."""
 
-    def __init__(self, *, test_bug: str | None = None) -> None:
-        # Fault-suite only (tests/fault): "skip_fencing" makes complete/fail/heartbeat
-        # ignore the lease token, a known bug the checker must catch. Fixed at
-        # construction (the node reads RAFTQ_TEST_INJECT_BUG once), so apply stays
-        # deterministic; always off in production.
-        self._skip_fencing = test_bug == "skip_fencing"
+    def __init__(self) -> None:
         self._init_state()
         self._handlers: dict[str, Callable[[dict[str, Any]], Result]] = {
             "submit": self._cmd_submit,
@@ -678,9 +673,7 @@ class JobMachine:
         cancel: list[str] = []
         for lease in cmd["leases"]:
             job = self._jobs.get(lease["id"])
-            held = job is not None and job.attempts == lease["attempt"] and job.worker == worker
-            if self._skip_fencing:  # injected bug (tests/fault only)
-                held = job is not None
+            held = job is not None and self._holds_lease(job, lease["attempt"], worker)
             if held and job.state == RUNNING:
                 held_ids.add(job.id)
                 progress = lease.get("progress")
@@ -697,12 +690,18 @@ class JobMachine:
         info["running"] = held_ids
         return {"lost": lost, "cancel": cancel}
 
+    def _holds_lease(self, job: Job, attempt: Any, worker: str | None = None) -> bool:
+        """Fencing: is `attempt` (of `worker`, when a heartbeat names one) the
+        token of `job`'s current lease? Every token check goes through here, so
+        the fault suite can break fencing on purpose (tests/fault/bugs.py)."""
+        return job.attempts == attempt and (worker is None or job.worker == worker)
+
     def _running_job(self, cmd: dict[str, Any]) -> Job | Result:
         """The job a complete/fail names, if `attempt` is its live lease; else an error."""
         job = self._jobs.get(cmd["id"])
         if job is None:
             return error(NOT_FOUND, f"no job {cmd['id']!r}")
-        if job.state != RUNNING or (job.attempts != cmd["attempt"] and not self._skip_fencing):
+        if job.state != RUNNING or not self._holds_lease(job, cmd["attempt"]):
             return error(LEASE_LOST, f"job {job.id!r} attempt {cmd['attempt']} no longer holds a lease "
                                      f"(state {job.state}, attempt {job.attempts})")
         return job

@@ -1,6 +1,7 @@
 """A raftq cluster spread over network namespaces: nodes, workers, clients.
 
-Hosts: n1..n3 (10.213.0.11-13) run `python -m cli.main node`, w1..wK
+Hosts: n1..n3 (10.213.0.11-13) run `python -m cli.main node` (or, with a bug
+injected, `python -m tests.fault.buggy_node BUG node`), w1..wK
 (10.213.0.21..) run `python -m cli.main worker --import tests.fault.jobs`,
 c1..cM (10.213.0.31..) run tests/fault/client.py, and `ctl` (10.213.0.2) is
 where the runner's own requests come from (a thread in that namespace, see
@@ -117,21 +118,25 @@ class FaultCluster:
     def _spawn(self, key: str, host: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.root / "logs" / f"{key}.log", "ab")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        full_env.pop("RAFTQ_TEST_INJECT_BUG", None)
-        if self.bug and key.startswith("n"):
-            full_env["RAFTQ_TEST_INJECT_BUG"] = self.bug
         prefix = self.net.exec_args(host)
         self.procs[key] = subprocess.Popen(prefix + argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                            env=full_env)
         log.close()
 
     def start_node(self, node_id: int) -> None:
-        argv = [sys.executable, "-m", "cli.main", "node", "--config", str(self.config_path), "--id", str(node_id)]
-        env: dict[str, str] = {}
+        """Start node `node_id`: `raftq node`, or one of its test-only wrappers
+        when its clock is skewed or a bug is injected (either, not both)."""
+        args = ["node", "--config", str(self.config_path), "--id", str(node_id)]
         skew = self.skew.get(node_id)
+        if skew and self.bug:
+            raise ValueError(f"node {node_id}: a skewed clock and an injected bug ({self.bug}) do not combine")
         if skew:  # seconds, e.g. "+40" (see tests/fault/skewed.py for why not libfaketime)
-            argv = [sys.executable, "-m", "tests.fault.skewed", skew] + argv[3:]
-        self._spawn(f"n{node_id}", f"n{node_id}", argv, env)
+            argv = [sys.executable, "-m", "tests.fault.skewed", skew] + args
+        elif self.bug:  # the node with a known bug the checker must catch
+            argv = [sys.executable, "-m", "tests.fault.buggy_node", self.bug] + args
+        else:
+            argv = [sys.executable, "-m", "cli.main"] + args
+        self._spawn(f"n{node_id}", f"n{node_id}", argv)
 
     def start_nodes(self) -> None:
         for i in range(1, self.n + 1):

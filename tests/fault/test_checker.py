@@ -1,5 +1,5 @@
 """The checker is tested twice: on hand-made records (always run, no sockets),
-and against real clusters with a known bug injected (RAFTQ_TEST_INJECT_BUG),
+and against real clusters with a known bug injected (tests/fault/buggy_node.py),
 each of which the checker must flag (marked `fault`: RAFTQ_FAULT=1 and root).
 """
 from __future__ import annotations
@@ -127,3 +127,9 @@ def test_clean_run_passes(tmp_path: Path) -> None:
 
     result = run_one("kill-leader", "short", seed=2, duration=10, workdir=tmp_path)
     assert result.verdict.ok, result.verdict.summary() + "\n" + "\n".join(result.events)
+
+
+def test_every_known_bug_has_a_scenario() -> None:
+    from tests.fault.buggy_node import BUGS
+
+    assert set(BUG_SCENARIOS) == set(BUGS)
