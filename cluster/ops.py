@@ -129,6 +129,9 @@ class Op:
     queue_arg: str | None = None
     heavy: bool = False  # cost grows with the state: capped per connection and per node
     one_of: tuple[str, ...] = ()  # at least one of these args must be given (not None or false)
+    # The checked args are the command: the server proposes {"op": name, **args}
+    # and answers its result, with no handler of its own.
+    direct: bool = False
     _plan: _Plan = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -280,8 +283,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
         Arg("timeout_s", "number", default=10.0, min=0, max=MAX_WAIT_S),
         _STALE_OK,
     ), "JobView once final, or the current JobView when timeout_s elapses"),
-    Op("cancel", "write", "producer", (_JOB_ID,), '`{"state"}`'),
-    Op("retry", "write", "admin", (_JOB_ID,), '`{"state"}`'),
+    Op("cancel", "write", "producer", (_JOB_ID,), '`{"state"}`', direct=True),
+    Op("retry", "write", "admin", (_JOB_ID,), '`{"state"}`', direct=True),
     Op("list", "read", "producer", (
         Arg("state", "str", choices=STATES),
         Arg("queue", "str", max_len=MAX_NAME_LEN),
@@ -313,7 +316,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
             _JOB_ID, _ATTEMPT, Arg("progress", "list", min=2, max=2, doc="[fraction, message]"))),
         _LEASE_MS,
     ), '`{"lost", "cancel"}`'),
-    Op("complete", "write", "worker", _COMPLETION, '`{"state"}`'),
+    Op("complete", "write", "worker", _COMPLETION, '`{"state"}`', direct=True),
     Op("complete_many", "write", "worker", (
         Arg("items", "list", required=True, min=1, max=MAX_COMPLETE_BATCH, item=_COMPLETION),
     ), '`{"results": [{"state"} or {"error", "message"}]}` (a worker\'s batched outbox)'),
@@ -321,7 +324,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
         _JOB_ID, _ATTEMPT,
         Arg("error", "text", required=True),
         Arg("retryable", "bool", default=True),
-    ), '`{"state"}`'),
+    ), '`{"state"}`', direct=True),
     Op("requeue_failed", "write", "admin", (
         Arg("ids", "list", min=1, item=Arg("id", "str", max_len=MAX_ID_LEN), doc="committed in batches of 1000"),
         Arg("queue", "str", max_len=MAX_NAME_LEN),
@@ -338,13 +341,13 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("schedule_add", "write", "admin", (
         Arg("schedule", "map", required=True, doc="as the machine op, without next_fire_ms"),
     ), '`{"name", "created", "next_fire_ms"}`; any malformed field (a cron with no next date such as '
-       '`0 0 31 2 *`, a seconds field, an unknown zone, `every_ms` under `min_schedule_interval_s`, template '
+       '`0 0 31 2 *`, a seconds field, an unknown zone, a wrong type, `every_ms` under `min_schedule_interval_s`, template '
        'args over `max_args_bytes`): `BAD_REQUEST` / `TOO_LARGE` naming the field', queue_arg="schedule.job.queue"),
     Op("schedule_list", "read", "admin", (_STALE_OK,),
        '`{"schedules": [{"name", "cron", "every_ms", "tz", "job", "misfire", "max_catch_up", "paused", '
        '"next_fire_ms", "last_fire_ms", "fired", "created_ms", "missed"}]}`', heavy=True),
-    Op("schedule_remove", "write", "admin", (_SCHEDULE_NAME,), '`{"name", "removed": true}`'),
-    Op("schedule_pause", "write", "admin", (_SCHEDULE_NAME,), '`{"name", "paused": true}`'),
+    Op("schedule_remove", "write", "admin", (_SCHEDULE_NAME,), '`{"name", "removed": true}`', direct=True),
+    Op("schedule_pause", "write", "admin", (_SCHEDULE_NAME,), '`{"name", "paused": true}`', direct=True),
     Op("schedule_resume", "write", "admin", (_SCHEDULE_NAME,), '`{"name", "paused": false, "next_fire_ms"}`'),
 )}
 

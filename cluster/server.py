@@ -234,10 +234,6 @@ class Node:
         self._check_capacity(len(jobs))
         return {"op": "submit_many", "jobs": jobs}
 
-    def _complete_cmd(self, a: dict[str, Any]) -> dict[str, Any]:
-        # The result's size is checked by `_check_sizes` once the command is encoded.
-        return {"op": "complete", "id": a["id"], "attempt": a["attempt"], "result": a["result"]}
-
     def _check_sizes(self, cmd: dict[str, Any], size: int) -> None:
         """The committer's check of an encoded command (`size` bytes): args and
         results over their caps are TOO_LARGE, submits past the held-bytes cap
@@ -348,12 +344,6 @@ class Node:
                 return view
             await self.waiters.job(job_id, min(remaining, POLL_RECHECK_S))
 
-    async def _op_cancel(self, a: dict[str, Any]) -> Any:
-        return await self._commit({"op": "cancel", "id": a["id"]})
-
-    async def _op_retry(self, a: dict[str, Any]) -> Any:
-        return await self._commit({"op": "retry", "id": a["id"]})
-
     async def _op_list(self, a: dict[str, Any]) -> Any:
         self._read_guard(a)
         state, queue, limit, cursor, schedule = a["state"], a["queue"], a["limit"], a["cursor"], a["schedule"]
@@ -449,15 +439,9 @@ class Node:
         return await self._commit({"op": "heartbeat", "worker": a["worker"], "lease_ms": self._lease_ms(a),
                                    "leases": a["leases"]})
 
-    async def _op_complete(self, a: dict[str, Any]) -> Any:
-        return await self._commit(self._complete_cmd(a))
-
     async def _op_complete_many(self, a: dict[str, Any]) -> Any:
         return await self._commit(self._complete_many_cmd(a))
 
-    async def _op_fail(self, a: dict[str, Any]) -> Any:
-        return await self._commit({"op": "fail", "id": a["id"], "attempt": a["attempt"], "error": a["error"],
-                                   "retryable": a["retryable"]})
 
     # ---- lifecycle ops (issue 3) ------------------------------------------
 
@@ -532,12 +516,6 @@ class Node:
         with self.raft.reading():
             return {"schedules": self.machine.schedules()}
 
-    async def _op_schedule_remove(self, a: dict[str, Any]) -> Any:
-        return await self._commit({"op": "schedule_remove", "name": a["name"]})
-
-    async def _op_schedule_pause(self, a: dict[str, Any]) -> Any:
-        return await self._commit({"op": "schedule_pause", "name": a["name"]})
-
     async def _op_schedule_resume(self, a: dict[str, Any]) -> Any:
         from cluster import cron
 
@@ -572,16 +550,18 @@ class Node:
                 if isinstance(r, BaseException) or "error" in r:
                     log.debug("fire %s@%s not applied: %s", cmd["schedule"], cmd["fire_ms"], r)
 
-    # Dispatch: the handler of op NAME is `_op_NAME`, for every op of cluster/ops.py
-    # (filled in, and checked both ways, by `_dispatch_table` below the class).
+    # Dispatch: the handler of op NAME is `_op_NAME`, or for a direct op (its
+    # checked args are the command, cluster/ops.py) one made by `_direct_handler`:
+    # filled in, and checked both ways, by `_dispatch_table` below the class.
     _handlers: dict[str, Callable[["Node", dict[str, Any]], Awaitable[Any]]] = {}
 
     # Writes answered from their commit future (see `start_write`): they get
-    # the same checked args as `handle` gives their `_op_` handler.
+    # the same checked args as `handle` gives their `_op_` handler. A
+    # complete's result size is checked by `_check_sizes` once it is encoded.
     _fast_writes: dict[str, Callable[["Node", dict[str, Any]], dict[str, Any]]] = {
         "submit": _submit_cmd,
         "submit_many": _submit_many_cmd,
-        "complete": _complete_cmd,
+        "complete": lambda self, a: {"op": "complete", **a},
         "complete_many": _complete_many_cmd,
     }
 
@@ -679,13 +659,24 @@ class Node:
 
 
 def _dispatch_table() -> dict[str, Callable[[Node, dict[str, Any]], Awaitable[Any]]]:
-    """`Node._op_NAME` for every op of the table; a handler without an op, or an
-    op without a handler, fails at import (not at the first request)."""
+    """A handler for every op of the table: `Node._op_NAME`, or `_direct_handler`
+    for a direct op. An op without exactly one, or a handler without an op,
+    fails at import (not at the first request)."""
     handlers = {name[len("_op_"):]: fn for name, fn in vars(Node).items() if name.startswith("_op_")}
-    if handlers.keys() != ops.OPS.keys():
-        raise ImportError(f"cluster.server: ops without a handler or handlers without an op: "
-                          f"{sorted(handlers.keys() ^ ops.OPS.keys())}")
-    return {name: handlers[name] for name in ops.OPS}
+    direct = {name for name, op in ops.OPS.items() if op.direct}
+    if handlers.keys() | direct != ops.OPS.keys() or handlers.keys() & direct:
+        wrong = (handlers.keys() | direct) ^ ops.OPS.keys() | (handlers.keys() & direct)
+        raise ImportError(f"cluster.server: ops without exactly one handler, or handlers without an op: "
+                          f"{sorted(wrong)}")
+    return {name: _direct_handler(name) if name in direct else handlers[name] for name in ops.OPS}
+
+
+def _direct_handler(op: str) -> Callable[[Node, dict[str, Any]], Awaitable[Any]]:
+    async def handler(node: Node, a: dict[str, Any]) -> Any:
+        return await node._commit({"op": op, **a})
+
+    handler.__qualname__ = handler.__name__ = f"direct {op}"
+    return handler
 
 
 Node._handlers = _dispatch_table()
