@@ -4,7 +4,8 @@
 rest derives from it:
 
 - protocol.OPS (the ops the codec accepts) and the server's dispatch: every op
-  has exactly one `Node._op_<name>` handler (checked when cluster.server loads);
+  has exactly one handler, `Node._op_<name>`, except a `direct` op, whose
+  checked args are its command (checked when cluster.server loads);
 - the server's argument checks: `Op.check(args)` runs before the handler and
   hands it the checked values, defaults filled in;
 - the clients' argument checks: `Client` and `AsyncClient` build a request's
@@ -38,9 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from cluster.errors import BadRequest
-from replication.model import (DEFAULT_QUEUE, MAX_ATTEMPTS, MAX_BATCH, MAX_COMPLETE_BATCH, MAX_HEARTBEAT_LEASES, MAX_ID_LEN,
-                               MAX_LEASE_BATCH, MAX_LEASE_MS, MAX_LEASE_QUEUES, MAX_NAME_LEN, MAX_RATE_MILLI,
-                               MAX_RUNNING_LIMIT, MAX_SCHEDULE_NAME_LEN, MIN_LEASE_MS, STATES)
+from replication.model import (DEFAULT_QUEUE, MAX_ATTEMPTS, MAX_BATCH, MAX_COMPLETE_BATCH, MAX_HEARTBEAT_LEASES,
+                               MAX_ID_LEN, MAX_LEASE_BATCH, MAX_LEASE_MS, MAX_LEASE_QUEUES, MAX_NAME_LEN,
+                               MAX_RATE_MILLI, MAX_RUNNING_LIMIT, MAX_SCHEDULE_NAME_LEN, MIN_LEASE_MS, STATES)
 
 Kind = Literal["write", "read", "long_poll"]
 Role = Literal["producer", "worker", "admin"]
@@ -137,11 +138,6 @@ class Op:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_plan", _plan_of(self.args))
 
-    @property
-    def writes(self) -> bool:
-        """Does the op commit commands to the log (a lease does, while it polls)?"""
-        return self.kind == "write" or self.name == "lease"
-
     def check(self, args: dict[str, Any]) -> dict[str, Any]:
         """Every declared argument, checked, defaults filled in; BadRequest
         naming the first bad one."""
@@ -198,12 +194,15 @@ def _checker(arg: Arg) -> Callable[[Any], Any]:
             return v
         return check_text
     if t == "int" or t == "number":
+        # Every number here is bounded, so the range test also refuses inf (and NaN).
+        if t == "number" and (arg.min is None or arg.max is None):
+            raise ValueError(f"{arg.name}: a number argument needs both bounds")
         lo = -math.inf if arg.min is None else arg.min
         hi = math.inf if arg.max is None else arg.max
         kinds: tuple[type, ...] = (int,) if t == "int" else (int, float)
 
         def check_num(v: Any) -> Any:
-            # bool is an int subclass, never a count here; NaN fails the range test
+            # bool is an int subclass, never a count here
             if v.__class__ not in kinds or not lo <= v <= hi:
                 raise _fail(arg, v)
             return v

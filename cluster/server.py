@@ -401,7 +401,9 @@ class Node:
         return {"digest": digest, "last_applied": last_applied, "node_id": self.node_id}
 
     def _lease_ms(self, a: dict[str, Any]) -> int:
-        return a["lease_ms"] or int(self.cfg.lease_ttl_s * 1000)
+        """The lease a request asks for, else the cluster's lease_ttl_s."""
+        lease_ms = a["lease_ms"]
+        return int(self.cfg.lease_ttl_s * 1000) if lease_ms is None else lease_ms
 
     async def _op_lease(self, a: dict[str, Any]) -> Any:
         queues = list(a["queues"])
