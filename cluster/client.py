@@ -1,9 +1,11 @@
 """raftq client library: `Client` (blocking sockets) and `AsyncClient` (asyncio).
 
 Both speak the wire protocol of contracts.md §3 and expose the methods of §4,
-written ONCE in `_Api`: each method validates its arguments eagerly, builds a
-plan (a generator of `_Call`s, usually one) and hands it to `self._run`, which
-is a blocking loop in `Client` and a coroutine in `AsyncClient`.
+written ONCE in `_Api`: each method builds its request's args, which
+`_Call.make` checks eagerly against the op table (cluster/ops.py, the check
+the node runs too), builds a plan (a generator of `_Call`s, usually one) and
+hands it to `self._run`, which is a blocking loop in `Client` and a coroutine
+in `AsyncClient`.
 
 Retry rules (shared through `_Nodes`, `_Backoff` and `_Attempts`):
 - NOT_LEADER with a leader address: go there at once (later redirects in the
