@@ -34,6 +34,9 @@ from cli import output
 from cli.output import CliError, InputError
 from cluster.config import ConfigError, load_config, parse_address
 from cluster.errors import RaftqError
+from cluster.ops import MAX_LIST_LIMIT
+from replication.model import FINAL_STATES, MAX_CATCH_UP, MISFIRE_POLICIES
+from replication.model import STATES as JOB_STATES
 
 if TYPE_CHECKING:
     from cluster.client import Client
@@ -41,8 +44,6 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-JOB_STATES = ("pending", "scheduled", "queued", "running", "succeeded", "failed", "cancelled")
-FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 DEFAULT_CLUSTER = "127.0.0.1:7700"
 DEFAULT_TOKEN = "dev"
 
@@ -507,7 +508,7 @@ def result(client: Client, job_id: str, wait: bool, timeout: float, as_json: boo
 @click.option("--state", type=click.Choice(JOB_STATES), default=None, help="Only jobs in this state.")
 @click.option("--queue", default=None, help="Only jobs of this queue.")
 @click.option("--schedule", default=None, metavar="NAME", help="Only jobs fired by this schedule.")
-@click.option("--limit", type=click.IntRange(min=1, max=10_000), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=MAX_LIST_LIMIT), default=100, show_default=True)
 @click.option("--cursor", type=int, default=None,
               help="Continue a previous listing from the cursor it printed.")
 @client_options
@@ -606,7 +607,7 @@ def dlq_group() -> None:
 
 @dlq_group.command(name="list")
 @click.option("--queue", default=None, help="Only dead letters of this queue.")
-@click.option("--limit", type=click.IntRange(min=1, max=10_000), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=MAX_LIST_LIMIT), default=100, show_default=True)
 @click.option("--cursor", type=int, default=None, help="Continue from the cursor a previous listing printed.")
 @client_options
 @with_client
@@ -711,9 +712,9 @@ def schedule_group() -> None:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Per-attempt run time limit of each job, in seconds.")
 @click.option("--tz", default="UTC", show_default=True, help="Time zone of the cron expression (IANA name).")
-@click.option("--misfire", type=click.Choice(["skip", "catch_up"]), default="skip", show_default=True,
+@click.option("--misfire", type=click.Choice(MISFIRE_POLICIES), default="skip", show_default=True,
               help="Missed fire times: run only the latest, or catch up (at most --max-catch-up).")
-@click.option("--max-catch-up", type=click.IntRange(min=1, max=1000), default=1, show_default=True)
+@click.option("--max-catch-up", type=click.IntRange(min=1, max=MAX_CATCH_UP), default=1, show_default=True)
 @click.option("--paused", is_flag=True, help="Add it paused.")
 @client_options
 @with_client

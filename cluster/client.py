@@ -1,9 +1,11 @@
 """raftq client library: `Client` (blocking sockets) and `AsyncClient` (asyncio).
 
 Both speak the wire protocol of contracts.md §3 and expose the methods of §4,
-written ONCE in `_Api`: each method validates its arguments eagerly, builds a
-plan (a generator of `_Call`s, usually one) and hands it to `self._run`, which
-is a blocking loop in `Client` and a coroutine in `AsyncClient`.
+written ONCE in `_Api`: each method builds its request's args, which
+`_Call.make` checks eagerly against the op table (cluster/ops.py, the check
+the node runs too), builds a plan (a generator of `_Call`s, usually one) and
+hands it to `self._run`, which is a blocking loop in `Client` and a coroutine
+in `AsyncClient`.
 
 Retry rules (shared through `_Nodes`, `_Backoff` and `_Attempts`):
 - NOT_LEADER with a leader address: go there at once (later redirects in the
@@ -67,8 +69,8 @@ from cluster.errors import (
     Unavailable,
     error_from_wire,
 )
+from cluster import ops
 from cluster.protocol import (
-    FINAL_STATES,
     MAX_FRAME_BYTES,
     MAX_IN_FLIGHT,
     MAX_POLLS_PER_CONNECTION,
@@ -86,6 +88,7 @@ from cluster.protocol import (
 )
 from cluster.tls import (ClientTls, TlsError, client_certificate_refused, handshake_error, probe_speaks_tls,
                          speaks_tls)
+from replication.model import FINAL_STATES, validate_schedule
 
 __all__ = ["Client", "AsyncClient", "ClientTls"]
 
@@ -108,7 +111,15 @@ class _Call:
 
     @staticmethod
     def make(op: str, args: dict[str, Any], wait_s: float = 0.0) -> "_Call":
+        """A request of a client op, its args checked against cluster/ops.py (the
+        server's own check, run here before any I/O) and encoded once."""
+        ops.OPS[op].check(args)
         return _Call(op, args, wait_s, pack_args(op, args))
+
+    @staticmethod
+    def unchecked(op: str, args: dict[str, Any]) -> "_Call":
+        """A raw request, sent as given: the server judges it (`request`)."""
+        return _Call(op, args, 0.0, pack_args(op, args))
 
 
 Plan = Generator[_Call, Any, Any]
@@ -282,10 +293,8 @@ def _result_of(msg: dict[str, Any], addr: str) -> Any:
 # -------------------------------------------------------------- argument checking
 
 
-def _job_id(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > 200:
-        raise BadRequest(f"job id must be a string of 1..200 characters, got {value!r}")
-    return value
+# The arguments of each op are checked by `_Call.make` (cluster/ops.py); these
+# are the client's own parameters (seconds, options) that no op carries as is.
 
 
 def _number(name: str, value: Any, minimum: float = 0.0) -> float:
@@ -299,24 +308,16 @@ def _number(name: str, value: Any, minimum: float = 0.0) -> float:
     return float(value)
 
 
-def _integer(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BadRequest(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _text(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"{name} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _queues(value: Any) -> list[str]:
+def _queue_names(value: Any) -> Any:
+    """"a,b" or a tuple as the list `lease` sends (the table checks the names)."""
     if isinstance(value, str):
-        value = [q.strip() for q in value.split(",") if q.strip()]
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(q, str) and q for q in value):
-        raise BadRequest(f"queues must be a non-empty list of queue names, got {value!r}")
-    return list(value)
+        return [q.strip() for q in value.split(",") if q.strip()]
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _as_list(value: Any) -> Any:
+    """A tuple as the list the wire carries; anything else as is, for the check to judge."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _pick(key: str) -> Callable[[Any], Any]:
@@ -436,23 +437,23 @@ class _Api:
 
     def get(self, id: str, stale_ok: bool = False) -> dict[str, Any]:
         """The JobView of a job; NotFound if it does not exist (or was purged)."""
-        args: dict[str, Any] = {"id": _job_id(id)}
+        args: dict[str, Any] = {"id": id}
         if stale_ok:
             args["stale_ok"] = True
         return self._run(_single(_Call.make("get", args)))
 
     def result(self, id: str, timeout: float | None = None) -> dict[str, Any]:
         """The JobView once the job is final; Timeout if not final within `timeout` s."""
-        _job_id(id)
+        ops.check("wait", {"id": id})
         if timeout is not None:
             _number("timeout", timeout)
         return self._run(_wait_plan(id, timeout, self._clock))
 
     def cancel(self, id: str) -> str:
-        return self._run(_single(_Call.make("cancel", {"id": _job_id(id)}), _pick("state")))
+        return self._run(_single(_Call.make("cancel", {"id": id}), _pick("state")))
 
     def retry(self, id: str) -> str:
-        return self._run(_single(_Call.make("retry", {"id": _job_id(id)}), _pick("state")))
+        return self._run(_single(_Call.make("retry", {"id": id}), _pick("state")))
 
     def list(
         self,
@@ -464,15 +465,10 @@ class _Api:
         schedule: str | None = None,
     ) -> dict[str, Any]:
         """One page `{"jobs": [JobView], "cursor": next_or_None}`."""
-        args: dict[str, Any] = {"limit": _integer("limit", limit, 1)}
-        if schedule is not None:
-            args["schedule"] = _text("schedule", schedule)
-        if state is not None:
-            args["state"] = _text("state", state)
-        if queue is not None:
-            args["queue"] = _text("queue", queue)
-        if cursor is not None:
-            args["cursor"] = cursor
+        args: dict[str, Any] = {"limit": limit}
+        for key, value in (("schedule", schedule), ("state", state), ("queue", queue), ("cursor", cursor)):
+            if value is not None:
+                args[key] = value
         if stale_ok:
             args["stale_ok"] = True
         return self._run(_single(_Call.make("list", args)))
@@ -497,25 +493,21 @@ class _Api:
         `{"requeued", "skipped"}` (lists for ids, counts otherwise)."""
         args: dict[str, Any] = {}
         if ids is not None:
-            if isinstance(ids, str) or not isinstance(ids, (list, tuple)) or not ids:
-                raise BadRequest("ids must be a non-empty list of job ids")
-            args["ids"] = [_job_id(i) for i in ids]
+            args["ids"] = _as_list(ids)
         elif queue is not None:
-            args["queue"] = _text("queue", queue)
+            args["queue"] = queue
         elif all:
             args["all"] = True
-        else:
-            raise BadRequest("requeue_failed needs ids, queue=... or all=True")
         return self._run(_single(_Call.make("requeue_failed", args)))
 
     def queue_limit(self, queue: str, max_running: int | None = None,
                     rate_per_s: float | None = None) -> dict[str, Any]:
         """Set a queue's cluster-wide limits (both None removes them)."""
-        args: dict[str, Any] = {"queue": _text("queue", queue)}
+        args: dict[str, Any] = {"queue": queue}
         if max_running is not None:
-            args["max_running"] = _integer("max_running", max_running, 0)
+            args["max_running"] = max_running
         if rate_per_s is not None:
-            args["rate_per_s"] = _number("rate_per_s", rate_per_s, 0.001)
+            args["rate_per_s"] = rate_per_s
         return self._run(_single(_Call.make("queue_limit", args)))
 
     def queues(self, stale_ok: bool = False) -> list[dict[str, Any]]:
@@ -536,13 +528,15 @@ class _Api:
         template = job_spec_from_options(type, args, queue=queue, priority=priority, max_attempts=max_attempts,
                                          timeout=timeout, unique_key=unique_key)
         del template["id"]
-        sched: dict[str, Any] = {"name": _text("name", name), "tz": _text("tz", tz), "job": template,
-                                 "misfire": misfire, "max_catch_up": _integer("max_catch_up", max_catch_up, 1),
-                                 "paused": bool(paused)}
+        sched: dict[str, Any] = {"name": name, "tz": tz, "job": template, "misfire": misfire,
+                                 "max_catch_up": max_catch_up, "paused": bool(paused)}
         if cron is not None:
-            sched["cron"] = _text("cron", cron)
+            sched["cron"] = cron
         else:
             sched["every_ms"] = max(1, round(_number("every", every, 0.001) * 1000))
+        problem = validate_schedule(sched)  # the machine's own check of a schedule
+        if problem is not None:
+            raise BadRequest(problem)
         return self._run(_single(_Call.make("schedule_add", {"schedule": sched})))
 
     def schedules(self, stale_ok: bool = False) -> list[dict[str, Any]]:
@@ -550,17 +544,18 @@ class _Api:
                                  _pick("schedules")))
 
     def schedule_remove(self, name: str) -> dict[str, Any]:
-        return self._run(_single(_Call.make("schedule_remove", {"name": _text("name", name)})))
+        return self._run(_single(_Call.make("schedule_remove", {"name": name})))
 
     def schedule_pause(self, name: str) -> dict[str, Any]:
-        return self._run(_single(_Call.make("schedule_pause", {"name": _text("name", name)})))
+        return self._run(_single(_Call.make("schedule_pause", {"name": name})))
 
     def schedule_resume(self, name: str) -> dict[str, Any]:
-        return self._run(_single(_Call.make("schedule_resume", {"name": _text("name", name)})))
+        return self._run(_single(_Call.make("schedule_resume", {"name": name})))
 
     def request(self, op: str, args: dict[str, Any]) -> Any:
-        """Send one raw request with the usual redirect/retry rules (tools and tests)."""
-        return self._run(_single(_Call.make(op, args)))
+        """Send one raw request with the usual redirect/retry rules (tools and
+        tests); its args are not checked here: the node answers for them."""
+        return self._run(_single(_Call.unchecked(op, args)))
 
     # -- worker calls
 
@@ -575,35 +570,27 @@ class _Api:
     ) -> list[dict[str, Any]]:
         """Lease up to `max` ready jobs, long-polling up to `wait_s` when none is ready.
 
-        `capacity`: the worker's free `{"cpu": n, "mem_mb": m}`; only jobs whose
-        `resources` fit are granted (None: any job)."""
-        wait = _number("wait_s", wait_s)
-        args: dict[str, Any] = {
-            "worker": _text("worker", worker),
-            "queues": _queues(queues),
-            "max": _integer("max", max, 1),
-            "wait_s": wait,
-        }
+        `queues`: a list of names or "a,b". `capacity`: the worker's free
+        `{"cpu": n, "mem_mb": m}`; only jobs whose `resources` fit are granted
+        (None: any job)."""
+        args: dict[str, Any] = {"worker": worker, "queues": _queue_names(queues), "max": max, "wait_s": wait_s}
         if lease_ms is not None:
-            args["lease_ms"] = _integer("lease_ms", lease_ms, 1)
+            args["lease_ms"] = lease_ms
         if capacity is not None:
-            if not isinstance(capacity, dict):
-                raise BadRequest(f"capacity must be a dict {{cpu, mem_mb}}, got {capacity!r}")
-            args["capacity"] = dict(capacity)
-        return self._run(_single(_Call.make("lease", args, wait_s=wait), _pick("jobs")))
+            args["capacity"] = dict(capacity) if isinstance(capacity, dict) else capacity
+        call = _Call.make("lease", args, wait_s=wait_s)
+        return self._run(_single(call, _pick("jobs")))
 
     def heartbeat(self, worker: str, leases: list[dict[str, Any]], lease_ms: int | None = None) -> dict[str, Any]:
         """Extend leases (to now + lease_ms, default the cluster's lease TTL);
         returns `{"lost": [id], "cancel": [id]}`."""
-        if not isinstance(leases, (list, tuple)) or not all(isinstance(x, dict) for x in leases):
-            raise BadRequest("leases must be a list of {'id', 'attempt', 'progress'?} dicts")
-        args = {"worker": _text("worker", worker), "leases": [dict(x) for x in leases]}
+        args: dict[str, Any] = {"worker": worker, "leases": _as_list(leases)}
         if lease_ms is not None:
-            args["lease_ms"] = _integer("lease_ms", lease_ms, 100)
+            args["lease_ms"] = lease_ms
         return self._run(_single(_Call.make("heartbeat", args)))
 
     def complete(self, id: str, attempt: int, result: Any = None) -> str:
-        args = {"id": _job_id(id), "attempt": _integer("attempt", attempt, 0), "result": result}
+        args = {"id": id, "attempt": attempt, "result": result}
         return self._run(_single(_Call.make("complete", args), _pick("state")))
 
     def complete_many(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -615,20 +602,16 @@ class _Api:
         (LEASE_LOST, NOT_FOUND), exactly as `complete` would have raised. A
         transport error means nothing is known: retrying the whole batch is
         safe (the duplicate rule)."""
-        if not isinstance(items, (list, tuple)) or not all(isinstance(x, dict) for x in items):
-            raise BadRequest("complete_many takes a list of {'id', 'attempt', 'result'} dicts")
-        wire = [{"id": _job_id(x.get("id")), "attempt": _integer("attempt", x.get("attempt"), 0),
-                 "result": x.get("result")} for x in items]
-        if not wire:
+        if isinstance(items, (list, tuple)) and not items:
             return self._run(_const([]))
+        wire = items
+        if isinstance(items, (list, tuple)):
+            wire = [{"id": x.get("id"), "attempt": x.get("attempt"), "result": x.get("result")}
+                    if isinstance(x, dict) else x for x in items]
         return self._run(_single(_Call.make("complete_many", {"items": wire}), _pick("results")))
 
     def fail(self, id: str, attempt: int, error: str, retryable: bool = True) -> str:
-        if not isinstance(retryable, bool):
-            raise BadRequest("retryable must be True or False")
-        if not isinstance(error, str):
-            raise BadRequest(f"error must be a string, got {type(error).__name__}")
-        args = {"id": _job_id(id), "attempt": _integer("attempt", attempt, 0), "error": error, "retryable": retryable}
+        args = {"id": id, "attempt": attempt, "error": error, "retryable": retryable}
         return self._run(_single(_Call.make("fail", args), _pick("state")))
 
 

@@ -38,21 +38,11 @@ from typing import Any, Callable
 
 import msgpack
 
-from cluster.errors import (BadRequest, Internal, NoLeader, NotLeader, Overloaded, RaftqError, Timeout,
-                            TooLarge)
+from cluster.errors import BadRequest, Internal, RaftqError, TooLarge, error_class
 from replication.model import MAX_VALUE_DEPTH
 from replication.replica import Replica
 
 log = logging.getLogger("raftq.commit")
-
-# Codes the Raft adapter reports when an entry did not commit.
-_ADAPTER_ERRORS: dict[str, type[RaftqError]] = {
-    "NOT_LEADER": NotLeader,
-    "NO_LEADER": NoLeader,
-    "TIMEOUT": Timeout,
-    "OVERLOADED": Overloaded,
-}
-
 
 # The replicas decode an entry with msgpack's unpacker, whose stack holds 1024
 # levels, and the entry adds 2 (its map and the cmds array) around each
@@ -242,7 +232,7 @@ def _too_deep(data: bytes) -> bool:
 def _error(code: str) -> RaftqError:
     if code.startswith("INTERNAL:"):
         return Internal(code.split(":", 1)[1])
-    cls = _ADAPTER_ERRORS.get(code, Internal)
+    cls = error_class(code)  # the adapter reports NOT_LEADER, NO_LEADER, TIMEOUT, OVERLOADED
     messages = {
         "NOT_LEADER": "this node lost leadership before the write committed",
         "NO_LEADER": "no leader (election in progress); retry",

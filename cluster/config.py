@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import tls
+from replication.model import MAX_LEASE_MS, MIN_LEASE_MS
 
 DURABILITIES = ("fsync", "none")
 MIN_SECRET_CHARS = 16
@@ -181,6 +182,9 @@ def _validate(cfg: ClusterConfig) -> None:
     _positive_int(cfg.max_frame_bytes, "max_frame_bytes")
     _positive_number(cfg.retention_s, "retention_s")
     _positive_number(cfg.lease_ttl_s, "lease_ttl_s")
+    if not MIN_LEASE_MS <= cfg.lease_ttl_s * 1000 <= MAX_LEASE_MS:  # the default lease a worker gets
+        raise ConfigError(f"lease_ttl_s: must be {MIN_LEASE_MS / 1000:g}..{MAX_LEASE_MS / 1000:g} seconds, "
+                          f"got {cfg.lease_ttl_s!r}")
     _validate_limits(cfg)
     _validate_connection_limits(cfg)
     _validate_tls(cfg)

@@ -1,17 +1,21 @@
-"""One registry of wire error codes and the exception class for each.
+"""The exception class of each wire error code (the codes: replication/codes.py).
 
 The server raises these; the client maps a wire error back to the same class by
 its code (never by message text), so callers catch `NotLeader`, `LeaseLost`...
+Every code of `codes.WIRE_CODES` has exactly one class here; importing this
+module fails if one is missing or extra (a new code is added there first).
 """
 from __future__ import annotations
 
 from typing import Any
 
+from replication import codes
+
 
 class RaftqError(Exception):
     """Base of every raftq error that crosses the wire."""
 
-    code = "INTERNAL"
+    code = codes.INTERNAL
 
     def __init__(self, message: str = "", extra: Any = None) -> None:
         super().__init__(message or self.code)
@@ -22,82 +26,75 @@ class RaftqError(Exception):
         return [self.code, self.message, self.extra]
 
 
-_REGISTRY: dict[str, type[RaftqError]] = {}
-
-
-def _register(cls: type[RaftqError]) -> type[RaftqError]:
-    _REGISTRY[cls.code] = cls
-    return cls
-
-
-@_register
 class Internal(RaftqError):
-    code = "INTERNAL"
+    code = codes.INTERNAL
 
 
-@_register
 class NotLeader(RaftqError):
     """This node is a follower; `leader` is the leader's client address (or None)."""
 
-    code = "NOT_LEADER"
+    code = codes.NOT_LEADER
 
     def __init__(self, message: str = "", extra: Any = None) -> None:
         super().__init__(message or "not the leader", extra)
         self.leader: str | None = (extra or {}).get("leader") if isinstance(extra, dict) else None
 
 
-@_register
 class NoLeader(RaftqError):
-    code = "NO_LEADER"
+    code = codes.NO_LEADER
 
 
-@_register
 class Unauthorized(RaftqError):
-    code = "UNAUTHORIZED"
+    code = codes.UNAUTHORIZED
 
 
-@_register
 class BadRequest(RaftqError):
-    code = "BAD_REQUEST"
+    code = codes.BAD_REQUEST
 
 
-@_register
 class NotFound(RaftqError):
-    code = "NOT_FOUND"
+    code = codes.NOT_FOUND
 
 
-@_register
 class LeaseLost(RaftqError):
-    code = "LEASE_LOST"
+    code = codes.LEASE_LOST
 
 
-@_register
 class TooLarge(RaftqError):
-    code = "TOO_LARGE"
+    code = codes.TOO_LARGE
 
 
-@_register
 class Overloaded(RaftqError):
-    code = "OVERLOADED"
+    code = codes.OVERLOADED
 
 
-@_register
 class Conflict(RaftqError):
-    code = "CONFLICT"
+    code = codes.CONFLICT
 
 
-@_register
 class Timeout(RaftqError):
-    code = "TIMEOUT"
+    code = codes.TIMEOUT
 
 
 class Unavailable(RaftqError):
     """Client side only: no node of the cluster could be reached in time."""
 
-    code = "UNAVAILABLE"
+    code = codes.UNAVAILABLE
 
 
-CODES: frozenset[str] = frozenset(_REGISTRY)
+_WIRE_CLASSES: tuple[type[RaftqError], ...] = (
+    Internal, NotLeader, NoLeader, Unauthorized, BadRequest, NotFound, LeaseLost, TooLarge, Overloaded, Conflict,
+    Timeout,
+)
+_REGISTRY: dict[str, type[RaftqError]] = {cls.code: cls for cls in _WIRE_CLASSES}
+if _REGISTRY.keys() != codes.WIRE_CODES.keys() or len(_REGISTRY) != len(_WIRE_CLASSES):
+    raise ImportError(f"cluster.errors: wire codes without exactly one class: "
+                      f"{sorted(_REGISTRY.keys() ^ codes.WIRE_CODES.keys())}")
+
+
+def error_class(code: str) -> type[RaftqError]:
+    """The class of a wire code (Internal for a code this version does not know)."""
+    return _REGISTRY.get(code, Internal)
 
 
 def error_from_wire(err: Any) -> RaftqError:

@@ -32,7 +32,9 @@ from typing import Any, Mapping
 
 import msgpack
 
-from cluster.errors import BadRequest, RaftqError, error_from_wire
+from cluster.errors import BadRequest, RaftqError, TooLarge, error_class
+from cluster.ops import OPS as CLIENT_OPS
+from replication.model import MAX_ID_LEN
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 8 * 1024 * 1024
@@ -45,46 +47,13 @@ MAX_IN_FLIGHT = 1024
 MAX_POLLS_PER_CONNECTION = 512
 HEADER_BYTES = 4
 
-OPS: frozenset[str] = frozenset(
-    {
-        "hello",
-        "submit",
-        "submit_many",
-        "get",
-        "wait",
-        "cancel",
-        "retry",
-        "list",
-        "stats",
-        "cluster_status",
-        "digest",
-        "lease",
-        "heartbeat",
-        "complete",
-        "complete_many",
-        "fail",
-        "requeue_failed",
-        "queue_limit",
-        "queues",
-        "workers",
-        "schedule_add",
-        "schedule_list",
-        "schedule_remove",
-        "schedule_pause",
-        "schedule_resume",
-    }
-)
-# Ops that change replicated state. All of them are idempotent (client-chosen
-# job ids, lease tokens), which is what makes the clients' retries safe.
-WRITE_OPS: frozenset[str] = frozenset(
-    {"submit", "submit_many", "cancel", "retry", "lease", "heartbeat", "complete", "complete_many", "fail",
-     "requeue_failed", "queue_limit", "schedule_add", "schedule_remove", "schedule_pause", "schedule_resume"}
-)
-FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+# The ops the codec accepts: hello (the handshake, below) and the client ops of
+# cluster/ops.py, where each op's kind, role and arguments are declared.
+OPS: frozenset[str] = frozenset({"hello", *CLIENT_OPS})
+# Roles a hello may declare.
 ROLES: frozenset[str] = frozenset({"client", "worker"})
 
 _MAX_REQUEST_ID = 2**63 - 1
-_MAX_JOB_ID_CHARS = 200
 
 
 class ProtocolViolation(Exception):
@@ -104,7 +73,7 @@ class ProtocolViolation(Exception):
 
     def error(self) -> RaftqError:
         """The registered exception for this violation (for `response_err`)."""
-        return error_from_wire([self.code, self.message, None])
+        return error_class(self.code)(self.message)
 
 
 # --------------------------------------------------------------------------- frames
@@ -341,7 +310,7 @@ def _seconds_to_ms(name: str, value: Any, *, allow_zero: bool) -> int | None:
     return max(1, round(value * 1000)) if value > 0 else 0
 
 
-def _check_str(name: str, value: Any, max_chars: int = _MAX_JOB_ID_CHARS) -> str:
+def _check_str(name: str, value: Any, max_chars: int = MAX_ID_LEN) -> str:
     if not isinstance(value, str) or not value:
         raise BadRequest(f"{name} must be a non-empty string, got {value!r}")
     if len(value) > max_chars:
@@ -452,9 +421,7 @@ def pack_args(op: str, args: Mapping[str, Any]) -> bytes:
     except (TypeError, ValueError, OverflowError) as e:
         raise BadRequest(f"cannot encode the arguments of {op}: {e}") from None
     if len(packed) + 64 > MAX_FRAME_BYTES:
-        raise error_from_wire(
-            ["TOO_LARGE", f"{op} request of {len(packed)} bytes exceeds the {MAX_FRAME_BYTES}-byte frame limit", None]
-        )
+        raise TooLarge(f"{op} request of {len(packed)} bytes exceeds the {MAX_FRAME_BYTES}-byte frame limit")
     return packed
 
 

@@ -43,7 +43,7 @@ from typing import Any, Awaitable, Callable
 
 import msgpack
 
-from cluster import protocol
+from cluster import ops, protocol
 from cluster.commit import GroupCommitter
 from cluster.config import ClusterConfig
 from cluster.errors import (BadRequest, Internal, NoLeader, NotFound, NotLeader, Overloaded, TooLarge,
@@ -52,17 +52,14 @@ from cluster.limits import LISTEN_BACKLOG, ConnectionLimits, connection_cap, rai
 from cluster.tls import asks_client_certificates
 from cluster.waiters import Waiters
 from replication.machine import JobMachine
-from replication.model import MAX_COMPLETE_BATCH, MAX_REQUEUE_BATCH, validate_schedule
+from replication.model import FINAL_STATES, MAX_REQUEUE_BATCH, validate_schedule
 from replication.raft import RaftConfig, RaftNode
 from replication.replica import Replica, ReplicaFactory
 
 log = logging.getLogger("raftq.node")
 
-FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-MAX_WAIT_S = 60.0          # longest long poll a client may ask for
 TICK_INTERVAL_S = 0.05     # how often the leader checks for due work
 RETENTION_TICK_S = 5.0     # a tick for retention at least this often
-MAX_LIST_LIMIT = 1000
 EMPTY_LEASE_PAUSE_S = 0.1  # after a lease commit that granted nothing (limits, capacity): poll no faster
 MAX_REQUEUE_ROUNDS = 1000  # requeue --all: at most this many batches per request
 # A parked long poll re-checks at least this often even if no entry concerned
@@ -75,12 +72,12 @@ POLL_RECHECK_S = 5.0
 # them: 50 job views (built and encoded) take about a millisecond, and the Raft tick runs
 # on this loop against a 0.4-1.0 s election timeout.
 LIST_SLICE = 50
-# Ops whose cost grows with the state (jobs, queues, workers, schedules): at
-# most max_heavy_reads_per_connection of them run per connection and
-# max_heavy_reads per node; the rest wait their turn, in order.
-HEAVY_OPS = frozenset({"list", "stats", "queues", "workers", "schedule_list", "cluster_status", "digest"})
-# Long polls: counted against max_pollers(_per_connection) while they run.
-POLL_OPS = frozenset({"lease", "wait"})
+# Heavy ops (cluster/ops.py: their cost grows with the state): at most
+# max_heavy_reads_per_connection of them run per connection and max_heavy_reads
+# per node; the rest wait their turn, in order. Long polls (lease, wait) count
+# against max_pollers(_per_connection) while they run.
+HEAVY_OPS = ops.HEAVY_OPS
+POLL_OPS = ops.LONG_POLL_OPS
 # Requests one connection may start per loop iteration; more wait for the next
 # one (reading paused meanwhile). Ten connections pipelining 800 long polls
 # each once queued 8,000 task steps ahead of the Raft tick in one iteration.
@@ -182,12 +179,15 @@ class Node:
 
     # ---- request handlers ----------------------------------------------
 
+    # Every handler gets its op's arguments checked by cluster/ops.py (`Op.check`:
+    # every declared one, defaults filled in) and reads them from that dict.
+
     async def handle(self, op: str, args: dict[str, Any]) -> Any:
         handler = self._handlers.get(op)
         if handler is None:
             raise BadRequest(f"unknown op {op!r}")
         self.requests[op] = self.requests.get(op, 0) + 1
-        return await handler(self, args)
+        return await handler(self, ops.OPS[op].check(args))
 
     # The hottest writes skip the coroutine machinery: `start_write` builds
     # their command and runs every check synchronously, then returns the
@@ -195,23 +195,14 @@ class Node:
     # Task, no coroutine frames per request). The async handlers build the
     # same command and go through `_commit` (also for `handle`'s callers).
 
-    def _submit_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
-        job = args.get("job")
-        if not isinstance(job, dict):
-            raise BadRequest("submit needs 'job': a map")
+    def _submit_cmd(self, a: dict[str, Any]) -> dict[str, Any]:
         self._check_capacity(1)
-        return {"op": "submit", "job": job}
+        return {"op": "submit", "job": a["job"]}
 
-    def _submit_many_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
-        jobs = args.get("jobs")
-        if not isinstance(jobs, list) or not jobs:
-            raise BadRequest("submit_many needs 'jobs': a non-empty list")
+    def _submit_many_cmd(self, a: dict[str, Any]) -> dict[str, Any]:
+        jobs = a["jobs"]
         self._check_capacity(len(jobs))
         return {"op": "submit_many", "jobs": jobs}
-
-    def _complete_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
-        # The result's size is checked by `_check_sizes` once the command is encoded.
-        return {"op": "complete", "id": _job_id(args), "attempt": args.get("attempt"), "result": args.get("result")}
 
     def _check_sizes(self, cmd: dict[str, Any], size: int) -> None:
         """The committer's check of an encoded command (`size` bytes): args and
@@ -246,26 +237,12 @@ class Node:
             for i, item in enumerate(cmd.get("items") or ()):
                 _check_part(item, "result", cfg.max_result_bytes, "max_result_bytes", f"items[{i}]")
 
-    def _complete_many_cmd(self, args: dict[str, Any]) -> dict[str, Any]:
-        """A worker's batched completions: each item is checked like `complete`'s
-        args (the result size cap included), and the machine fences and answers
+    def _complete_many_cmd(self, a: dict[str, Any]) -> dict[str, Any]:
+        """A worker's batched completions: each item was checked like `complete`'s
+        args (the result size cap follows), and the machine fences and answers
         each one on its own ({"results": [{"state"} | {"error", "message"}]})."""
-        items = args.get("items")
-        if not isinstance(items, list) or not items:
-            raise BadRequest("complete_many needs 'items': a non-empty list of {id, attempt, result}")
-        if len(items) > MAX_COMPLETE_BATCH:
-            raise BadRequest(f"complete_many takes at most {MAX_COMPLETE_BATCH} items, got {len(items)}")
-        cmds = []
-        for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise BadRequest(f"items[{i}] must be a map {{id, attempt, result}}")
-            try:
-                one = self._complete_cmd(item)
-            except RaftqError as exc:
-                raise type(exc)(f"items[{i}]: {exc}") from None
-            del one["op"]
-            cmds.append(one)
-        return {"op": "complete_many", "items": cmds}
+        return {"op": "complete_many", "items": [{"id": item["id"], "attempt": item["attempt"],
+                                                   "result": item.get("result")} for item in a["items"]]}
 
     def start_write(self, op: str, args: dict[str, Any]) -> asyncio.Future[dict[str, Any]] | None:
         """The commit future of a fast-path write (raises RaftqError for a bad
@@ -275,13 +252,13 @@ class Node:
         if build is None:
             return None
         self.requests[op] = self.requests.get(op, 0) + 1
-        return self._start_commit(build(self, args))
+        return self._start_commit(build(self, ops.OPS[op].check(args)))
 
-    async def _op_submit(self, args: dict[str, Any]) -> Any:
-        return await self._commit(self._submit_cmd(args))
+    async def _op_submit(self, a: dict[str, Any]) -> Any:
+        return await self._commit(self._submit_cmd(a))
 
-    async def _op_submit_many(self, args: dict[str, Any]) -> Any:
-        return await self._commit(self._submit_many_cmd(args))
+    async def _op_submit_many(self, a: dict[str, Any]) -> Any:
+        return await self._commit(self._submit_many_cmd(a))
 
     def _check_capacity(self, n: int) -> None:
         """Admission of `n` new jobs (held bytes: `_check_sizes`). Without the
@@ -310,25 +287,24 @@ class Node:
                                       f"{cfg.max_held_bytes}); retry once finished jobs are purged (retention_s)")
         return None
 
-    def _read_guard(self, args: dict[str, Any]) -> None:
-        if not args.get("stale_ok"):
+    def _read_guard(self, a: dict[str, Any]) -> None:
+        if not a["stale_ok"]:
             self._require_leader()
 
-    async def _op_get(self, args: dict[str, Any]) -> Any:
-        job_id = _job_id(args)
-        self._read_guard(args)
+    async def _op_get(self, a: dict[str, Any]) -> Any:
+        job_id = a["id"]
+        self._read_guard(a)
         with self.raft.reading():
             view = self.machine.get(job_id)
         if view is None:
             raise NotFound(f"no job {job_id!r}")
         return view
 
-    async def _op_wait(self, args: dict[str, Any]) -> Any:
-        job_id = _job_id(args)
-        timeout_s = _number(args, "timeout_s", 10.0, 0.0, MAX_WAIT_S)
-        deadline = time.monotonic() + timeout_s
+    async def _op_wait(self, a: dict[str, Any]) -> Any:
+        job_id = a["id"]
+        deadline = time.monotonic() + a["timeout_s"]
         while True:
-            self._read_guard(args)
+            self._read_guard(a)
             with self.raft.reading():
                 view = self.machine.get(job_id)
             if view is None:
@@ -338,21 +314,9 @@ class Node:
                 return view
             await self.waiters.job(job_id, min(remaining, POLL_RECHECK_S))
 
-    async def _op_cancel(self, args: dict[str, Any]) -> Any:
-        return await self._commit({"op": "cancel", "id": _job_id(args)})
-
-    async def _op_retry(self, args: dict[str, Any]) -> Any:
-        return await self._commit({"op": "retry", "id": _job_id(args)})
-
-    async def _op_list(self, args: dict[str, Any]) -> Any:
-        self._read_guard(args)
-        state = _opt_str(args, "state")
-        queue = _opt_str(args, "queue")
-        limit = int(_number(args, "limit", 100, 1, MAX_LIST_LIMIT))
-        cursor = args.get("cursor")
-        if cursor is not None and (isinstance(cursor, bool) or not isinstance(cursor, int)):
-            raise BadRequest("'cursor' must be the integer a previous list returned")
-        schedule = _opt_str(args, "schedule")
+    async def _op_list(self, a: dict[str, Any]) -> Any:
+        self._read_guard(a)
+        state, queue, limit, cursor, schedule = a["state"], a["queue"], a["limit"], a["cursor"], a["schedule"]
         # Built and encoded in slices, yielding the loop between them
         # (LIST_SLICE); entries applied in between may show in later slices.
         reply = protocol.PageEncoder("jobs")
@@ -370,14 +334,14 @@ class Node:
                 return reply.finish(cursor=cursor)
             await asyncio.sleep(0)
 
-    async def _op_stats(self, args: dict[str, Any]) -> Any:
-        self._read_guard(args)
+    async def _op_stats(self, a: dict[str, Any]) -> Any:
+        self._read_guard(a)
         with self.raft.reading():
             stats = dict(self.machine.stats())
         stats.update(node_id=self.node_id, role=self.raft.status().get("role"), leader=self.leader_client())
         return stats
 
-    async def _op_cluster_status(self, args: dict[str, Any]) -> Any:
+    async def _op_cluster_status(self, a: dict[str, Any]) -> Any:
         status = self.raft.status()
         leader_raft = self.raft.leader()
         nodes = []
@@ -398,7 +362,7 @@ class Node:
             "nodes": nodes,
         }
 
-    async def _op_digest(self, args: dict[str, Any]) -> Any:
+    async def _op_digest(self, a: dict[str, Any]) -> Any:
         """This replica's state digest (any node answers): replicas at the same
         applied index must agree byte for byte (tests and `raftq cluster status`)."""
         with self.raft.reading():
@@ -406,18 +370,17 @@ class Node:
             last_applied = self.raft.status().get("last_applied")
         return {"digest": digest, "last_applied": last_applied, "node_id": self.node_id}
 
-    async def _op_lease(self, args: dict[str, Any]) -> Any:
-        worker = _str(args, "worker")
-        queues = args.get("queues") or ["default"]
-        if not isinstance(queues, list) or not all(isinstance(q, str) and q for q in queues):
-            raise BadRequest("'queues' must be a list of queue names")
-        max_jobs = int(_number(args, "max", 1, 1, 1000))
-        wait_s = _number(args, "wait_s", 5.0, 0.0, MAX_WAIT_S)
-        lease_ms = int(_number(args, "lease_ms", self.cfg.lease_ttl_s * 1000, 100, 24 * 3600 * 1000))
-        deadline = time.monotonic() + wait_s
-        cmd = {"op": "lease", "worker": worker, "queues": queues, "max": max_jobs, "lease_ms": lease_ms}
-        if args.get("capacity") is not None:
-            cmd["capacity"] = args["capacity"]  # validated with the command
+    def _lease_ms(self, a: dict[str, Any]) -> int:
+        """The lease a request asks for, else the cluster's lease_ttl_s."""
+        lease_ms = a["lease_ms"]
+        return int(self.cfg.lease_ttl_s * 1000) if lease_ms is None else lease_ms
+
+    async def _op_lease(self, a: dict[str, Any]) -> Any:
+        queues = list(a["queues"])
+        deadline = time.monotonic() + a["wait_s"]
+        cmd = {"op": "lease", "worker": a["worker"], "queues": queues, "max": a["max"], "lease_ms": self._lease_ms(a)}
+        if a["capacity"] is not None:
+            cmd["capacity"] = a["capacity"]  # its shape is checked with the command
         while True:
             self._require_leader()
             with self.raft.reading():
@@ -436,34 +399,22 @@ class Node:
             await self.waiters.lease(queues, min(remaining, POLL_RECHECK_S,
                                                  wait_ms / 1000 if wait_ms else POLL_RECHECK_S))
 
-    async def _op_heartbeat(self, args: dict[str, Any]) -> Any:
-        leases = args.get("leases")
-        if not isinstance(leases, list):
-            raise BadRequest("'leases' must be a list")
-        lease_ms = int(_number(args, "lease_ms", self.cfg.lease_ttl_s * 1000, 100, 24 * 3600 * 1000))
-        return await self._commit({"op": "heartbeat", "worker": _str(args, "worker"),
-                                   "lease_ms": lease_ms, "leases": leases})
+    async def _op_heartbeat(self, a: dict[str, Any]) -> Any:
+        return await self._commit({"op": "heartbeat", "worker": a["worker"], "lease_ms": self._lease_ms(a),
+                                   "leases": a["leases"]})
 
-    async def _op_complete(self, args: dict[str, Any]) -> Any:
-        return await self._commit(self._complete_cmd(args))
+    async def _op_complete_many(self, a: dict[str, Any]) -> Any:
+        return await self._commit(self._complete_many_cmd(a))
 
-    async def _op_complete_many(self, args: dict[str, Any]) -> Any:
-        return await self._commit(self._complete_many_cmd(args))
-
-    async def _op_fail(self, args: dict[str, Any]) -> Any:
-        return await self._commit({"op": "fail", "id": _job_id(args), "attempt": args.get("attempt"),
-                                   "error": args.get("error"), "retryable": args.get("retryable", True)})
 
     # ---- lifecycle ops (issue 3) ------------------------------------------
 
-    async def _op_requeue_failed(self, args: dict[str, Any]) -> Any:
+    async def _op_requeue_failed(self, a: dict[str, Any]) -> Any:
         """Dead letters back to queued: explicit ids, or every failed job (of a queue)
         picked from this leader's replica in batches; each batch is one command
         naming its ids, so every replica requeues exactly the same jobs."""
-        ids = args.get("ids")
+        ids = a["ids"]
         if ids is not None:
-            if not isinstance(ids, list) or not ids:
-                raise BadRequest("'ids' must be a non-empty list of job ids")
             requeued: list[str] = []
             skipped: list[str] = []
             for i in range(0, len(ids), MAX_REQUEUE_BATCH):
@@ -471,9 +422,7 @@ class Node:
                 requeued += r["requeued"]
                 skipped += r["skipped"]
             return {"requeued": requeued, "skipped": skipped}
-        if not args.get("all") and args.get("queue") is None:
-            raise BadRequest("requeue_failed needs 'ids', 'queue' or 'all': true")
-        queue = _opt_str(args, "queue")
+        queue = a["queue"]  # None: every queue (`all`; the table requires one of them)
         cursor: int | None = None
         n_requeued = n_skipped = 0
         for _ in range(MAX_REQUEUE_ROUNDS):
@@ -489,32 +438,30 @@ class Node:
                 break
         return {"requeued": n_requeued, "skipped": n_skipped, "more": cursor is not None}
 
-    async def _op_queue_limit(self, args: dict[str, Any]) -> Any:
-        cmd: dict[str, Any] = {"op": "queue_limit", "queue": _str(args, "queue")}
+    async def _op_queue_limit(self, a: dict[str, Any]) -> Any:
+        cmd: dict[str, Any] = {"op": "queue_limit", "queue": a["queue"]}
         for key in ("max_running", "rate_per_s"):
-            if args.get(key) is not None:
-                cmd[key] = args[key]
+            if a[key] is not None:
+                cmd[key] = a[key]
         result = await self._commit(cmd)
         # New limits may let parked polls of this queue start a job now.
         self.waiters.wake({cmd["queue"]: self.cfg.max_pollers}, ())
         return result
 
-    async def _op_queues(self, args: dict[str, Any]) -> Any:
-        self._read_guard(args)
+    async def _op_queues(self, a: dict[str, Any]) -> Any:
+        self._read_guard(a)
         with self.raft.reading():
             return {"queues": self.machine.queues()}
 
-    async def _op_workers(self, args: dict[str, Any]) -> Any:
-        self._read_guard(args)
+    async def _op_workers(self, a: dict[str, Any]) -> Any:
+        self._read_guard(a)
         with self.raft.reading():
             return {"workers": self.machine.workers()}
 
-    async def _op_schedule_add(self, args: dict[str, Any]) -> Any:
+    async def _op_schedule_add(self, a: dict[str, Any]) -> Any:
         from cluster import cron  # croniter: the leader's business, never apply's
 
-        sched = args.get("schedule")
-        if not isinstance(sched, dict):
-            raise BadRequest("schedule_add needs 'schedule': a map")
+        sched = a["schedule"]
         problem = validate_schedule(sched)  # the machine's own check, so fields are named alike
         if problem is not None:
             raise BadRequest(problem)
@@ -528,21 +475,15 @@ class Node:
         if every is not None and every < min_ms:
             raise BadRequest(f"'every_ms' must be at least {min_ms} (min_schedule_interval_s), got {every}")
 
-    async def _op_schedule_list(self, args: dict[str, Any]) -> Any:
-        self._read_guard(args)
+    async def _op_schedule_list(self, a: dict[str, Any]) -> Any:
+        self._read_guard(a)
         with self.raft.reading():
             return {"schedules": self.machine.schedules()}
 
-    async def _op_schedule_remove(self, args: dict[str, Any]) -> Any:
-        return await self._commit({"op": "schedule_remove", "name": _str(args, "name")})
-
-    async def _op_schedule_pause(self, args: dict[str, Any]) -> Any:
-        return await self._commit({"op": "schedule_pause", "name": _str(args, "name")})
-
-    async def _op_schedule_resume(self, args: dict[str, Any]) -> Any:
+    async def _op_schedule_resume(self, a: dict[str, Any]) -> Any:
         from cluster import cron
 
-        name = _str(args, "name")
+        name = a["name"]
         self._require_leader()
         with self.raft.reading():
             sched = self.machine.get_schedule(name)
@@ -573,37 +514,18 @@ class Node:
                 if isinstance(r, BaseException) or "error" in r:
                     log.debug("fire %s@%s not applied: %s", cmd["schedule"], cmd["fire_ms"], r)
 
-    _handlers: dict[str, Callable[["Node", dict[str, Any]], Awaitable[Any]]] = {
-        "submit": _op_submit,
-        "submit_many": _op_submit_many,
-        "get": _op_get,
-        "wait": _op_wait,
-        "cancel": _op_cancel,
-        "retry": _op_retry,
-        "list": _op_list,
-        "stats": _op_stats,
-        "cluster_status": _op_cluster_status,
-        "digest": _op_digest,
-        "lease": _op_lease,
-        "heartbeat": _op_heartbeat,
-        "complete": _op_complete,
-        "complete_many": _op_complete_many,
-        "fail": _op_fail,
-        "requeue_failed": _op_requeue_failed,
-        "queue_limit": _op_queue_limit,
-        "queues": _op_queues,
-        "workers": _op_workers,
-        "schedule_add": _op_schedule_add,
-        "schedule_list": _op_schedule_list,
-        "schedule_remove": _op_schedule_remove,
-        "schedule_pause": _op_schedule_pause,
-        "schedule_resume": _op_schedule_resume,
-    }
+    # Dispatch: the handler of op NAME is `_op_NAME`, or for a direct op (its
+    # checked args are the command, cluster/ops.py) one made by `_direct_handler`:
+    # filled in, and checked both ways, by `_dispatch_table` below the class.
+    _handlers: dict[str, Callable[["Node", dict[str, Any]], Awaitable[Any]]] = {}
 
+    # Writes answered from their commit future (see `start_write`): they get
+    # the same checked args as `handle` gives their `_op_` handler. A
+    # complete's result size is checked by `_check_sizes` once it is encoded.
     _fast_writes: dict[str, Callable[["Node", dict[str, Any]], dict[str, Any]]] = {
         "submit": _submit_cmd,
         "submit_many": _submit_many_cmd,
-        "complete": _complete_cmd,
+        "complete": lambda self, a: {"op": "complete", **a},
         "complete_many": _complete_many_cmd,
     }
 
@@ -705,6 +627,30 @@ class Node:
                 http_server.close()
             self.raft.destroy()
             log.info("node %d stopped", self.node_id)
+
+
+def _dispatch_table() -> dict[str, Callable[[Node, dict[str, Any]], Awaitable[Any]]]:
+    """A handler for every op of the table: `Node._op_NAME`, or `_direct_handler`
+    for a direct op. An op without exactly one, or a handler without an op,
+    fails at import (not at the first request)."""
+    handlers = {name[len("_op_"):]: fn for name, fn in vars(Node).items() if name.startswith("_op_")}
+    direct = {name for name, op in ops.OPS.items() if op.direct}
+    if handlers.keys() | direct != ops.OPS.keys() or handlers.keys() & direct:
+        wrong = (handlers.keys() | direct) ^ ops.OPS.keys() | (handlers.keys() & direct)
+        raise ImportError(f"cluster.server: ops without exactly one handler, or handlers without an op: "
+                          f"{sorted(wrong)}")
+    return {name: _direct_handler(name) if name in direct else handlers[name] for name in ops.OPS}
+
+
+def _direct_handler(op: str) -> Callable[[Node, dict[str, Any]], Awaitable[Any]]:
+    async def handler(node: Node, a: dict[str, Any]) -> Any:
+        return await node._commit({"op": op, **a})
+
+    handler.__qualname__ = handler.__name__ = f"direct {op}"
+    return handler
+
+
+Node._handlers = _dispatch_table()
 
 
 class ClientConnection(asyncio.Protocol):
@@ -1014,37 +960,7 @@ class MutualTlsConnection(ClientConnection):
 
 # ---- argument helpers (bad input -> BAD_REQUEST, never a traceback) -----
 
-def _job_id(args: dict[str, Any]) -> str:
-    value = args.get("id")
-    if not isinstance(value, str) or not value:
-        raise BadRequest("'id' must be a non-empty string")
-    return value
-
-
-def _str(args: dict[str, Any], key: str) -> str:
-    value = args.get(key)
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"{key!r} must be a non-empty string")
-    return value
-
-
-def _opt_str(args: dict[str, Any], key: str) -> str | None:
-    value = args.get(key)
-    if value is not None and not isinstance(value, str):
-        raise BadRequest(f"{key!r} must be a string")
-    return value
-
-
-def _number(args: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
-    value = args.get(key, default)
-    if value is None:
-        value = default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRequest(f"{key!r} must be a number")
-    if not lo <= value <= hi:
-        raise BadRequest(f"{key!r} must be between {lo:g} and {hi:g}")
-    return value
-
+# ---- helpers ---------------------------------------------------------------
 
 def _split(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")

@@ -145,7 +145,7 @@ def _load_ca(ctx: ssl.SSLContext, ca: Path, label: str) -> None:
     _readable(ca, label)
     try:
         ctx.load_verify_locations(cafile=ca)
-    except ssl.SSLError as exc:
+    except ssl.SSLError:
         raise TlsFileError(f"{label}: {str(ca)!r} holds no PEM CA certificate") from None
 
 

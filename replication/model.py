@@ -1,10 +1,15 @@
-"""The job record, its public views, and the limits and validation of commands.
+"""The job record, its public views, its states, and the limits and
+validation of commands.
 
-Everything here is plain data and pure functions; it is shared by the state
-machine (`replication.machine`) and by the server, which calls
-`validate_command` BEFORE proposing so that malformed commands never enter the
-Raft log. The machine calls it again on apply (apply must never raise), so the
-two can never disagree.
+Everything here is plain data and pure functions. `validate_command` is THE
+check of a command's shape: the machine runs it on apply, on every replica
+(apply must never raise). The server deliberately does not run it before
+proposing (that cost the leader a sixth of its CPU per submitted job); it
+checks only the request arguments it needs to build a command
+(cluster/ops.py), so a malformed command may reach the log, where every
+replica rejects it alike with the same BAD_REQUEST the client then gets.
+The states and limits defined here are the only definitions: the server, the
+clients, the CLI and cluster/ops.py import them.
 
 Units: integer milliseconds inside (`*_ms`); the public `JobView` carries epoch
 seconds as float (`*_at`, `timeout_s`), per docs/contracts.md section 1.
@@ -17,6 +22,9 @@ import math
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Callable
+
+# The codes the machine answers with, re-exported for replication/machine.py.
+from replication.codes import BAD_REQUEST, CONFLICT, INTERNAL, LEASE_LOST, NOT_FOUND  # noqa: F401
 
 # --- states -------------------------------------------------------------------
 
@@ -32,14 +40,6 @@ CANCELLED = "cancelled"
 STATES: tuple[str, ...] = (PENDING, SCHEDULED, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINAL_STATES: frozenset[str] = frozenset((SUCCEEDED, FAILED, CANCELLED))
 
-# --- wire error codes used by the machine (same strings as cluster/errors.py;
-# replication/ must not import cluster/) -----------------------------------------
-
-BAD_REQUEST = "BAD_REQUEST"
-NOT_FOUND = "NOT_FOUND"
-LEASE_LOST = "LEASE_LOST"
-CONFLICT = "CONFLICT"
-INTERNAL = "INTERNAL"
 
 # --- limits ---------------------------------------------------------------------
 
@@ -50,7 +50,15 @@ MAX_LEASE_BATCH = 1_000     # jobs per lease command (`max`)
 MAX_LEASE_QUEUES = 100      # queues named in one lease command
 MAX_HEARTBEAT_LEASES = 10_000
 MAX_COMPLETE_BATCH = 1_000   # items per complete_many
+# A lease a request may ask for (lease, heartbeat): shorter than a network
+# round trip plus a heartbeat interval, a lease would expire while granted.
+MIN_LEASE_MS = 100
 MAX_LEASE_MS = 86_400_000   # one day
+# What apply accepts in a command: any positive duration. Commands come from the
+# server, which enforces MIN_LEASE_MS; apply keeps the wider rule so that the
+# machine's own tests may drive millisecond leases, and narrowing what apply
+# accepts would change how a log replays.
+MIN_COMMAND_LEASE_MS = 1
 MAX_MS = 2**53              # any absolute time or duration in ms (exact in a float)
 MAX_PRIORITY = 2**31 - 1
 MIN_PRIORITY = -(2**31)
@@ -541,10 +549,10 @@ def validate_command(cmd: Any) -> str | None:
         return (_check_str(cmd, "worker")
                 or _check_str_list(cmd, "queues", MAX_LEASE_QUEUES)
                 or _check_int(cmd, "max", 1, MAX_LEASE_BATCH)
-                or _check_int(cmd, "lease_ms", 1, MAX_LEASE_MS)
+                or _check_int(cmd, "lease_ms", MIN_COMMAND_LEASE_MS, MAX_LEASE_MS)
                 or (None if cmd.get("capacity") is None else check_capacity(cmd["capacity"], "capacity")))
     if op == "heartbeat":
-        msg = _check_str(cmd, "worker") or _check_int(cmd, "lease_ms", 1, MAX_LEASE_MS)
+        msg = _check_str(cmd, "worker") or _check_int(cmd, "lease_ms", MIN_COMMAND_LEASE_MS, MAX_LEASE_MS)
         if msg:
             return msg
         msg = _check_batch(cmd, "leases", MAX_HEARTBEAT_LEASES, "items", may_be_empty=True)

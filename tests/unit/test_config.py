@@ -117,6 +117,8 @@ BAD_CASES = [
     ("bad max_live_jobs", lambda t: t.replace("max_live_jobs = 500", "max_live_jobs = 0"), "max_live_jobs: must be a positive integer"),
     ("bad retention", lambda t: t.replace("retention_s = 60.5", 'retention_s = "1d"'), "retention_s: must be a positive number"),
     ("bad lease ttl", lambda t: t.replace("lease_ttl_s = 7", "lease_ttl_s = -1"), "lease_ttl_s: must be a positive number"),
+    ("lease ttl under the shortest lease", lambda t: t.replace("lease_ttl_s = 7", "lease_ttl_s = 0.05"),
+     r"lease_ttl_s: must be 0.1..86400 seconds"),
     ("no nodes", lambda t: t[: t.index("[[nodes]]")], "nodes: at least one [[nodes]] entry is required"),
     ("duplicate id", lambda t: t.replace("id = 2", "id = 1"), "nodes.id: duplicate node id 1"),
     ("zero id", lambda t: t.replace("id = 2", "id = 0"), "nodes[1].id: must be a positive integer"),
