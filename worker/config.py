@@ -45,6 +45,7 @@ class WorkerConfig:
     grace_s: float = 30.0  # on stop: time running jobs get to finish
     workdir: Path | None = None  # per-job scratch dirs live below; None = <tmp>/raftq-worker-<name>
     imports: tuple[str, ...] = ()  # user job modules to import (--import)
+    hooks: tuple[str, ...] = ()  # "module:attribute" of worker.hooks.WorkerHooks observers (--hooks)
     # What built-in job types may touch (handed to handlers as ctx.settings):
     data_root: Path | None = None  # file jobs read/write only below it; None = current directory
     allow_hosts: tuple[str, ...] = ("loopback",)  # http.fetch/web.scrape/health.check targets
@@ -102,6 +103,12 @@ class WorkerConfig:
             if not _MODULE_RE.match(mod):
                 raise ConfigError(f"imports: {mod!r} is not a dotted module name like 'myapp.jobs'")
         set_("imports", imports)
+        hooks = _names("hooks", self.hooks, min_count=0)
+        for ref in hooks:
+            module, sep, attr = ref.partition(":")
+            if not sep or not _MODULE_RE.match(module) or not attr.isidentifier():
+                raise ConfigError(f"hooks: {ref!r} is not module:attribute like 'myapp.metrics:WorkerMetrics'")
+        set_("hooks", hooks)
         root = self.data_root if self.data_root is not None else Path.cwd()
         if not isinstance(root, (str, os.PathLike)):
             raise ConfigError(f"data_root must be a directory path, got {root!r}")

@@ -331,8 +331,8 @@ def test_cancel_or_lost_lease_stops_the_run_and_reports_nothing(
         await until(lambda: reasons, what="handler to stop")
         await until(lambda: worker.free_slots == 2, what="slot released")
         n = len(fake.heartbeats)
-        await until(lambda: len(fake.heartbeats) > n + 2 or not worker._leases, what="heartbeats")
-        assert not worker._leases, "an abandoned lease is not heartbeated any more"
+        await until(lambda: len(fake.heartbeats) > n + 2 or not worker.leases, what="heartbeats")
+        assert not worker.leases, "an abandoned lease is not heartbeated any more"
 
     _, fake, _ = scenario(tmp_path, body, reg)
     assert reasons == [reason]
@@ -528,7 +528,7 @@ def test_second_stop_request_and_undelivered_results_give_exit_code_1(tmp_path: 
     async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
         fake.report_errors = [Unavailable("down")] * 1000
         fake.add("t.quick")
-        await until(lambda: worker._outbox, what="result in the outbox")
+        await until(lambda: worker.outbox, what="result in the outbox")
         worker.request_stop()
         worker.request_stop()  # second request: at once
 
