@@ -21,6 +21,7 @@ import pytest
 from cluster.errors import Conflict, LeaseLost, NoLeader, NotFound, Unavailable
 from worker.config import WorkerConfig
 from worker.context import JobContext
+from worker.hooks import WorkerHooks
 from worker.jobs import register
 from worker.registry import BadArgument, Registry, require
 from worker.runner import Worker
@@ -193,7 +194,8 @@ async def until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "con
 
 
 def scenario(tmp_path: Path, body: Callable[[FakeCluster, Worker, Registry], Awaitable[None]],
-             registry: Registry | None = None, stop: bool = True, **cfg: Any) -> tuple[int, FakeCluster, Worker]:
+             registry: Registry | None = None, stop: bool = True, hooks: list[WorkerHooks] | None = None,
+             **cfg: Any) -> tuple[int, FakeCluster, Worker]:
     """Run a worker against a FakeCluster while `body` drives it; then stop it."""
     reg = registry or Registry()
 
@@ -201,7 +203,7 @@ def scenario(tmp_path: Path, body: Callable[[FakeCluster, Worker, Registry], Awa
         loop_errors: list[dict] = []
         asyncio.get_running_loop().set_exception_handler(lambda _loop, context: loop_errors.append(context))
         fake = FakeCluster()
-        worker = Worker(make_config(tmp_path, **cfg), reg, client=fake)
+        worker = Worker(make_config(tmp_path, **cfg), reg, client=fake, hooks=hooks)
         runner = asyncio.create_task(worker.run())
         try:
             await body(fake, worker, reg)
