@@ -1,7 +1,10 @@
 """WorkerConfig: the one frozen, validated configuration of a worker process.
 
-Every field maps to a `raftq worker` option (env var `RAFTQ_<FIELD>`); the CLI
-only parses and builds this object. Validation happens in `__post_init__` and
+Each field is declared once, with how users set it (`option(...)`: help,
+bounds, the default as shown); the `raftq worker` flags (env var
+`RAFTQ_<FIELD>`), `raftq dev`'s pass-through and docs/worker-options.md are
+generated from that (cli/worker_options.py). The CLI only parses types and
+builds this object. Validation happens in `__post_init__` and
 raises `ConfigError` (a ValueError) with a message naming the field, so a user
 mistake never surfaces as a traceback. Derived defaults (`name`,
 `heartbeat_s`, `workdir`, `processes`) are filled in there too, so the object

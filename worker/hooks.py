@@ -2,7 +2,7 @@
 
 In the style of dramatiq's middleware: subclass `WorkerHooks`, override the
 events you want (every method is a no-op here), and name the object with
-`raftq worker --hooks module:attribute` (an instance, or a class called with no
+`raftq worker --hook module:attribute` (repeatable) (an instance, or a class called with no
 arguments). The fault suite records its worker events through one
 (tests/fault/jobs.py); worker metrics are meant to be another. Log lines stay
 for humans; hooks are the machine-readable interface.
@@ -15,8 +15,9 @@ Events of one attempt (job id, attempt number), in order:
   on_leased -> on_started -> on_finished -> on_reported | on_report_dropped | on_undelivered
 A job leased while no slot is free waits (prefetched) between on_leased and
 on_started. An attempt whose lease is lost or whose job is cancelled gets
-on_lease_lost, then on_finished with outcome None (nothing is reported). A job
-handed back at shutdown before it started gets on_finished without on_started.
+on_lease_lost, then on_finished with outcome None (nothing is reported); a
+parked one only on_lease_lost. A job handed back at shutdown before it started
+gets on_finished without on_started.
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def _fan_out(event: str, targets: list[Any]) -> Any:
 
 
 class HookLoadError(Exception):
-    """A --hooks reference could not be loaded; the message says which and why."""
+    """A --hook reference could not be loaded; the message says which and why."""
 
 
 def load_hooks(ref: str) -> WorkerHooks:
