@@ -54,3 +54,11 @@ def test_bounds_are_checked_once_with_one_line_naming_the_field(tmp_path: Path) 
         result = runner.invoke(worker, ["--cluster", "127.0.0.1:1", "--data-root", str(tmp_path), *argv])
         assert result.exit_code == 1, result.output
         assert words in result.output and "Traceback" not in result.output
+
+
+def test_dev_refuses_a_bad_worker_option_before_starting_anything(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    result = CliRunner().invoke(dev, ["--data-dir", str(data), "--port", "47300", "--threads", "0"])
+    assert result.exit_code == 1, result.output
+    assert "threads must be an integer between 1 and 1024" in result.output
+    assert not (data / "cluster.toml").exists() and not (data / "logs").exists(), "nothing was started"
