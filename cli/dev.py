@@ -50,13 +50,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
 from cli.output import CliError, emit_table
+from cli.worker_options import config_kwargs, dev_click_options, worker_argv
 from cluster.config import CONFIG_FILENAME, ClusterConfig, dev_config, parse_address, render_config
 from cluster.errors import RaftqError
 from cluster.tls import ClientTls, DevCerts, make_dev_certs
+from worker.config import WorkerConfig
 
 POLL_INTERVAL_S = 0.2
 LOG_TAIL_LINES = 15
@@ -341,15 +344,23 @@ def _print_banner(cfg: ClusterConfig, sup: Supervisor, leader: str, config_path:
               help="Seconds to wait for a leader.")
 @click.option("--tls", is_flag=True,
               help="Mutual TLS on every port, with a throwaway CA and certificates under <data-dir>/tls.")
+@dev_click_options
 def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: str, token: str,
-        startup_timeout: float, tls: bool) -> None:
-    """Run a local cluster (nodes + workers) in the foreground; Ctrl-C stops it."""
+        startup_timeout: float, tls: bool, **worker_options: Any) -> None:
+    """Run a local cluster (nodes + workers) in the foreground; Ctrl-C stops it.
+
+    The worker options given are passed through to every worker."""
     cfg = dev_config(data_dir, nodes=nodes, base_port=base_port, token=token, durability=durability)
     certs = None
     if tls:
         cfg, certs = with_dev_tls(cfg)
     check_ports_free(cfg)
     files_dir = prepare_files_dir(cfg.data_dir)
+    try:  # a bad worker option fails here, before anything starts, not in every worker's log
+        WorkerConfig(cluster=tuple(cfg.client_addresses()), token=cfg.token, data_root=files_dir,
+                     **config_kwargs(worker_options))
+    except ValueError as exc:  # worker.config.ConfigError: names the field
+        raise CliError(str(exc)) from None
     config_path = cfg.data_dir / CONFIG_FILENAME
     recovered = any(cfg.data_dir.glob("node-*"))
     write_config(cfg, config_path)
@@ -369,9 +380,9 @@ def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: st
             for i in range(1, workers + 1):
                 workdir = cfg.data_dir / "work" / f"worker-{i}"
                 workdir.mkdir(parents=True, exist_ok=True)
+                own = {"name": f"dev-worker-{i}", "workdir": workdir, "data_root": files_dir}
                 sup.start(f"worker-{i}", [sys.executable, "-m", "cli.main", "worker", "--cluster", addrs,
-                                          "--token", cfg.token, "--name", f"dev-worker-{i}",
-                                          "--workdir", str(workdir), "--data-root", str(files_dir),
+                                          "--token", cfg.token, *worker_argv({**worker_options, **own}),
                                           *tls_args(certs)],
                           stop_phase=0)
             _print_banner(cfg, sup, leader, config_path, recovered, files_dir, certs)

@@ -32,6 +32,7 @@ import click
 
 from cli import output
 from cli.output import CliError, InputError
+from cli.worker_options import config_kwargs, worker_click_options
 from cluster.config import ConfigError, load_config, parse_address
 from cluster.errors import RaftqError
 from cluster.ops import MAX_LIST_LIMIT
@@ -307,87 +308,12 @@ def node(config_path: Path, node_id: int, rejoin: bool) -> None:
 
 @raftq.command()
 @cluster_options
-@click.option("--queues", envvar="RAFTQ_QUEUES", default=None,
-              help="Comma-separated queues to take jobs from [default: default] [env RAFTQ_QUEUES].")
-@click.option("--threads", type=click.IntRange(min=1), envvar="RAFTQ_THREADS", default=None,
-              help="Jobs run at once [default: 4] [env RAFTQ_THREADS].")
-@click.option("--processes", type=click.IntRange(min=1), envvar="RAFTQ_PROCESSES", default=None,
-              help="Process-pool size for CPU-bound job types [default: CPU count] [env RAFTQ_PROCESSES].")
-@click.option("--name", envvar="RAFTQ_NAME", default=None,
-              help="Worker name shown on its leases [default: host-pid] [env RAFTQ_NAME].")
-@click.option("--import", "imports", multiple=True, envvar="RAFTQ_IMPORTS", metavar="MODULE",
-              help="Module defining @job handlers; repeatable [env RAFTQ_IMPORTS, space-separated].")
-@click.option("--lease-ttl", type=float, envvar="RAFTQ_LEASE_TTL_S", default=None,
-              help="Seconds a lease lasts without a heartbeat [default: 30] [env RAFTQ_LEASE_TTL_S].")
-@click.option("--grace", type=float, envvar="RAFTQ_GRACE_S", default=None,
-              help="On SIGTERM, seconds running jobs get to finish [default: 30] [env RAFTQ_GRACE_S].")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), envvar="RAFTQ_WORKDIR", default=None,
-              help="Directory for per-job scratch dirs [default: <tmp>/raftq-worker-NAME] [env RAFTQ_WORKDIR].")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), envvar="RAFTQ_DATA_ROOT",
-              default=None, help="File job types read and write only below this directory; job paths are "
-              "relative to it; refused if it holds cluster state [default: the current directory] "
-              "[env RAFTQ_DATA_ROOT].")
-@click.option("--allow-host", "allow_hosts", multiple=True, envvar="RAFTQ_ALLOW_HOSTS", metavar="RULE",
-              help="Hosts http.fetch/web.scrape/health.check may reach: name, *.domain, IP, CIDR, ADDRESS:PORT, "
-              "'loopback' or '*' (link-local, metadata and the cluster's own ports only when named); repeatable "
-              "[default: loopback] [env RAFTQ_ALLOW_HOSTS, space-separated].")
-@click.option("--smtp-host", envvar="RAFTQ_SMTP_HOST", default=None,
-              help="SMTP relay for email.send and alerts [default: 127.0.0.1] [env RAFTQ_SMTP_HOST].")
-@click.option("--smtp-port", type=click.IntRange(1, 65535), envvar="RAFTQ_SMTP_PORT", default=None,
-              help="SMTP relay port [default: 8025] [env RAFTQ_SMTP_PORT].")
-@click.option("--smtp-starttls/--no-smtp-starttls", envvar="RAFTQ_SMTP_STARTTLS", default=None,
-              help="Upgrade the SMTP connection with STARTTLS [env RAFTQ_SMTP_STARTTLS].")
-@click.option("--smtp-ssl/--no-smtp-ssl", envvar="RAFTQ_SMTP_SSL", default=None,
-              help="Implicit TLS (SMTPS, usually port 465) [env RAFTQ_SMTP_SSL].")
-@click.option("--smtp-user", envvar="RAFTQ_SMTP_USER", default=None, help="SMTP login [env RAFTQ_SMTP_USER].")
-@click.option("--smtp-password", envvar="RAFTQ_SMTP_PASSWORD", default=None,
-              help="SMTP password; prefer the env var RAFTQ_SMTP_PASSWORD.")
-@click.option("--smtp-from", envvar="RAFTQ_SMTP_FROM", default=None,
-              help="From address of sent mail [default: raftq@localhost] [env RAFTQ_SMTP_FROM].")
-@click.option("--smtp-ca-file", type=click.Path(dir_okay=False, path_type=Path), envvar="RAFTQ_SMTP_CA_FILE",
-              default=None, help="Extra CA certificates to trust for SMTP TLS [env RAFTQ_SMTP_CA_FILE].")
-@click.option("--cpu", type=click.FloatRange(min=0, min_open=True), envvar="RAFTQ_CPU", default=None,
-              help="CPUs offered to jobs declaring resources [default: one per free job slot] [env RAFTQ_CPU].")
-@click.option("--mem-mb", type=click.IntRange(min=1), envvar="RAFTQ_MEM_MB", default=None,
-              help="Memory (MB) offered to jobs declaring resources [default: no limit] [env RAFTQ_MEM_MB].")
-@click.option("--max-extract-bytes", type=click.IntRange(min=1), envvar="RAFTQ_MAX_EXTRACT_BYTES", default=None,
-              help="archive.extract: most bytes one archive may write; jobs may only lower it [default: 1 GiB] "
-              "[env RAFTQ_MAX_EXTRACT_BYTES].")
-@click.option("--max-extract-entries", type=click.IntRange(min=1), envvar="RAFTQ_MAX_EXTRACT_ENTRIES",
-              default=None, help="archive.extract: most entries in one archive [default: 10000] "
-              "[env RAFTQ_MAX_EXTRACT_ENTRIES].")
-@click.option("--max-extract-ratio", type=click.FloatRange(min=1), envvar="RAFTQ_MAX_EXTRACT_RATIO", default=None,
-              help="archive.extract: most expanded size / archive size [default: 200] [env RAFTQ_MAX_EXTRACT_RATIO].")
-@click.option("--max-header-bytes", type=click.IntRange(min=1), envvar="RAFTQ_MAX_HEADER_BYTES", default=None,
-              help="archive.extract: largest tar long-name/pax header [default: 65536] [env RAFTQ_MAX_HEADER_BYTES].")
-@click.option("--max-output-bytes", type=click.IntRange(min=1), envvar="RAFTQ_MAX_OUTPUT_BYTES", default=None,
-              help="file.decompress: most bytes written; jobs may only lower it [default: 1 GiB] "
-              "[env RAFTQ_MAX_OUTPUT_BYTES].")
+@worker_click_options
 def worker(cluster: str, token: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
-           queues: str | None, threads: int | None, processes: int | None,
-           name: str | None, imports: tuple[str, ...], lease_ttl: float | None, grace: float | None,
-           workdir: Path | None, data_root: Path | None, allow_hosts: tuple[str, ...], smtp_host: str | None,
-           smtp_port: int | None, smtp_starttls: bool | None, smtp_ssl: bool | None, smtp_user: str | None,
-           smtp_password: str | None, smtp_from: str | None, smtp_ca_file: Path | None, cpu: float | None,
-           mem_mb: int | None, max_extract_bytes: int | None, max_extract_entries: int | None,
-           max_extract_ratio: float | None, max_header_bytes: int | None, max_output_bytes: int | None) -> None:
+           **options: Any) -> None:
     """Run a worker: lease jobs from the cluster, run them, report results."""
     kwargs: dict[str, Any] = {"cluster": tuple(_split_addresses(cluster)), "token": token,
-                              "tls": client_tls(tls_ca, tls_cert, tls_key)}
-    # Options left unset fall back to WorkerConfig's own defaults (one place for them).
-    optional = {"queues": queues, "threads": threads, "processes": processes, "name": name,
-                "lease_ttl_s": lease_ttl, "grace_s": grace, "workdir": workdir, "data_root": data_root,
-                "smtp_host": smtp_host, "smtp_port": smtp_port, "smtp_starttls": smtp_starttls,
-                "smtp_ssl": smtp_ssl, "smtp_user": smtp_user, "smtp_password": smtp_password,
-                "smtp_from": smtp_from, "smtp_ca_file": smtp_ca_file, "cpu": cpu, "mem_mb": mem_mb,
-                "max_extract_bytes": max_extract_bytes, "max_extract_entries": max_extract_entries,
-                "max_extract_ratio": max_extract_ratio, "max_header_bytes": max_header_bytes,
-                "max_output_bytes": max_output_bytes}
-    if allow_hosts:
-        kwargs["allow_hosts"] = tuple(allow_hosts)
-    kwargs.update({k: v for k, v in optional.items() if v is not None})
-    if imports:
-        kwargs["imports"] = tuple(imports)
+                              "tls": client_tls(tls_ca, tls_cert, tls_key), **config_kwargs(options)}
     from worker.config import WorkerConfig
 
     try:

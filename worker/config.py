@@ -1,7 +1,10 @@
 """WorkerConfig: the one frozen, validated configuration of a worker process.
 
-Every field maps to a `raftq worker` option (env var `RAFTQ_<FIELD>`); the CLI
-only parses and builds this object. Validation happens in `__post_init__` and
+Each field is declared once, with how users set it (`option(...)`: help,
+bounds, the default as shown); the `raftq worker` flags (env var
+`RAFTQ_<FIELD>`), `raftq dev`'s pass-through and docs/worker-options.md are
+generated from that (cli/worker_options.py). The CLI only parses types and
+builds this object. Validation happens in `__post_init__` and
 raises `ConfigError` (a ValueError) with a message naming the field, so a user
 mistake never surfaces as a traceback. Derived defaults (`name`,
 `heartbeat_s`, `workdir`, `processes`) are filled in there too, so the object
@@ -14,7 +17,7 @@ import os
 import re
 import socket
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,41 +36,99 @@ def _default_name() -> str:
 
 
 @dataclass(frozen=True)
+class Option:
+    """How one WorkerConfig field is offered to users: the `raftq worker` flag
+    (cli/worker_options.py builds the click option, `raftq dev`'s pass-through
+    and the docs table from it), its env var RAFTQ_<FIELD>, and its bounds,
+    which __post_init__ checks (the CLI only parses types)."""
+
+    help: str
+    flag: str = ""  # "" = "--" + the field name with dashes
+    lo: float | None = None
+    lo_open: bool = False  # lo itself is refused
+    hi: float | None = None
+    shown: str | None = None  # the default as users read it; None = from the field's default
+    metavar: str | None = None
+    multiple: bool = False  # a repeatable flag (env var: space-separated)
+    path: str = ""  # "dir" or "file" for Path fields
+    dev: bool = True  # `raftq dev` passes it through to its workers (False: dev sets it itself)
+    cli: bool = True  # False: no flag of its own (the shared --cluster/--token, or API-only)
+
+
+def option(default: Any, help: str, **kw: Any) -> Any:
+    """A WorkerConfig field with its user-facing declaration."""
+    return field(default=default, repr=kw.pop("repr", True), metadata={"option": Option(help, **kw)})
+
+
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
-    cluster: tuple[str, ...]  # node client addresses "host:port" (any one suffices)
-    token: str = "dev"  # auth token presented in hello
-    tls: ClientTls | None = None  # TLS to the nodes (--tls-ca/--tls-cert/--tls-key); None = plain TCP
-    queues: tuple[str, ...] = ("default",)
-    threads: int = 4  # job slots: at most this many jobs run at once (any pool)
-    processes: int | None = None  # process-pool size for pool="process" handlers; None = CPU count
-    name: str | None = None  # worker name recorded on leases; None = "<hostname>-<pid>"
-    lease_ttl_s: float = 30.0
-    heartbeat_s: float | None = None  # None = lease_ttl_s / 3
-    poll_wait_s: float = 5.0  # lease long-poll duration
-    grace_s: float = 30.0  # on stop: time running jobs get to finish
-    workdir: Path | None = None  # per-job scratch dirs live below; None = <tmp>/raftq-worker-<name>
-    imports: tuple[str, ...] = ()  # user job modules to import (--import)
+    # node client addresses "host:port" (any one suffices); auth token presented in hello
+    cluster: tuple[str, ...] = field(metadata={"option": Option("Node address(es) host:port", cli=False)})
+    token: str = option("dev", "Client token of the cluster", cli=False)
+    # TLS to the nodes (--tls-ca/--tls-cert/--tls-key, shared with every cluster command); None = plain TCP
+    tls: ClientTls | None = field(default=None, metadata={"option": Option("TLS to the nodes", cli=False)})
+    queues: tuple[str, ...] = option(("default",), "Comma-separated queues to take jobs from")
+    # job slots: at most this many jobs run at once (any pool)
+    threads: int = option(4, "Jobs run at once", lo=1, hi=1024)
+    # process-pool size for pool="process" handlers; None = CPU count
+    processes: int | None = option(None, "Process-pool size for CPU-bound job types", lo=1, hi=1024,
+                                   shown="CPU count")
+    # worker name recorded on leases; None = "<hostname>-<pid>"
+    name: str | None = option(None, "Worker name shown on its leases", shown="host-pid", dev=False)
+    lease_ttl_s: float = option(30.0, "Seconds a lease lasts without a heartbeat", flag="--lease-ttl",
+                                lo=0.2, hi=86400.0)
+    heartbeat_s: float | None = option(None, "Seconds between heartbeats", lo=0.05, hi=86400.0,
+                                       shown="lease_ttl_s / 3", cli=False)
+    poll_wait_s: float = option(5.0, "Lease long-poll duration", lo=0.0, hi=300.0, cli=False)
+    grace_s: float = option(30.0, "On SIGTERM, seconds running jobs get to finish", flag="--grace",
+                            lo=0.0, hi=86400.0)
+    # per-job scratch dirs live below; None = <tmp>/raftq-worker-<name>
+    workdir: Path | None = option(None, "Directory for per-job scratch dirs", path="dir",
+                                  shown="<tmp>/raftq-worker-NAME", dev=False)
+    imports: tuple[str, ...] = option((), "Module defining @job handlers; repeatable", flag="--import",
+                                      metavar="MODULE", multiple=True)
+    # observers of the worker's events (worker/hooks.py)
+    hooks: tuple[str, ...] = option((), "Worker hooks (a worker.hooks.WorkerHooks instance or class) as "
+                                    "module:attribute; repeatable", flag="--hook", metavar="MODULE:ATTR",
+                                    multiple=True)
     # What built-in job types may touch (handed to handlers as ctx.settings):
-    data_root: Path | None = None  # file jobs read/write only below it; None = current directory
-    allow_hosts: tuple[str, ...] = ("loopback",)  # http.fetch/web.scrape/health.check targets
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 8025
-    smtp_starttls: bool = False
-    smtp_ssl: bool = False
-    smtp_user: str | None = None
-    smtp_password: str | None = field(default=None, repr=False)
-    smtp_from: str = "raftq@localhost"
-    smtp_ca_file: Path | None = None
+    data_root: Path | None = option(None, "File job types read and write only below this directory; job "
+                                    "paths are relative to it; refused if it holds cluster state",
+                                    path="dir", shown="the current directory", dev=False)
+    allow_hosts: tuple[str, ...] = option(
+        ("loopback",), "Hosts http.fetch/web.scrape/health.check may reach: name, *.domain, IP, CIDR, "
+        "ADDRESS:PORT, 'loopback' or '*' (link-local, metadata and the cluster's own ports only when named); "
+        "repeatable", flag="--allow-host", metavar="RULE", multiple=True)
+    smtp_host: str = option("127.0.0.1", "SMTP relay for email.send and alerts")
+    smtp_port: int = option(8025, "SMTP relay port", lo=1, hi=65535)
+    smtp_starttls: bool = option(False, "Upgrade the SMTP connection with STARTTLS", shown="")
+    smtp_ssl: bool = option(False, "Implicit TLS (SMTPS, usually port 465)", shown="")
+    smtp_user: str | None = option(None, "SMTP login")
+    smtp_password: str | None = option(None, "SMTP password; prefer the env var to the flag", repr=False,
+                                       dev=False)  # dev: set the env var; argv is visible to every user
+    smtp_from: str = option("raftq@localhost", "From address of sent mail")
+    smtp_ca_file: Path | None = option(None, "Extra CA certificates to trust for SMTP TLS", path="file")
     # Bomb and size limits of file jobs (a job argument may only lower them; see
     # docs/job-types.md). Defaults: what a small worker host survives.
-    max_extract_bytes: int = 1 << 30  # archive.extract total output: 1 GiB
-    max_extract_entries: int = 10_000  # archive.extract entries (one inode each)
-    max_extract_ratio: float = 200.0  # expanded/archive size; deflate of real data rarely passes 20
-    max_header_bytes: int = 1 << 16  # tar long-name/pax header: names are < 4 KiB (PATH_MAX)
-    max_output_bytes: int = 1 << 30  # file.decompress output: 1 GiB
+    # archive.extract total output
+    max_extract_bytes: int = option(GIB, "archive.extract: most bytes one archive may write; jobs may only "
+                                    "lower it", lo=1, hi=1 << 50, shown="1 GiB")
+    # archive.extract entries (one inode each)
+    max_extract_entries: int = option(10_000, "archive.extract: most entries in one archive", lo=1, hi=10_000_000)
+    # expanded/archive size; deflate of real data rarely passes 20
+    max_extract_ratio: float = option(200.0, "archive.extract: most expanded size / archive size", lo=1, hi=1e6)
+    # tar long-name/pax header: names are < 4 KiB (PATH_MAX)
+    max_header_bytes: int = option(1 << 16, "archive.extract: largest tar long-name/pax header", lo=1, hi=1 << 30)
+    max_output_bytes: int = option(GIB, "file.decompress: most bytes written; jobs may only lower it",
+                                   lo=1, hi=1 << 50, shown="1 GiB")
     # Capacity offered when leasing (jobs declaring `resources` must fit what is free):
-    cpu: float | None = None  # None = one cpu per free job slot
-    mem_mb: int | None = None  # None = memory is not offered as a limit
+    cpu: float | None = option(None, "CPUs offered to jobs declaring resources", lo=0, lo_open=True, hi=4096,
+                               shown="one per free job slot")
+    mem_mb: int | None = option(None, "Memory (MB) offered to jobs declaring resources", lo=1, hi=1 << 30,
+                                shown="no limit")
 
     def __post_init__(self) -> None:
         set_ = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731 - frozen
@@ -77,24 +138,24 @@ class WorkerConfig:
         if self.tls is not None and not isinstance(self.tls, ClientTls):
             raise ConfigError(f"tls must be a cluster.tls.ClientTls, got {self.tls!r}")
         set_("queues", _names("queues", self.queues, min_count=1))
-        set_("threads", _int("threads", self.threads, 1, 1024))
+        set_("threads", _int("threads", self.threads, *_bounds("threads")))
         procs = self.processes if self.processes is not None else (os.cpu_count() or 1)
-        set_("processes", _int("processes", procs, 1, 1024))
+        set_("processes", _int("processes", procs, *_bounds("processes")))
         name = self.name if self.name is not None else _default_name()
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise ConfigError(f"name must be a non-empty string of at most 200 characters, got {name!r}")
         set_("name", name)
-        ttl = _num("lease_ttl_s", self.lease_ttl_s, lo=0.2, hi=86400.0)
+        ttl = _num("lease_ttl_s", self.lease_ttl_s, *_bounds("lease_ttl_s"))
         set_("lease_ttl_s", ttl)
         hb = self.heartbeat_s if self.heartbeat_s is not None else ttl / 3
-        hb = _num("heartbeat_s", hb, lo=0.05, hi=86400.0)
+        hb = _num("heartbeat_s", hb, *_bounds("heartbeat_s"))
         if hb >= ttl:
             raise ConfigError(
                 f"heartbeat_s ({hb:g}) must be shorter than lease_ttl_s ({ttl:g}); ttl/3 is a good choice"
             )
         set_("heartbeat_s", hb)
-        set_("poll_wait_s", _num("poll_wait_s", self.poll_wait_s, lo=0.0, hi=300.0))
-        set_("grace_s", _num("grace_s", self.grace_s, lo=0.0, hi=86400.0))
+        set_("poll_wait_s", _num("poll_wait_s", self.poll_wait_s, *_bounds("poll_wait_s")))
+        set_("grace_s", _num("grace_s", self.grace_s, *_bounds("grace_s")))
         workdir = self.workdir if self.workdir is not None else (
             Path(tempfile.gettempdir()) / f"raftq-worker-{_safe(name)}"
         )
@@ -106,6 +167,12 @@ class WorkerConfig:
             if not _MODULE_RE.match(mod):
                 raise ConfigError(f"imports: {mod!r} is not a dotted module name like 'myapp.jobs'")
         set_("imports", imports)
+        hooks = _names("hooks", self.hooks, min_count=0)
+        for ref in hooks:
+            module, sep, attr = ref.partition(":")
+            if not sep or not _MODULE_RE.match(module) or not attr.isidentifier():
+                raise ConfigError(f"hooks: {ref!r} is not module:attribute like 'myapp.metrics:WorkerMetrics'")
+        set_("hooks", hooks)
         root = self.data_root if self.data_root is not None else Path.cwd()
         if not isinstance(root, (str, os.PathLike)):
             raise ConfigError(f"data_root must be a directory path, got {root!r}")
@@ -114,12 +181,12 @@ class WorkerConfig:
             raise ConfigError(f"data_root {str(root)!r} is not an existing directory")
         check_data_root(root)
         set_("data_root", root)
-        for limit, hi in (("max_extract_bytes", 1 << 50), ("max_extract_entries", 10_000_000),
-                          ("max_header_bytes", 1 << 30), ("max_output_bytes", 1 << 50)):
-            set_(limit, _int(limit, getattr(self, limit), 1, hi))
+        for limit in ("max_extract_bytes", "max_extract_entries", "max_header_bytes", "max_output_bytes"):
+            set_(limit, _int(limit, getattr(self, limit), *_bounds(limit)))
         ratio = self.max_extract_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 1 <= ratio <= 1e6:
-            raise ConfigError(f"max_extract_ratio must be a number between 1 and 1000000, got {ratio!r}")
+        lo, hi = _bounds("max_extract_ratio")
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not lo <= ratio <= hi:
+            raise ConfigError(f"max_extract_ratio must be a number between {lo:g} and {hi:.0f}, got {ratio!r}")
         set_("max_extract_ratio", float(ratio))
         from worker.jobs.netguard import HostRuleError, parse_allow_hosts  # late: jobs import config-free modules
 
@@ -131,7 +198,7 @@ class WorkerConfig:
         set_("allow_hosts", tuple(rules))
         if not isinstance(self.smtp_host, str) or not self.smtp_host.strip():
             raise ConfigError(f"smtp_host must be a host name or address, got {self.smtp_host!r}")
-        set_("smtp_port", _int("smtp_port", self.smtp_port, 1, 65535))
+        set_("smtp_port", _int("smtp_port", self.smtp_port, *_bounds("smtp_port")))
         for flag in ("smtp_starttls", "smtp_ssl"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
@@ -142,11 +209,12 @@ class WorkerConfig:
         if not isinstance(self.smtp_from, str) or "@" not in self.smtp_from:
             raise ConfigError(f"smtp_from must be an e-mail address, got {self.smtp_from!r}")
         if self.cpu is not None:
-            if isinstance(self.cpu, bool) or not isinstance(self.cpu, (int, float)) or not 0 < self.cpu <= 4096:
-                raise ConfigError(f"cpu must be a number of CPUs between 0 and 4096, got {self.cpu!r}")
+            lo, hi = _bounds("cpu")  # lo_open: a worker offers some CPU or leaves --cpu unset
+            if isinstance(self.cpu, bool) or not isinstance(self.cpu, (int, float)) or not lo < self.cpu <= hi:
+                raise ConfigError(f"cpu must be a number of CPUs between {lo:g} and {hi:g}, got {self.cpu!r}")
             set_("cpu", float(self.cpu))
         if self.mem_mb is not None:
-            set_("mem_mb", _int("mem_mb", self.mem_mb, 1, 1 << 30))
+            set_("mem_mb", _int("mem_mb", self.mem_mb, *_bounds("mem_mb")))
         if self.smtp_ca_file is not None:
             ca = Path(self.smtp_ca_file)
             if not ca.is_file():
@@ -257,13 +325,21 @@ def _addresses(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+OPTIONS: dict[str, Option] = {f.name: f.metadata["option"] for f in fields(WorkerConfig)}
+
+
+def _bounds(name: str) -> tuple[Any, Any]:
+    spec = OPTIONS[name]
+    return spec.lo, spec.hi
+
+
 def _int(field: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ConfigError(f"{field} must be an integer between {lo} and {hi}, got {value!r}")
     return value
 
 
-def _num(field: str, value: Any, *, lo: float, hi: float) -> float:
+def _num(field: str, value: Any, lo: float, hi: float) -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))

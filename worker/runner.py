@@ -1,11 +1,19 @@
 """The worker: lease jobs, run them, heartbeat, report outcomes, stop gracefully.
 
-Everything below runs on one asyncio event loop except the handlers themselves,
-which run in a ThreadPoolExecutor (pool="thread") or each in its own child
-process (pool="process", see worker/process.py; at most `processes` at once). The worker talks to the cluster only through the client's
-`lease`, `heartbeat`, `complete_many`, `complete` and `fail` (docs/contracts.md §4),
-plus one `cluster_status` at start: every node's client, Raft and HTTP address
-joins the addresses network jobs may not reach (worker/jobs/netguard.py).
+The runner composes three parts and owns the slots between them:
+- the attempt (worker/attempt.py): runs one leased job's handler in a thread
+  or a child process, bounded by its timeout, stopped when told;
+- the lease book (worker/leases.py): the leases we hold and their heartbeats;
+  a job the cluster says is lost or cancelled comes back to `_abandon`;
+- the outbox (worker/outbox.py): reports every settled outcome until the
+  cluster answers, with one retry policy for single and batched reports.
+Observers get every step through hooks (worker/hooks.py); log lines are for humans.
+
+Everything runs on one asyncio event loop except the handlers themselves. The
+worker talks to the cluster only through the client's `lease`, `heartbeat`,
+`complete_many`, `complete` and `fail` (docs/contracts.md §4), plus one
+`cluster_status` at start: every node's client, Raft and HTTP address joins the
+addresses network jobs may not reach (worker/jobs/netguard.py).
 
 Tasks and what they own:
 - lease loop: long-polls `lease(max=free slots + prefetch room)` only while a
@@ -16,68 +24,49 @@ Tasks and what they own:
   parked here would wait while another worker idles).
   On stop, parked jobs still run within the grace period; any left are handed
   back with a retryable "worker shutting down".
-- job task (one per attempt): runs the handler and settles the attempt exactly
-  once, by the first of: the handler returned/raised (report it), the per-job
-  timeout (report a retryable "timeout after Ns"), the heartbeat saying the
-  lease is lost or the job cancelled (report nothing: the cluster has moved
-  on), or shutdown past grace (report a retryable "worker shutting down"). Its
-  slot stays taken until the handler has really returned, because the thread
-  or process is busy until then.
-- heartbeat loop: every heartbeat_s, one batched heartbeat for every lease we
-  still hold, i.e. running attempts AND settled ones whose report is still in
-  the outbox (so a result waiting out a leader election keeps its lease).
-- outbox: small successes go to one batch task that sends them with
-  `complete_many` (one request and one Raft command for all that finished
-  meanwhile); failures and big results get a delivery task each. Both retry
-  transient errors (no leader, unavailable, timeout, connection loss) with
-  capped exponential backoff until the cluster answers; LEASE_LOST /
-  NOT_FOUND / CONFLICT (per item, for a batch) mean the attempt is no longer
-  ours to report and the report is dropped with a log line.
+- job task (one per attempt): `Attempt.run`, which settles the attempt exactly
+  once through `_settle`, by the first of: the handler returned/raised (report
+  it), the per-job timeout (report a retryable "timeout after Ns"), the
+  heartbeat saying the lease is lost or the job cancelled (report nothing: the
+  cluster has moved on), or shutdown past grace (report a retryable "worker
+  shutting down"). Its slot stays taken until the handler has really returned.
+- heartbeat loop: every heartbeat_s, the lease book's heartbeat, and now and
+  then an INFO summary of the jobs handled.
+- the outbox's report tasks.
 
 Invariants:
-- `_leases` holds exactly the (id, attempt) pairs we may still heartbeat.
+- `leases` holds exactly the (id, attempt) pairs we may still heartbeat.
 - `_runs` holds attempts whose handler has not returned (slots in use).
-- `_outbox` holds every settled outcome not yet acknowledged; nothing leaves it
-  except acknowledgement, a fencing rejection, or the final flush deadline.
-
-Stopping a run: a thread handler gets its context's cancel flag (it must poll
-it); a process handler's child is terminated (SIGTERM, then SIGKILL), and the
-slot is freed only once the child has been reaped. Progress from process
-handlers comes up their pipe and is heartbeated like a thread handler's.
+- `outbox` holds every settled outcome not yet answered for.
 """
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import inspect
 import hashlib
+import inspect
 import logging
-import os
-import random
 import re
 import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-import msgpack
-
-from cluster.errors import BadRequest, Conflict, LeaseLost, NotFound, RaftqError, TooLarge
+from cluster.errors import RaftqError
+from worker.attempt import Attempt, Outcome, Pools, brief
 from worker.config import WorkerConfig
-from worker.context import JobCancelled, JobContext
-from worker.process import ProcessRun, StoppedBeforeStart
-from worker.registry import BadArgument, JobError, JobType, Registry, load_module
+from worker.context import JobContext
+from worker.hooks import HookChain, HookLoadError, WorkerHooks, load_hooks
+from worker.leases import Key, LeaseBook
+from worker.outbox import BACKOFF_MAX_S, BACKOFF_MIN_S, Outbox, jitter
+from worker.registry import JobType, Registry, load_module
 
 log = logging.getLogger("raftq.worker")
 
 FLUSH_S = 5.0  # after the grace period, how long undelivered reports still get
-BACKOFF_MIN_S = 0.1
-BACKOFF_MAX_S = 5.0
 MIN_POLL_S = 0.1  # least time between two lease polls that both came back empty
-MAX_ERROR_CHARS = 4000
 PREFETCH_MAX = 16  # jobs leased beyond the free slots (bounded by the worker's threads)
 PREFETCH_BELOW_S = 0.1  # prefetch only while the jobs' average run time is below this
 SUMMARY_S = 10.0  # how often the worker logs an INFO summary of the jobs it handled
@@ -85,80 +74,29 @@ SUMMARY_S = 10.0  # how often the worker logs an INFO summary of the jobs it han
 # jobs are kept from the --cluster addresses and raftq's port band only.
 NODE_ADDRS_WAIT_S = 5.0
 
-# Errors that mean "this attempt is no longer ours": drop the report.
-_FENCED = (LeaseLost, NotFound, Conflict)
-_FENCED_CODES = frozenset(cls.code for cls in _FENCED)
-
-# Batched successes (complete_many): results up to BATCH_RESULT_BYTES go in a
-# batch (bigger ones alone, so a batch stays far below the frame limit and one
-# oversized result cannot hold the others back); a batch holds at most
-# BATCH_MAX_ITEMS items and stops growing past BATCH_MAX_BYTES.
-BATCH_RESULT_BYTES = 64 * 1024
-BATCH_MAX_ITEMS = 500
-BATCH_MAX_BYTES = 1024 * 1024
-
-
-class _GaveUp(Exception):
-    """The final flush deadline passed with the batch still unacknowledged."""
-
-
-@dataclass
-class Outcome:
-    """A settled attempt's report: complete(result) or fail(error, retryable)."""
-
-    ok: bool
-    result: Any = None
-    error: str = ""
-    retryable: bool = True
-    size: int = 0  # encoded result bytes (successes): small ones are reported in batches
-
-    @staticmethod
-    def failure(error: str, retryable: bool = True) -> "Outcome":
-        if len(error) > MAX_ERROR_CHARS:
-            error = error[: MAX_ERROR_CHARS - 3] + "..."
-        return Outcome(False, error=error, retryable=retryable)
-
-
-@dataclass
-class _Attempt:
-    job: dict
-    id: str
-    attempt: int
-    type: str
-    ctx: JobContext
-    timeout_s: float | None
-    started: float = field(default_factory=time.monotonic)
-    settled: bool = False
-    wake: Callable[[], None] | None = None  # set while _execute waits; _settle calls it
-    proc: ProcessRun | None = None  # set for pool="process" handlers
-    own_workdir: bool = False  # thread handlers: _call_handler removes the workdir
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.id, self.attempt)
-
 
 class Worker:
     """One worker process's job runner. `await run()`; `request_stop()` to stop."""
 
-    def __init__(self, config: WorkerConfig, registry: Registry, client: Any = None) -> None:
+    def __init__(self, config: WorkerConfig, registry: Registry, client: Any = None,
+                 hooks: list[WorkerHooks] | None = None) -> None:
         self.config = config
         self.registry = registry
         self._client = client
         self._own_client = client is None
+        self.hooks: WorkerHooks = HookChain(hooks or [])
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._stop = asyncio.Event()
         self._changed = asyncio.Event()  # something the shutdown/lease waits depend on
         self._stopping = False
         self._forced = False
-        self._outbox_deadline: float | None = None
-        self._leases: dict[tuple[str, int], JobContext] = {}
-        self._runs: dict[tuple[str, int], _Attempt] = {}
-        self._outbox: dict[tuple[str, int], asyncio.Task] = {}
-        self._undelivered: list[tuple[str, int]] = []  # reports given up at the final deadline
+        self.stats = {"leased": 0, "succeeded": 0, "failed": 0, "dropped": 0}
+        self.leases = LeaseBook(self.hooks, self._abandon)
+        self.outbox = Outbox(client, self.leases, self.hooks, self.stats, self._notify)
+        self._runs: dict[Key, Attempt] = {}
         # Leased jobs waiting for a free slot (at most `_prefetch`), in lease order.
-        self._waiting: dict[tuple[str, int], tuple[_Attempt, JobType | None]] = {}
+        self._waiting: dict[Key, tuple[Attempt, JobType | None]] = {}
         # A lease asks for up to this many jobs beyond the free slots, so that the
         # next jobs are at hand when slots free up instead of one lease round trip
         # later. Off when jobs are placed by declared cpu/mem (capacity leasing).
@@ -167,16 +105,9 @@ class Worker:
         self._avg_run_s: float | None = None
         self._prefetch = (0 if config.cpu is not None or config.mem_mb is not None
                           else min(PREFETCH_MAX, config.threads))
-        # Successes waiting for the next complete_many, and the one task sending them.
-        self._batch: dict[tuple[str, int], tuple[_Attempt, Outcome]] = {}
-        self._flusher: asyncio.Task | None = None
-        self._summary_at = 0.0
         self._tasks: set[asyncio.Task] = set()
-        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
-        # One thread per running process job (start, wait, reap): its size bounds the children.
-        self._proc_io: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pools: Pools | None = None
         self._settings = config.job_settings
-        self.stats = {"leased": 0, "succeeded": 0, "failed": 0, "dropped": 0}
 
     async def _learn_node_addrs(self) -> None:
         """Add every node's client, Raft and HTTP address to the settings'
@@ -253,10 +184,9 @@ class Worker:
             from cluster.client import AsyncClient  # the only way to the cluster
 
             self._client = AsyncClient(list(cfg.cluster), token=cfg.token, role="worker", tls=cfg.tls)
+            self.outbox.client = self._client
             await self._learn_node_addrs()  # before the first lease: no job runs without them
-        self._threads = concurrent.futures.ThreadPoolExecutor(
-            max_workers=cfg.threads, thread_name_prefix="raftq-job"
-        )
+        self._pools = Pools(cfg.threads, cfg.processes, self._settings, cfg.imports)
         log.info(
             "worker %s: queues=%s threads=%d processes=%d job types=%s",
             cfg.name, ",".join(cfg.queues), cfg.threads, cfg.processes, ",".join(self.registry.names()),
@@ -264,7 +194,7 @@ class Worker:
         lease_task = asyncio.create_task(self._lease_loop(), name="raftq-lease")
         hb_task = asyncio.create_task(self._heartbeat_loop(), name="raftq-heartbeat")
         lease_task.add_done_callback(self._on_lease_loop_done)
-        undelivered: list[tuple[str, int]] = []
+        undelivered: list[Key] = []
         try:
             await self._stop.wait()
             # Graceful stop: running jobs get grace_s. An in-flight long poll
@@ -291,24 +221,22 @@ class Worker:
             for att in self._unsettled():
                 log.warning("job %s#%d still running after grace: handing it back", att.id, att.attempt)
                 self._settle(att, Outcome.failure("worker shutting down", retryable=True), "worker shutting down")
-            self._outbox_deadline = time.monotonic() + (0.0 if self._forced else FLUSH_S)
+            self.outbox.deadline = time.monotonic() + (0.0 if self._forced else FLUSH_S)
             self._notify()
-            await self._wait_until(lambda: not self._outbox, self._outbox_deadline)
-            for task in list(self._outbox.values()):
-                task.cancel()
-            await asyncio.gather(*self._outbox.values(), return_exceptions=True)
-            undelivered = sorted(self._undelivered)
+            await self._wait_until(lambda: not self.outbox, self.outbox.deadline)
+            await self.outbox.close()
+            undelivered = self.outbox.undelivered
             if undelivered:
                 log.error(
                     "exiting with %d undelivered result(s) (the jobs will run again after their leases expire): %s",
                     len(undelivered), ", ".join(f"{i}#{a}" for i, a in undelivered),
                 )
         finally:
-            for task in (lease_task, hb_task, *self._outbox.values(), *self._tasks):
+            for task in (lease_task, hb_task, *self._tasks):
                 task.cancel()
-            await asyncio.gather(lease_task, hb_task, *self._outbox.values(), *self._tasks,
-                                 return_exceptions=True)
-            self._shutdown_pools()
+            await asyncio.gather(lease_task, hb_task, *self._tasks, return_exceptions=True)
+            await self.outbox.close()
+            self._pools.shutdown(self._runs.values())
             if self._own_client and self._client is not None:
                 await _maybe_await(self._client.close())
         log.info("worker %s stopped: %s", cfg.name, self.stats)
@@ -333,7 +261,7 @@ class Worker:
             except asyncio.TimeoutError:
                 return
 
-    def _unsettled(self) -> list[_Attempt]:
+    def _unsettled(self) -> list[Attempt]:
         return [att for att in self._runs.values() if not att.settled] + [a for a, _ in self._waiting.values()]
 
     async def _sleep(self, seconds: float, *, wake_on_stop: bool) -> None:
@@ -366,8 +294,8 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every error: log, back off, retry
-                log.warning("lease failed (%s); retrying in %.1fs", _brief(exc), backoff)
-                await self._sleep(_jitter(backoff), wake_on_stop=True)
+                log.warning("lease failed (%s); retrying in %.1fs", brief(exc), backoff)
+                await self._sleep(jitter(backoff), wake_on_stop=True)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             for job in jobs or []:
@@ -399,14 +327,15 @@ class Worker:
             log.error("ignoring a second delivery of job %s#%d, which is already running", jid, attempt)
             return
         self.stats["leased"] += 1
+        self.hooks.on_leased(jid, attempt, jtype)
         jt = self.registry.get(jtype)
         timeout = job.get("timeout_s")
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             timeout = jt.timeout_s if jt is not None else None
         ctx = JobContext(jid, attempt, job.get("args"), self._workdir(jid, attempt), type=jtype,
                          settings=self._settings)
-        att = _Attempt(job, jid, attempt, jtype, ctx, float(timeout) if timeout else None)
-        self._leases[att.key] = ctx
+        att = Attempt(job, jid, attempt, jtype, ctx, float(timeout) if timeout else None)
+        self.leases.hold(att.key, ctx)
         if self._stopping:
             # Leased by a long poll that was in flight when stop was requested.
             self._runs[att.key] = att
@@ -419,146 +348,51 @@ class Worker:
             return
         self._launch(att, jt)
 
-    def _launch(self, att: _Attempt, jt: JobType | None) -> None:
+    def _launch(self, att: Attempt, jt: JobType | None) -> None:
         self._runs[att.key] = att
         att.started = time.monotonic()
         log.debug("job %s#%d %s: started", att.id, att.attempt, att.type)
+        self.hooks.on_started(att.id, att.attempt, att.type)
         task = asyncio.create_task(self._run_attempt(att, jt), name=f"raftq-job-{att.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # --- running one attempt ---
+    # --- one attempt's life in the runner ---
 
-    async def _run_attempt(self, att: _Attempt, jt: JobType | None) -> None:
+    async def _run_attempt(self, att: Attempt, jt: JobType | None) -> None:
         try:
-            await self._execute(att, jt)
+            if jt is None:
+                known = ", ".join(self.registry.names()[:20]) or "none"
+                self._settle(att, Outcome.failure(
+                    f"unknown job type {att.type!r} (this worker runs: {known})", retryable=False))
+                return
+            assert self._pools is not None
+            await att.run(jt, self._pools, self._settle)
         except Exception as exc:  # noqa: BLE001 - a worker-side failure must still settle the attempt
             log.exception("job %s#%d: worker error while running it", att.id, att.attempt)
-            self._settle(att, Outcome.failure(f"worker error: {_brief(exc)}", retryable=True))
+            self._settle(att, Outcome.failure(f"worker error: {brief(exc)}", retryable=True))
         finally:
             self._release(att)
 
-    async def _execute(self, att: _Attempt, jt: JobType | None) -> None:
-        if jt is None:
-            known = ", ".join(self.registry.names()[:20]) or "none"
-            self._settle(att, Outcome.failure(
-                f"unknown job type {att.type!r} (this worker runs: {known})", retryable=False))
+    def _settle(self, att: Attempt, outcome: Outcome | None, cancel_reason: str = "") -> None:
+        """Record the attempt's single outcome (None: nothing to report) and hand it to the outbox."""
+        if not att.mark_settled(cancel_reason):
             return
-        fut = self._submit(jt, att)
-        # One future woken by whichever comes first: the handler's return, the
-        # attempt being settled elsewhere (cancel, lost lease, shutdown) or the
-        # timeout. (asyncio.wait plus a Task per job waiting on an Event cost
-        # more than a no-op job itself.)
-        loop = asyncio.get_running_loop()
-        woken: asyncio.Future[None] = loop.create_future()
-
-        def wake(_: object = None) -> None:
-            if not woken.done():
-                woken.set_result(None)
-        fut.add_done_callback(wake)
-        att.wake = wake
-        timer = loop.call_later(att.timeout_s, wake) if att.timeout_s else None
-        if att.settled:
-            wake()
-        try:
-            await woken
-        finally:
-            att.wake = None
-            fut.remove_done_callback(wake)
-            if timer is not None:
-                timer.cancel()
-        handler_done = fut.done()
-        if handler_done and not att.settled:
-            self._settle(att, self._outcome(att, fut))
-        elif not att.settled:
-            self._settle(att, Outcome.failure(f"timeout after {att.timeout_s:g}s", retryable=True),
-                         f"timeout after {att.timeout_s:g}s")
-        if handler_done:
-            if not fut.cancelled():
-                fut.exception()  # settled elsewhere first (e.g. cancel raced the return): consume it
-            return
-        # Settled without the handler returning (timeout, cancel, lost lease,
-        # shutdown): its thread/process is still busy, so keep the slot until
-        # it really ends. Awaiting also consumes whatever it raises.
-        try:
-            await fut
-        except asyncio.CancelledError:
-            raise
-        except BaseException:  # noqa: BLE001 - the outcome is already settled
-            pass
-        log.info("job %s#%d: handler returned after the attempt was settled (%s)",
-                 att.id, att.attempt, att.ctx.cancel_reason or "settled")
-
-    def _submit(self, jt: JobType, att: _Attempt) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        if jt.pool == "process":
-            att.ctx.workdir.mkdir(parents=True, exist_ok=True)
-            spec = (att.id, att.attempt, att.type, str(att.ctx.workdir))
-            att.proc = ProcessRun(jt.fn, att.ctx.args, spec, self._settings, on_progress=att.ctx.progress,
-                                  preload=self.config.imports)
-            return loop.run_in_executor(self._process_io(), att.proc.execute)
-        assert self._threads is not None
-        att.own_workdir = True  # made (if used) and removed on the job's thread, not on the loop
-        return loop.run_in_executor(self._threads, _call_handler, jt.fn, att.ctx.args, att.ctx)
-
-    def _outcome(self, att: _Attempt, fut: asyncio.Future) -> Outcome:
-        exc = fut.exception()
-        if exc is None:
-            result = fut.result()
-            try:
-                size = len(msgpack.packb(result, use_bin_type=True))
-            except Exception as err:  # noqa: BLE001 - any encoding failure is the handler's
-                return Outcome.failure(
-                    f"{att.type}: result cannot be stored ({type(err).__name__}: {err}); "
-                    "return None, bool, numbers, str, bytes, lists and maps", retryable=False)
-            return Outcome(True, result=result, size=size)
-        if isinstance(exc, BadArgument):
-            return Outcome.failure(f"{att.type}: {exc}", retryable=False)
-        if isinstance(exc, JobError):
-            return Outcome.failure(f"{type(exc).__name__}: {exc}", retryable=exc.retryable)
-        if isinstance(exc, StoppedBeforeStart):
-            return Outcome.failure("stopped before it started", retryable=True)
-        if isinstance(exc, JobCancelled) and att.ctx.cancelled:
-            return Outcome.failure(f"cancelled: {exc}", retryable=True)
-        log.warning("job %s#%d %s raised %s", att.id, att.attempt, att.type, _brief(exc),
-                    exc_info=(type(exc), exc, exc.__traceback__))
-        return Outcome.failure(f"{type(exc).__name__}: {exc}", retryable=True)
-
-    def _settle(self, att: _Attempt, outcome: Outcome | None, cancel_reason: str = "") -> None:
-        """Record the attempt's single outcome (None: nothing to report)."""
-        if att.settled:
-            return
-        att.settled = True
-        if cancel_reason:
-            att.ctx.cancel(cancel_reason)
-            if att.proc is not None:
-                att.proc.stop()  # a process cannot poll a flag: end it
-        if att.wake is not None:
-            att.wake()
         self._notify()
+        took = time.monotonic() - att.started
+        self.hooks.on_finished(att.id, att.attempt, att.type, outcome, took)
         if outcome is None:
-            self._leases.pop(att.key, None)
+            self.leases.release(att.key)
             self.stats["dropped"] += 1
             return
-        took = time.monotonic() - att.started
         if outcome.ok:
             log.debug("job %s#%d %s: succeeded in %.3fs", att.id, att.attempt, att.type, took)
         else:
             log.debug("job %s#%d %s: failed in %.3fs (%s): %s", att.id, att.attempt, att.type, took,
                       "retryable" if outcome.retryable else "final", outcome.error)
-        if outcome.ok and outcome.size <= BATCH_RESULT_BYTES:
-            # Small successes share one complete_many (see _flush_completions).
-            self._batch[att.key] = (att, outcome)
-            if self._flusher is None:
-                self._flusher = asyncio.create_task(self._flush_completions(), name="raftq-complete-many")
-            self._outbox[att.key] = self._flusher
-            return
-        self._outbox[att.key] = self._deliver_one(att, outcome)
+        self.outbox.put(att, outcome)
 
-    def _deliver_one(self, att: _Attempt, outcome: Outcome) -> asyncio.Task:
-        return asyncio.create_task(self._deliver(att, outcome), name=f"raftq-report-{att.id}")
-
-    def _release(self, att: _Attempt) -> None:
+    def _release(self, att: Attempt) -> None:
         """The handler has returned: free its slot and scratch directory."""
         self._runs.pop(att.key, None)
         took = time.monotonic() - att.started
@@ -578,241 +412,40 @@ class Worker:
         digest = hashlib.sha1(jid.encode("utf-8", "surrogatepass")).hexdigest()[:10]
         return self.config.workdir / f"{safe}-{digest}-a{attempt}"
 
-    # --- outbox ---
-
-    async def _deliver(self, att: _Attempt, outcome: Outcome) -> None:
-        backoff = BACKOFF_MIN_S
-        finished = False  # acknowledged, or deliberately dropped
-        try:
-            while True:
-                try:
-                    if outcome.ok:
-                        state = await self._client.complete(att.id, att.attempt, outcome.result)
-                    else:
-                        state = await self._client.fail(att.id, att.attempt, outcome.error,
-                                                        retryable=outcome.retryable)
-                    self.stats["succeeded" if outcome.ok else "failed"] += 1
-                    # tests/fault/jobs.py turns this line and "report dropped" below into
-                    # its completion records: keep the format strings and their args.
-                    log.debug("job %s#%d reported: now %s", att.id, att.attempt, state)
-                    finished = True
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except _FENCED as exc:
-                    self.stats["dropped"] += 1
-                    log.warning("job %s#%d: report dropped, the attempt is no longer ours (%s)",
-                                att.id, att.attempt, _brief(exc))
-                    finished = True
-                    return
-                except (BadRequest, TooLarge) as exc:
-                    if not outcome.ok:
-                        self.stats["dropped"] += 1
-                        log.error("job %s#%d: the cluster rejected the failure report (%s)",
-                                  att.id, att.attempt, _brief(exc))
-                        finished = True
-                        return
-                    outcome = Outcome.failure(
-                        f"{att.type}: result rejected by the cluster ({_brief(exc)})", retryable=False)
-                    continue
-                except Exception as exc:  # noqa: BLE001 - transient: retry until acknowledged
-                    if self._outbox_deadline is not None and time.monotonic() >= self._outbox_deadline:
-                        return
-                    log.warning("job %s#%d: report not acknowledged (%s); retrying in %.1fs",
-                                att.id, att.attempt, _brief(exc), backoff)
-                    await asyncio.sleep(_jitter(backoff))
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
-        finally:
-            if not finished:
-                self._undelivered.append(att.key)
-            if self._outbox.get(att.key) is asyncio.current_task():
-                del self._outbox[att.key]
-            self._leases.pop(att.key, None)
-            self._notify()
-
-    async def _flush_completions(self) -> None:
-        """Send the batched successes, one complete_many at a time, until none
-        is left. An item leaves the outbox only once the cluster has answered
-        for it: its state (delivered), LEASE_LOST / NOT_FOUND / CONFLICT
-        (dropped with a log line), anything else (handed to a one-by-one
-        delivery with the full error handling). A transport error tells us
-        nothing, so the whole batch is retried; that is safe because a repeat
-        of an accepted completion is answered as a duplicate. Whatever comes
-        in while a batch is in flight goes out in the next one."""
-        inflight: dict[tuple[str, int], tuple[_Attempt, Outcome]] = {}
-        try:
-            await asyncio.sleep(0)  # let the jobs settling in this same loop pass join the batch
-            while self._batch:
-                inflight = {}
-                size = 0
-                for key in list(self._batch):
-                    if len(inflight) >= BATCH_MAX_ITEMS or (inflight and size >= BATCH_MAX_BYTES):
-                        break
-                    inflight[key] = self._batch.pop(key)
-                    size += inflight[key][1].size
-                await self._deliver_batch(inflight)
-                inflight = {}
-        except _GaveUp:
-            pass  # the final flush deadline passed: the finally below records what is left
-        finally:
-            if self._flusher is asyncio.current_task():
-                self._flusher = None
-            # Cancelled or given up at the final deadline: these were not acknowledged.
-            for key in [*inflight, *self._batch]:
-                if self._outbox.get(key) is asyncio.current_task():
-                    self._undelivered.append(key)
-                    del self._outbox[key]
-                    self._leases.pop(key, None)
-            self._batch.clear()
-            self._notify()
-
-    async def _deliver_batch(self, items: dict[tuple[str, int], tuple[_Attempt, Outcome]]) -> None:
-        backoff = BACKOFF_MIN_S
-        payload = [{"id": att.id, "attempt": att.attempt, "result": out.result} for att, out in items.values()]
-        while True:
-            try:
-                answers = await self._client.complete_many(payload)
-                if not isinstance(answers, list) or len(answers) != len(payload):
-                    raise BadRequest(f"malformed complete_many reply: {str(answers)[:120]}")
-                break
-            except asyncio.CancelledError:
-                raise
-            except (BadRequest, TooLarge) as exc:
-                # Refused as a whole (e.g. a node without complete_many): one by one instead.
-                log.warning("batched report of %d result(s) refused (%s); reporting them one by one",
-                            len(items), _brief(exc))
-                answers = [None] * len(payload)
-                break
-            except Exception as exc:  # noqa: BLE001 - transient: retry the batch until answered
-                if self._outbox_deadline is not None and time.monotonic() >= self._outbox_deadline:
-                    raise _GaveUp() from None
-                log.warning("report of %d result(s) not acknowledged (%s); retrying in %.1fs",
-                            len(items), _brief(exc), backoff)
-                await asyncio.sleep(_jitter(backoff))
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-        me = asyncio.current_task()
-        for (key, (att, outcome)), answer in zip(list(items.items()), answers):
-            code = answer.get("error") if isinstance(answer, dict) else None
-            if isinstance(answer, dict) and code is None and "state" in answer:
-                self.stats["succeeded"] += 1
-                log.debug("job %s#%d reported: now %s", att.id, att.attempt, answer["state"])
-            elif code in _FENCED_CODES:
-                self.stats["dropped"] += 1
-                log.warning("job %s#%d: report dropped, the attempt is no longer ours (%s: %s)",
-                            att.id, att.attempt, code, answer.get("message", ""))
-            else:  # refused for another reason, or not answered: the full one-by-one path
-                del items[key]
-                if self._outbox.get(key) is me:
-                    self._outbox[key] = self._deliver_one(att, outcome)
-                continue
-            del items[key]
-            if self._outbox.get(key) is me:
-                del self._outbox[key]
-            self._leases.pop(key, None)
-        self._notify()
+    def _abandon(self, key: Key, reason: str) -> None:
+        """The lease book heard this attempt is no longer ours: stop it, report nothing."""
+        waiting = self._waiting.pop(key, None)
+        if waiting is not None:
+            log.warning("job %s#%d: %s before it started; dropping it", key[0], key[1], reason)
+            self.stats["dropped"] += 1
+            return
+        att = self._runs.get(key)
+        if att is not None and not att.settled:
+            log.warning("job %s#%d: %s; stopping it", key[0], key[1], reason)
+            self._settle(att, None, reason)
 
     # --- heartbeats ---
 
     async def _heartbeat_loop(self) -> None:
         cfg = self.config
         reported = dict(self.stats)
-        self._summary_at = time.monotonic() + SUMMARY_S
+        summary_at = time.monotonic() + SUMMARY_S
         while True:
             await asyncio.sleep(cfg.heartbeat_s)
-            if time.monotonic() >= self._summary_at:
+            if time.monotonic() >= summary_at:
                 # Per-job lines are DEBUG (at thousands of jobs/s they cost more than
                 # the jobs): a periodic summary says the worker is making progress.
-                self._summary_at = time.monotonic() + SUMMARY_S
+                summary_at = time.monotonic() + SUMMARY_S
                 if self.stats != reported:
                     log.info("worker %s: last %gs: %s; running %d, unreported %d", cfg.name, SUMMARY_S,
                              ", ".join(f"{k} {self.stats[k] - reported.get(k, 0)}" for k in self.stats),
-                             len(self._runs), len(self._outbox))
+                             len(self._runs), len(self.outbox))
                     reported = dict(self.stats)
-            if not self._leases:
-                continue
-            payload = []
-            for (jid, attempt), ctx in list(self._leases.items()):
-                entry: dict[str, Any] = {"id": jid, "attempt": attempt}
-                progress = ctx.last_progress
-                if progress is not None:
-                    entry["progress"] = [progress[0], progress[1]]
-                payload.append(entry)
-            try:
-                # Our own TTL, so leasing and extending agree whatever the node's default.
-                reply = await self._client.heartbeat(cfg.name, payload, lease_ms=cfg.lease_ttl_ms)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - next tick retries
-                log.warning("heartbeat for %d lease(s) failed: %s", len(payload), _brief(exc))
-                continue
-            reply = reply if isinstance(reply, dict) else {}
-            for jid in reply.get("lost") or []:
-                self._abandon(jid, "lease lost")
-            for jid in reply.get("cancel") or []:
-                self._abandon(jid, "cancelled")
-
-    def _abandon(self, jid: str, reason: str) -> None:
-        """The cluster says this job is no longer ours: stop it, report nothing."""
-        for key in [k for k in self._leases if k[0] == jid]:
-            self._leases.pop(key, None)
-            waiting = self._waiting.pop(key, None)
-            if waiting is not None:
-                log.warning("job %s#%d: %s before it started; dropping it", jid, key[1], reason)
-                self.stats["dropped"] += 1
-                continue
-            att = self._runs.get(key)
-            if att is not None and not att.settled:
-                log.warning("job %s#%d: %s; stopping it", jid, key[1], reason)
-                self._settle(att, None, reason)
-
-    # --- pools ---
-
-    def _process_io(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._proc_io is None:
-            self._proc_io = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self.config.processes, thread_name_prefix="raftq-proc"
-            )
-        return self._proc_io
-
-    def _shutdown_pools(self) -> None:
-        for att in self._runs.values():
-            att.ctx.cancel(att.ctx.cancel_reason or "worker shutting down")
-            if att.proc is not None:
-                att.proc.stop()  # a process handler cannot be cancelled cooperatively: end it
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
-        if self._proc_io is not None:
-            # Waits for the io threads, which reap their (now terminated) children.
-            self._proc_io.shutdown(wait=True, cancel_futures=True)
-
-
-def _call_handler(fn: Callable[[Any, JobContext], Any], args: Any, ctx: JobContext) -> Any:
-    """On a pool thread: the handler, then the removal of its scratch directory
-    if it made one (filesystem calls kept off the event loop)."""
-    try:
-        return fn(args if args is not None else {}, ctx)
-    finally:
-        workdir = ctx.finish()
-        if workdir is not None:
-            try:
-                os.rmdir(workdir)  # most handlers leave it empty: skip rmtree's walk
-            except OSError:
-                shutil.rmtree(workdir, ignore_errors=True)
+            await self.leases.heartbeat(self._client, cfg.name, cfg.lease_ttl_ms)
 
 
 def _number_or_zero(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
-
-
-def _jitter(seconds: float) -> float:
-    return seconds * (0.5 + random.random() / 2)
-
-
-def _brief(exc: BaseException) -> str:
-    code = getattr(exc, "code", None) if isinstance(exc, RaftqError) else None
-    text = str(exc) or type(exc).__name__
-    return f"{code}: {text}" if code and code not in text else f"{type(exc).__name__}: {text}"
-
 
 
 async def _maybe_await(value: Any) -> None:
@@ -825,7 +458,7 @@ def run_worker(config: WorkerConfig, registry: Registry | None = None) -> int:
 
     0: stopped cleanly with every finished result delivered; 1: results were
     left undelivered (those jobs run again after lease expiry); 2: a job
-    module given in `config.imports` could not be imported.
+    module given in `config.imports` or a hook in `config.hooks` could not be loaded.
     """
     import uvloop
 
@@ -838,10 +471,11 @@ def run_worker(config: WorkerConfig, registry: Registry | None = None) -> int:
     try:
         for name in config.imports:
             load_module(name)
-    except LoadError as exc:
+        hooks = [load_hooks(ref) for ref in config.hooks]
+    except (LoadError, HookLoadError) as exc:
         log.error("%s", exc)
         return 2
-    the_worker = Worker(config, registry if registry is not None else default_registry)
+    the_worker = Worker(config, registry if registry is not None else default_registry, hooks=hooks)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()

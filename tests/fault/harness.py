@@ -145,6 +145,7 @@ class FaultCluster:
     def start_worker(self, name: str) -> None:
         argv = [sys.executable, "-m", "cli.main", "worker", "--cluster", ",".join(self.client_addrs),
                 "--token", TOKEN, "--name", name, "--import", "tests.fault.jobs",
+                "--hook", "tests.fault.jobs:FaultRecorder",
                 "--lease-ttl", str(self.lease_ttl_s), "--grace", "1", "--threads", "4",
                 "--workdir", str(self.root / f"work-{name}")]
         env = {"RAFTQ_FAULT_LOG": str(self.root / "records" / f"worker-{name}.jsonl"), "RAFTQ_FAULT_WORKER": name}

@@ -1,4 +1,5 @@
-"""Worker-side recording for the fault suite, loaded with `raftq worker --import tests.fault.jobs`.
+"""Worker-side recording for the fault suite, loaded with
+`raftq worker --import tests.fault.jobs --hook tests.fault.jobs:FaultRecorder`.
 
 Two machine-readable logs, one JSON object per line, appended and flushed per
 line so a kill -9 loses at most the line being written. Both go to the file
@@ -10,8 +11,8 @@ from RAFTQ_FAULT_WORKER:
   may run an attempt the cluster has already given to another);
 - `{"ev": "ack", "id", "attempt", "state", "worker", "t"}` each time the
   worker's outbox gets an acknowledgement for a report, and `"dropped"` when
-  the cluster fenced it (LEASE_LOST etc.). They are taken from the real
-  worker's "raftq.worker" log records, so the worker runs unmodified.
+  the cluster fenced it (LEASE_LOST etc.), from the worker's hooks
+  (worker/hooks.py), so the worker runs unmodified.
 
 `t` is time.time() on this machine; all namespaces share one clock (workers are
 never started with a skewed clock).
@@ -19,13 +20,13 @@ never started with a skewed clock).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 import time
 from typing import Any
 
 from worker.context import JobCancelled, JobContext
+from worker.hooks import WorkerHooks
 from worker.registry import default_registry, require
 
 _lock = threading.Lock()
@@ -54,31 +55,12 @@ def fault_record(args: dict, ctx: JobContext) -> dict:
     return {"worker": _WORKER, "attempt": ctx.attempt}
 
 
-class _OutboxRecorder(logging.Handler):
-    """Turns the worker's outbox log records into ack / dropped lines."""
+class FaultRecorder(WorkerHooks):
+    """Worker hooks (`raftq worker --hook tests.fault.jobs:FaultRecorder`)
+    turning the outbox's answers into ack / dropped lines."""
 
-    def emit(self, rec: logging.LogRecord) -> None:
-        try:
-            msg = str(rec.msg)
-            args = rec.args if isinstance(rec.args, tuple) else ()
-            if msg.startswith("job %s#%d reported") and len(args) >= 3:
-                record("ack", id=args[0], attempt=args[1], state=str(args[2]))
-            elif msg.startswith("job %s#%d: report dropped") and len(args) >= 2:
-                record("dropped", id=args[0], attempt=args[1])
-        except Exception:  # noqa: BLE001 - a recording hook must never stop the worker
-            pass
+    def on_reported(self, job_id: str, attempt: int, state: str) -> None:
+        record("ack", id=job_id, attempt=attempt, state=state)
 
-
-def _install() -> None:
-    wlog = logging.getLogger("raftq.worker")
-    if not any(isinstance(h, _OutboxRecorder) for h in wlog.handlers):
-        handler = _OutboxRecorder(level=logging.DEBUG)
-        wlog.addHandler(handler)
-        wlog.setLevel(logging.DEBUG)
-        # Keep debug lines out of the console log; only our recorder wants them.
-        for root_handler in logging.getLogger().handlers:
-            if root_handler.level == logging.NOTSET:
-                root_handler.setLevel(logging.INFO)
-
-
-_install()
+    def on_report_dropped(self, job_id: str, attempt: int, reason: str) -> None:
+        record("dropped", id=job_id, attempt=attempt)

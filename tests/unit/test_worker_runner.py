@@ -21,6 +21,7 @@ import pytest
 from cluster.errors import Conflict, LeaseLost, NoLeader, NotFound, Unavailable
 from worker.config import WorkerConfig
 from worker.context import JobContext
+from worker.hooks import WorkerHooks
 from worker.jobs import register
 from worker.registry import BadArgument, Registry, require
 from worker.runner import Worker
@@ -193,7 +194,8 @@ async def until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "con
 
 
 def scenario(tmp_path: Path, body: Callable[[FakeCluster, Worker, Registry], Awaitable[None]],
-             registry: Registry | None = None, stop: bool = True, **cfg: Any) -> tuple[int, FakeCluster, Worker]:
+             registry: Registry | None = None, stop: bool = True, hooks: list[WorkerHooks] | None = None,
+             **cfg: Any) -> tuple[int, FakeCluster, Worker]:
     """Run a worker against a FakeCluster while `body` drives it; then stop it."""
     reg = registry or Registry()
 
@@ -201,7 +203,7 @@ def scenario(tmp_path: Path, body: Callable[[FakeCluster, Worker, Registry], Awa
         loop_errors: list[dict] = []
         asyncio.get_running_loop().set_exception_handler(lambda _loop, context: loop_errors.append(context))
         fake = FakeCluster()
-        worker = Worker(make_config(tmp_path, **cfg), reg, client=fake)
+        worker = Worker(make_config(tmp_path, **cfg), reg, client=fake, hooks=hooks)
         runner = asyncio.create_task(worker.run())
         try:
             await body(fake, worker, reg)
@@ -331,8 +333,8 @@ def test_cancel_or_lost_lease_stops_the_run_and_reports_nothing(
         await until(lambda: reasons, what="handler to stop")
         await until(lambda: worker.free_slots == 2, what="slot released")
         n = len(fake.heartbeats)
-        await until(lambda: len(fake.heartbeats) > n + 2 or not worker._leases, what="heartbeats")
-        assert not worker._leases, "an abandoned lease is not heartbeated any more"
+        await until(lambda: len(fake.heartbeats) > n + 2 or not worker.leases, what="heartbeats")
+        assert not worker.leases, "an abandoned lease is not heartbeated any more"
 
     _, fake, _ = scenario(tmp_path, body, reg)
     assert reasons == [reason]
@@ -528,7 +530,7 @@ def test_second_stop_request_and_undelivered_results_give_exit_code_1(tmp_path: 
     async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
         fake.report_errors = [Unavailable("down")] * 1000
         fake.add("t.quick")
-        await until(lambda: worker._outbox, what="result in the outbox")
+        await until(lambda: worker.outbox, what="result in the outbox")
         worker.request_stop()
         worker.request_stop()  # second request: at once
 
