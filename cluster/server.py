@@ -110,7 +110,7 @@ class Node:
         self._on_fatal = on_fatal
         self.spec = cfg.node(node_id)
         self.test_bug = _test_bug_from_env()
-        self.machine = JobMachine(test_bug=self.test_bug)
+        self.machine = JobMachine()
         self.waiters = Waiters()
         self._raft_to_client = {n.raft: n.client for n in cfg.nodes}
         data_dir = cfg.node_data_dir(node_id)
