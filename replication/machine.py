@@ -114,10 +114,6 @@ class JobMachine:
         return results
 
     @property
-    def clock_ms(self) -> int:
-        return self._state.table.clock_ms
-
-    @property
     def touched_queues(self) -> dict[str, int]:
         """Not state: queue -> jobs that became queued there or left `running`
         in the last applied entry, for the node's long polls (cluster/waiters.py)."""

@@ -20,6 +20,12 @@ Rows and indexes (all derived from `jobs` except `clock_ms` and `next_seq`):
   job, final ones included, counts until retention purges it. The sizes are
   derived (not in snapshot rows).
 
+Invariants (`check_invariants`): counters, per-queue counters and held bytes
+equal a scan; a job's seq < next_seq and 0 <= attempts <= max_attempts; a job
+has `finished_ms` iff it is final, and every final job has a live `finished`
+item; a live job's unique_key maps to it and every `unique` entry names a live
+job holding that key; `by_seq` is sorted and lists every job.
+
 Snapshot section: `clock_ms`, `next_seq`, `job_fields` and the jobs as
 positional rows in seq order (no index layout).
 """

@@ -18,6 +18,11 @@ Indexes (derived from the job table, rebuilt from it on restore):
   purged: a purged failed dep would already have cancelled its children);
   failure or cancellation cancels the children, transitively, iteratively.
 
+Invariants: every queued job has a live item in its queue's ready heap; a job
+is scheduled iff it has a live `scheduled` item, and the top is live; a
+pending job's deps are not all done, none failed or cancelled, and it is
+listed under each live dep in `dependents`.
+
 Commands: submit, submit_many, cancel, retry, requeue_failed. No snapshot
 section of its own: everything here is rebuilt from the jobs' rows.
 """

@@ -8,7 +8,8 @@ failover can neither double nor re-run one.
 
 Index: `fire_heap`: (next_fire_ms, name) of unpaused schedules; lazy, live iff
 the schedule has that next_fire_ms and is not paused; its top is live after
-every entry (`settle`), so `next_fire_ms` is a peek.
+every entry (`settle`), so `next_fire_ms` is a peek. Invariants: every
+unpaused schedule has its (next_fire_ms, name) in the heap; the top is live.
 
 Commands: schedule_add, schedule_remove, schedule_pause, schedule_resume,
 fire. Snapshot section `schedules`: the schedule maps sorted by name.

@@ -5,6 +5,7 @@ last_seen_ms, running}; `running` is the set of ids the worker was granted or
 last reported in a heartbeat, filtered by job state when read (so it may hold
 stale ids). A lease or heartbeat registers and refreshes a worker; `tick`
 drops one unseen for more than WORKER_GONE_LEASES x its lease_ms.
+Invariant: no worker was seen after the log clock.
 
 No command of its own (lease and heartbeat feed it). Snapshot section
 `workers`: [name, queues, capacity, lease_ms, last_seen_ms, sorted running]
