@@ -81,7 +81,7 @@ class Lifecycle:
         part = cls(table)
         ready, scheduled, dependents = part.ready, part.scheduled, part.dependents
         jobs = table.jobs
-        for job in jobs.values():  # seq order: the snapshot's rows are
+        for job in jobs.values():  # in seq order (as the rows were): dependents listed as on replay
             state = job.state
             if state == QUEUED:
                 ready.setdefault(job.queue, []).append((-job.priority, job.seq, job.id))
