@@ -69,15 +69,14 @@ class JobMachine:
     """All replicated job state, changed only by `apply_entry` (docs/contracts.md section 1)."""
 
     def __init__(self) -> None:
-        self._state = MachineState.empty(self.lease_holds)
+        self._state = MachineState.empty(self._holds_lease)
 
-    def lease_holds(self, job: Job, attempt: int, worker: str | None) -> bool:
-        """The fencing decision: does a complete, fail (`worker` None: the
-        attempt alone fences) or heartbeat presenting `attempt` hold `job`'s lease?
-
-        The one place to override to inject a fencing bug (tests/fault only);
-        it must stay deterministic like everything the machine does.
-        """
+    def _holds_lease(self, job: Job, attempt: Any, worker: str | None = None) -> bool:
+        """Fencing: is `attempt` (of `worker`, when a heartbeat names one) the
+        token of `job`'s current lease? Every token check (complete, fail,
+        heartbeat) goes through here, so the fault suite can break fencing on
+        purpose (tests/fault/buggy_node.py overrides it); it must stay
+        deterministic like everything the machine does."""
         return job.attempts == attempt and (worker is None or job.worker == worker)
 
     # ------------------------------------------------------------------ apply
@@ -204,7 +203,7 @@ class JobMachine:
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Replace all state with `snapshot`'s; raises ValueError (state untouched) if invalid."""
         # Swap in only once everything was built: a bad snapshot leaves us untouched.
-        self._state = MachineState.from_snapshot(snapshot, self.lease_holds)
+        self._state = MachineState.from_snapshot(snapshot, self._holds_lease)
 
     def digest(self) -> str:
         """sha256 hex of the canonical snapshot encoding; equal replicas, equal digests."""

@@ -9,7 +9,7 @@ a worker and a deadline, any other has no deadline.
 
 `attempts` is the fencing token: `lease` increments it, and complete, fail and
 heartbeat are accepted only for the current attempt (the decision is the
-`holds` callable the machine passes in: `JobMachine.lease_holds`). Leases end
+`holds` callable the machine passes in: `JobMachine._holds_lease`). Leases end
 only through an explicit command or `tick`: a report presenting the current
 attempt of a `running` job is accepted even if its deadline has passed but no
 tick has expired it yet (nobody else can hold the job in between, so fencing
@@ -52,7 +52,7 @@ LEASE_SCAN_LIMIT = 256  # non-fitting ready jobs one lease may step over (then i
 
 Result = dict[str, Any]
 # (job, attempt presented, worker presenting it or None when the command names none) -> accepted?
-LeaseCheck = Callable[[Job, int, "str | None"], bool]
+LeaseCheck = Callable[[Job, Any, "str | None"], bool]
 
 
 def backoff_delay_ms(job_id: str, attempt: int, backoff_ms: int) -> int:

@@ -13,7 +13,7 @@ from replication.model import Job
 class AnyTokenMachine(JobMachine):
     """The shape of the fault suite's injected fencing bug: every token holds."""
 
-    def lease_holds(self, job: Job, attempt: int, worker: str | None) -> bool:
+    def _holds_lease(self, job: Job, attempt: Any, worker: str | None = None) -> bool:
         return True
 
 
@@ -47,7 +47,7 @@ def test_stale_tokens_are_fenced_off() -> None:
 
 
 @pytest.mark.parametrize("restored", [False, True])
-def test_lease_holds_is_the_one_fencing_decision(restored: bool) -> None:
+def test_holds_lease_is_the_one_fencing_decision(restored: bool) -> None:
     """Overriding it alone lets stale heartbeats, completions and failures
     through, and a restore keeps the subclass's decision."""
     m = AnyTokenMachine()
