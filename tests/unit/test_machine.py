@@ -190,7 +190,7 @@ def test_lease_fencing_stale_attempts_rejected(d: Driver) -> None:
                   "leases": [{"id": "a", "attempt": 1}]}) == {"lost": ["a"], "cancel": []}
     assert d.complete("a", 2, {"ok": True}) == {"state": "succeeded"}
     assert d.m.get("a")["result"] == {"ok": True}
-    assert d.m._jobs["a"].lease_expiries == 1
+    assert d.m.get("a")["lease_expiries"] == 1
 
 
 def test_complete_duplicate_and_missing(d: Driver) -> None:
@@ -215,7 +215,7 @@ def test_lease_expiry_exhausts_attempts(d: Driver) -> None:
     assert view["state"] == "failed" and view["attempts"] == 2
     assert view["error"].startswith("lease expired")
     assert view["finished_at"] == d.now / 1000
-    assert d.m._jobs["a"].lease_expiries == 2
+    assert d.m.get("a")["lease_expiries"] == 2
     assert d.m.live_count() == 0
 
 
@@ -369,7 +369,7 @@ def test_retry_requeues_with_new_seq_and_reset_attempts(d: Driver, final: str) -
     assert view["attempts"] == 0 and view["error"] is None and view["finished_at"] is None
     # new seq: it goes behind the jobs already waiting
     assert [j["id"] for j in d.lease(n=5)] == ["b", "c", "a"]
-    assert d.m._jobs["a"].attempts == 1
+    assert d.m.get("a")["attempts"] == 1
 
 
 @pytest.mark.parametrize("state", ["queued", "running", "succeeded"])
