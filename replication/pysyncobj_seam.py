@@ -69,7 +69,7 @@ from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection, _getAddrTy
 from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION
 
-from replication.link import HANDSHAKE_FRAME_BYTES, LinkError, LinkKey, Receiver, Sender
+from replication.link import ENTRY_OVERHEAD_BYTES, HANDSHAKE_FRAME_BYTES, LinkError, LinkKey, Receiver, Sender
 
 __all__ = [
     "CANDIDATE", "CONNECTION_STATE", "FAIL_REASON", "FOLLOWER", "LEADER", "POLL_EVENT_TYPE",
@@ -128,11 +128,9 @@ class RaftCore(SyncObj):
     seals connections with; `max_in_flight` bounds what P6 queues per follower
     (a transport from `SeamTransport` reports `unsent_bytes(node)`)."""
 
-    def __init__(self, *args: Any, link_key: LinkKey, max_in_flight: int, entry_overhead: int,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, link_key: LinkKey, max_in_flight: int, **kwargs: Any) -> None:
         self._link_key = link_key
         self._max_in_flight = max_in_flight
-        self._entry_overhead = entry_overhead
         super().__init__(*args, **kwargs)
 
     # P3. The transport hands `encryptor` to every connection and runs the
@@ -231,8 +229,8 @@ class RaftCore(SyncObj):
           fewer than max_in_flight bytes wait unsent to that follower; the
           rest goes in a later round (next proposal or heartbeat), from the
           nextIndex this one left;
-        * a batch holds entries while sum(len(command) + entry_overhead) <=
-          batch bytes; a single entry whose pickle is larger goes as
+        * a batch holds entries while sum(len(command) +
+          ENTRY_OVERHEAD_BYTES) <= batch bytes; a single entry whose pickle is larger goes as
           'transmission' chunks of exactly batch bytes, all in one go (a
           follower restarts a transmission at 'start'); pysyncobj marked the
           chunk that crossed len(command) as 'finish', which could come one
@@ -264,7 +262,7 @@ class RaftCore(SyncObj):
                 if nxt > log_first:
                     entries: list[Any] = []
                     if nxt <= log_last and room:
-                        entries = _batch(raft_log, nxt - log_first, batch, self._entry_overhead)
+                        entries = _batch(raft_log, nxt - log_first, batch)
                     # past the log's end, (None, None) as pysyncobj: the follower asks for a reset
                     prev: tuple[int | None, int | None] = (
                         (nxt - 1, raft_log[nxt - 1 - log_first][2]) if nxt <= log_last + 1 else (None, None))
@@ -291,7 +289,7 @@ class RaftCore(SyncObj):
         transport = self._SyncObj__transport  # type: ignore[attr-defined]
         base = {"type": "append_entries", "term": term, "commit_index": commit,
                 "prevLogIdx": prev[0], "prevLogTerm": prev[1]}
-        if len(entries) == 1 and len(entries[0][0]) + self._entry_overhead > batch:
+        if len(entries) == 1 and len(entries[0][0]) + ENTRY_OVERHEAD_BYTES > batch:
             data = _pso_pickle.dumps(entries[0])  # what the follower's 'finish' unpickles
             if len(data) > batch:
                 for pos in range(0, len(data), batch):
@@ -303,16 +301,16 @@ class RaftCore(SyncObj):
         transport.send(node, {**base, "entries": entries})
 
 
-def _batch(raft_log: Any, start: int, batch: int, overhead: int) -> list[Any]:
-    """Entries from log position `start` while sum(len(command) + overhead)
-    <= batch (always at least one)."""
+def _batch(raft_log: Any, start: int, batch: int) -> list[Any]:
+    """Entries from log position `start` while sum(len(command) +
+    ENTRY_OVERHEAD_BYTES) <= batch (always at least one)."""
     out = [raft_log[start]]
-    size = len(out[0][0]) + overhead
+    size = len(out[0][0]) + ENTRY_OVERHEAD_BYTES
     end = len(raft_log)
     pos = start + 1
     while pos < end:
         entry = raft_log[pos]
-        size += len(entry[0]) + overhead
+        size += len(entry[0]) + ENTRY_OVERHEAD_BYTES
         if size > batch:
             break
         out.append(entry)

@@ -107,7 +107,7 @@ from typing import Any, Literal, Protocol
 import msgpack
 
 from replication.journal import DurableJournal, Entry, JournalError, JournalFailed
-from replication.link import DUMP_CHUNK_BYTES, ENTRY_OVERHEAD_BYTES, LinkKey, max_frame_bytes
+from replication.link import DUMP_CHUNK_BYTES, LinkKey, max_frame_bytes
 from replication.pysyncobj_seam import (CANDIDATE, CONNECTION_STATE, FAIL_REASON, FOLLOWER, LEADER,
                                         POLL_EVENT_TYPE, RaftCore, SealedConnection, SeamTransport,
                                         SyncObjConf, SyncObjConsumer, SyncObjException, journal_injected,
@@ -905,8 +905,7 @@ class RaftNode:
                 self._sync = _SyncObj(config.self_addr, list(config.peers), conf,
                                       consumers=[self._replica], transportClass=make_transport,
                                       prevote=self._prevote, link_key=LinkKey(config.password),
-                                      max_in_flight=config.max_in_flight_bytes,
-                                      entry_overhead=ENTRY_OVERHEAD_BYTES)
+                                      max_in_flight=config.max_in_flight_bytes)
         except BaseException as exc:
             if self._transport is not None:
                 self._transport.destroy()

@@ -196,8 +196,8 @@ def test_the_largest_real_messages_fit_the_cap(batch: int) -> None:
     tiny = [(b"", 2**40 + i, 2**40) for i in range(batch)]  # the adapter's batching of tiny entries
     mixed = [(b"m" * 700, 2**40 + i, 2**40) for i in range(batch // 700 + 1)] + [(b"b" * batch, 1, 1)]
     messages = [
-        {**head, "entries": _batch(tiny, 0, batch, ENTRY_OVERHEAD_BYTES)},
-        {**head, "entries": _batch(mixed, 0, batch, ENTRY_OVERHEAD_BYTES)},
+        {**head, "entries": _batch(tiny, 0, batch)},
+        {**head, "entries": _batch(mixed, 0, batch)},
         {**head, "entries": [(b"e" * (batch - ENTRY_OVERHEAD_BYTES), 2**40, 2**40)]},  # one entry, no chunks
         {**head, "transmission": "process", "data": b"t" * batch},  # one chunk of a larger entry
         {"type": "append_entries", "term": 2**40, "commit_index": 2**40,
