@@ -18,20 +18,22 @@ The patches, each explained where it is made:
      transport subscribes any socket: the adapter's event-loop poller.
   P5 `RaftCore._SyncObj__applyLogEntries`: no eager commit-index round.
   P6 `RaftCore._SyncObj__sendAppendEntries`: bounded, exactly framed sends.
-  P7 `RaftCore._onTick`: a `before_tick` hook ahead of pysyncobj's tick.
-  P8 `SeamTransport.addNode` / `_onNewIncomingConnection`: every connection
+  P7 `SeamTransport.addNode` / `_onNewIncomingConnection`: every connection
      pysyncobj creates becomes a `SealedConnection` (its class is changed
      before any byte moves), and an incoming one may be refused (`admit`).
-  P9 `SeamTransport._maybeBind`: the listen backlog widened after the bind.
-  P10 `SealedConnection`: TcpConnection with replication/link.py's framing,
+  P8 `SeamTransport._maybeBind`: the listen backlog widened after the bind.
+  P9 `SealedConnection`: TcpConnection with replication/link.py's framing,
      bytearray buffers, bounded reads, WRITE-driven draining, a source bind.
 
-Replaced by public means (no longer patches): the poller (was a swap of
-`createPoller`, now P4 on one attribute, no global), the encryptor (was a swap
-of `getEncryptor`, now the public `encryptor` property, P3), and the rejoin
-filter of incoming messages (was an override of the private
-`__onMessageReceived`, now in the transport's `_onMessageReceived`, the
-Transport base class's dispatch to SyncObj).
+Done by public means instead (these were patches too): the poller (a swap
+of `createPoller`; now P4, one attribute, no global), the encryptor (a swap
+of `getEncryptor`; now the public `encryptor` property, P3), the pre-vote and
+rejoin work before each tick (two overrides of `_onTick`; now the adapter
+calls it before the public `doTick`), and the rejoin filter of incoming
+messages (an override of the private `__onMessageReceived`; now in the
+transport's `_onMessageReceived`, the Transport base class's dispatch to
+SyncObj, where replication/raft.py also rewrites stale append_entries, keeps
+nextIndex from moving back and routes its own message types).
 
 Behaviours relied on without a patch (pinned by the assumptions test):
   * the leader computes the commit index at the start of `_onTick`, before
@@ -122,11 +124,11 @@ def journal_injected(journal: Journal, path: Path) -> Iterator[None]:
 
 class RaftCore(SyncObj):
     """pysyncobj's SyncObj, with named accessors for the private state the
-    adapter reads or changes, and the replication-flow patches P3, P5-P7.
+    adapter reads or changes, and the patches P3, P5 and P6.
 
-    The subclass supplies `before_tick()`; `link_key` is what the transport
-    seals connections with; `max_in_flight` bounds what P6 queues per follower
-    (a transport from `SeamTransport` reports `unsent_bytes(node)`)."""
+    `link_key` is what the transport seals connections with; `max_in_flight`
+    bounds what P6 queues per follower (a transport from `SeamTransport`
+    reports `unsent_bytes(node)`)."""
 
     def __init__(self, *args: Any, link_key: LinkKey, max_in_flight: int, **kwargs: Any) -> None:
         self._link_key = link_key
@@ -140,16 +142,6 @@ class RaftCore(SyncObj):
     @property
     def encryptor(self) -> LinkKey:
         return self._link_key
-
-    def before_tick(self) -> None:
-        """Called at the start of every tick, before pysyncobj's election check."""
-
-    # P7. `_onTick` is the tick `doTick` runs; the hook goes first so pre-vote
-    # and the rejoin mode can move the election deadline before pysyncobj
-    # compares it with the clock.
-    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 - pysyncobj's name
-        self.before_tick()
-        SyncObj._onTick(self, timeToWait)
 
     # ---- accessors: public names for pysyncobj's private state ----
 
@@ -322,7 +314,7 @@ def _batch(raft_log: Any, start: int, batch: int) -> list[Any]:
 
 
 class SeamTransport(TCPTransport):
-    """pysyncobj's TCP transport with P4, P8 and P9, and named accessors for
+    """pysyncobj's TCP transport with P4, P7 and P8, and named accessors for
     its connections. The subclass supplies `admit(conn)`."""
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any, *,  # noqa: N803 - pysyncobj's names
@@ -342,7 +334,7 @@ class SeamTransport(TCPTransport):
         False closes it."""
         return True
 
-    # P8 (outgoing). TCPTransport.addNode creates the TcpConnection to every
+    # P7 (outgoing). TCPTransport.addNode creates the TcpConnection to every
     # peer this node dials; sealed before its first connect.
     def addNode(self, node: Any) -> None:  # noqa: N802 - pysyncobj's name
         super().addNode(node)
@@ -350,7 +342,7 @@ class SeamTransport(TCPTransport):
         if conn is not None:
             seal(conn, self._max_frame, self._bind_host)
 
-    # P8 (incoming). TcpServer creates the connection and calls this before
+    # P7 (incoming). TcpServer creates the connection and calls this before
     # the first read; sealed, judged by `admit`, then handed to pysyncobj.
     def _onNewIncomingConnection(self, conn: Any) -> None:  # noqa: N802 - pysyncobj's name
         sealed = seal(conn, self._max_frame)
@@ -359,7 +351,7 @@ class SeamTransport(TCPTransport):
             return
         super()._onNewIncomingConnection(sealed)
 
-    # P9. TcpServer.bind listens with a backlog of 5: a burst of strangers'
+    # P8. TcpServer.bind listens with a backlog of 5: a burst of strangers'
     # connects would make a peer's (re)connect wait for SYN retransmits (1 s,
     # 3 s). listen() again on the bound socket only widens the backlog.
     def _maybeBind(self) -> None:  # noqa: N802 - pysyncobj's name
@@ -408,7 +400,7 @@ def _bytearray_attribute(name: str) -> property:
 
 
 class SealedConnection(TcpConnection):
-    """P10. pysyncobj's TcpConnection with replication/link.py's framing and
+    """P9. pysyncobj's TcpConnection with replication/link.py's framing and
     bytearray buffers.
 
     The base class keeps its buffers in name-mangled attributes and reassigns
@@ -602,7 +594,7 @@ class SealedConnection(TcpConnection):
 
 
 def seal(conn: TcpConnection, max_frame: int, bind_host: str | None = None) -> SealedConnection:
-    """P8/P10. Turn a TcpConnection pysyncobj just created (no byte read or
+    """P7/P9. Turn a TcpConnection pysyncobj just created (no byte read or
     written yet) into a SealedConnection whose authentic frames may hold up to
     `max_frame` bytes (link.max_frame_bytes); `bind_host`: the source address
     of its outgoing connects. Its class is changed in place because pysyncobj

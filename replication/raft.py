@@ -1,7 +1,7 @@
 """The one adapter that owns pysyncobj: Raft replication of a `JobMachine`.
 
 `RaftNode` wraps pysyncobj 0.3.17 and adds what it lacks for raftq. Every
-reliance on pysyncobj's internals (the patches P1-P10 named below, the private
+reliance on pysyncobj's internals (the seam's patches P1-P9, the private
 state read or changed, the behaviours relied on) is in
 replication/pysyncobj_seam.py, pinned by tests/unit/test_pysyncobj_assumptions.py;
 this module uses the seam's named accessors and hooks.
@@ -43,7 +43,7 @@ this module uses the seam's named accessors and hooks.
   keepalive carries no log state at all; a deferred send (bytes-in-flight
   bound, below) only delays an append_entries, and every ack still follows
   the follower's sync.
-* Replication that survives large entries (seam P5, P6, P10, `_PreVote`). pysyncobj
+* Replication that survives large entries (seam P5, P6, P9, `_PreVote`). pysyncobj
   flushed a connection's write buffer only on its next send (a 1 MiB entry
   crept out one socket buffer per 50 ms heartbeat, heartbeats queued behind
   it), queued everything from nextIndex at once, and moved nextIndex back on
@@ -579,7 +579,8 @@ class _LoopPoller:
 
 class _SyncObj(RaftCore):
     """The adapter's SyncObj: the seam's `RaftCore` (no eager commit round,
-    bounded sends) plus, before every tick, pre-vote and the rejoin mode.
+    bounded sends) plus pre-vote and the rejoin mode, whose work before every
+    tick is `before_tick` (RaftNode._tick calls it, then doTick).
 
     Pre-vote (`_PreVote`): a follower whose election timer ran out asks first
     and starts an election only if a majority would vote for it.
@@ -600,6 +601,7 @@ class _SyncObj(RaftCore):
         prevote.attach(self)
 
     def before_tick(self) -> None:
+        """Before pysyncobj's tick, which starts with its election check."""
         if self.rejoining:  # keep the election timer from ever firing
             self.election_deadline = monotonic() + self.conf.raftMaxTimeout
         self._prevote.before_tick()  # before pysyncobj's own election check
@@ -1064,6 +1066,7 @@ class RaftNode:
         if self._destroyed or self._syncing or self._fatal is not None:
             return  # a finishing sync schedules the next tick; a failed node ticks no more
         try:
+            self._sync.before_tick()  # may move the election deadline doTick checks first
             self._sync.doTick(0.0)
         except Exception:
             if self._fatal is None:  # a JournalFailed was reported by _storage_failed

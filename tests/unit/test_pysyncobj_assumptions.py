@@ -1,7 +1,7 @@
 """What replication/pysyncobj_seam.py assumes of pysyncobj's internals, pinned.
 
 A different pysyncobj fails here first: each failure names the assumption
-(and the seam patch, P1-P10, or the adapter code that depends on it). The
+(and the seam patch, P1-P9, or the adapter code that depends on it). The
 behaviours are checked on real SyncObj objects: a recording transport in
 place of TCP (pysyncobj's own `transport=` parameter), a memory journal, and
 ticks run by hand; no sockets except where a connection's own handling is
@@ -55,6 +55,9 @@ class RecordingTransport(Transport):
     def deliver(self, node: Any, message: dict[str, Any]) -> None:
         self._onMessageReceived(node, message)
 
+    def unsent_bytes(self, node: Any) -> int:  # what RaftCore's bounded sends ask (SeamTransport's)
+        return 0
+
 
 class Echo(SyncObjConsumer):
     def __init__(self) -> None:
@@ -68,19 +71,28 @@ class Echo(SyncObjConsumer):
 
 
 SELF, PEER_B, PEER_C = "127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"
+KEY = LinkKey("assumptions")
 
 
-def make(self_addr: str = SELF, peers: tuple[str, ...] = (PEER_B, PEER_C),
-         consumer: Echo | None = None) -> tuple[SyncObj, RecordingTransport]:
+def make(self_addr: str = SELF, peers: tuple[str, ...] = (PEER_B, PEER_C), consumer: Echo | None = None,
+         core: bool = False, batch: int = 4096) -> tuple[Any, RecordingTransport]:
+    """A plain SyncObj, or with `core` the seam's RaftCore, on a recording
+    transport; heartbeats every 10 s, so a tick sends only what it must."""
     conf = SyncObjConf(autoTick=False, appendEntriesUseBatch=False, commandsWaitLeader=False,
-                       dynamicMembershipChange=False, raftMinTimeout=0.4, raftMaxTimeout=1.0)
+                       dynamicMembershipChange=False, raftMinTimeout=40.0, raftMaxTimeout=100.0,
+                       appendEntriesPeriod=10.0, appendEntriesBatchSizeBytes=batch,
+                       connectionTimeout=100.0, leaderFallbackTimeout=100.0)
     holder: dict[str, RecordingTransport] = {}
 
     def transport(*args: Any) -> RecordingTransport:
         holder["t"] = RecordingTransport(*args)
         return holder["t"]
-    so = SyncObj(self_addr, list(peers), conf, consumers=[consumer] if consumer else [],
-                 transportClass=transport)
+    consumers = [consumer] if consumer else []
+    if core:
+        so = seam.RaftCore(self_addr, list(peers), conf, consumers=consumers, transportClass=transport,
+                           link_key=KEY, max_in_flight=1 << 20)
+    else:
+        so = SyncObj(self_addr, list(peers), conf, consumers=consumers, transportClass=transport)
     return so, holder["t"]
 
 
@@ -187,7 +199,7 @@ SYNCOBJ_METHODS = {
     "_SyncObj__connectedToAnyone": [],
     "_SyncObj__applyLogEntries": [],  # P5
     "_SyncObj__sendAppendEntries": [],  # P6
-    "_onTick": ["timeToWait"],  # P7
+    "_onTick": ["timeToWait"],  # doTick runs it (the adapter calls before_tick first)
     "_isLeader": [],
     "_getLeader": [],
     "doTick": ["timeToWait"],
@@ -263,6 +275,8 @@ def test_the_commit_index_is_computed_at_the_start_of_a_tick(leader: tuple[SyncO
 
 
 def test_tick_order() -> None:
+    assume("self._onTick(timeToWait)" in inspect.getsource(SyncObj.doTick),
+           "doTick runs _onTick (RaftNode._tick calls before_tick, then doTick)")
     src = inspect.getsource(SyncObj._onTick)
     steps = ["__raftElectionDeadline < monotonicTime()", "while commitIdx < self.__getCurrentLogIndex()",
              "needSendAppendEntries = self.__applyLogEntries()", "self.__sendAppendEntries()", "self._checkCommandsToApply()",
@@ -290,6 +304,9 @@ def test_the_new_leader_appends_a_no_op_and_sends_it_at_once() -> None:
         sent = [m for _, m in t.sent if m.get("type") == "append_entries"]
         assume(any(last in m.get("entries", []) for m in sent),
                "__onBecomeLeader sends it while handling the vote, outside any tick")
+        assume(all(set(m) == {"type", "term", "commit_index", "entries", "prevLogIdx", "prevLogTerm"} for m in sent),
+               "an append_entries carries type, term, commit_index, entries, prevLogIdx, prevLogTerm "
+               "(raft.py's _StaleAppendGuard and trace read them; the seam's P6 writes them)")
     finally:
         so.destroy()
 
@@ -391,25 +408,104 @@ def test_the_journal_interface_is_what_durable_journal_implements() -> None:
         assume(name in vars(DurableJournal), f"DurableJournal implements Journal.{name}")
 
 
+# ---- the seam's RaftCore on a real SyncObj ---------------------------------------
+
+
+def test_the_accessors_read_and_write_pysyncobjs_own_state() -> None:
+    states: list[tuple[int, int]] = []
+    so, t = make(core=True)
+    so.conf.onStateChanged = lambda old, new: states.append((old, new))
+    try:
+        assume(so.encryptor is KEY, "P3: RaftCore.encryptor answers the link key")
+        elect(so, t)
+        assume(so.is_leader() and so.raft_state == seam.LEADER and so.leader_node() is so.selfNode,
+               "is_leader / raft_state / leader_node read __raftState and __raftLeader")
+        assume(so.next_index is so._SyncObj__raftNextIndex, "next_index is the leader's live nextIndex dict")
+        assume(so.last_log_entry() == so._SyncObj__raftLog[-1], "last_log_entry reads __raftLog")
+        assume(so.connected_to_anyone() and not so.transfer_in_progress, "connected_to_anyone, transfer_in_progress")
+        assume(40.0 <= so.new_election_timeout() <= 100.0, "new_election_timeout is within raftMin/MaxTimeout")
+        so.election_deadline = 12.5
+        assume(so._SyncObj__raftElectionDeadline == 12.5, "election_deadline writes __raftElectionDeadline")
+        so.set_current_term(so.raftCurrentTerm + 1, None)
+        assume(so._SyncObj__raftLog.getCurrentTerm() == so.raftCurrentTerm,
+               "set_current_term writes the term through the journal")
+        so.set_state(seam.FOLLOWER)
+        so.forget_leader()
+        assume(states[-1] == (seam.LEADER, seam.FOLLOWER) and so.leader_node() is None,
+               "set_state fires onStateChanged; forget_leader clears __raftLeader")
+    finally:
+        so.destroy()
+
+
+def test_p5_no_append_entries_round_after_a_commit() -> None:
+    def round_after_commit(core: bool) -> list[dict[str, Any]]:
+        consumer = Echo()
+        so, t = make(consumer=consumer, core=core)
+        try:
+            elect(so, t)
+            consumer.apply(b"x", callback=lambda res, err: None)
+            so.doTick(0.0)
+            for n in so.otherNodes:
+                t.deliver(n, {"type": "next_node_idx", "next_node_idx": so._SyncObj__raftLog[-1][1] + 1,
+                              "reset": False, "success": True})
+            t.sent.clear()
+            so.doTick(0.0)  # commits and applies
+            assume(consumer.applied == [b"x"], "the tick after the acks applies the entry")
+            return [m for _, m in t.sent]
+        finally:
+            so.destroy()
+    assume(len(round_after_commit(core=False)) == 2, "P5: pysyncobj sends each follower an append_entries "
+           "after applying (the eager commit round)")
+    assume(round_after_commit(core=True) == [], "P5: RaftCore sends nothing after applying")
+
+
+def test_p6_a_pysyncobj_follower_takes_the_bounded_sends() -> None:
+    """Large entries as transmission chunks, small ones batched: a plain
+    pysyncobj follower ends with the leader's log."""
+    consumer = Echo()
+    leader, lt = make(consumer=consumer, core=True, batch=1024)
+    follower, ft = make(self_addr=PEER_B, peers=(SELF, PEER_C), batch=1024)
+    try:
+        elect(leader, lt)
+        for data in (b"L" * 5000, b"s1", b"s2", b"L" * 2048):
+            consumer.apply(data, callback=lambda res, err: None)
+        leader.doTick(0.0)
+        b = node_of(leader, PEER_B)
+        to_b = [m for n, m in lt.sent if n == b]
+        assume({m.get("transmission") for m in to_b} >= {"start", "process", "finish"},
+               "P6: an entry over a batch goes as start/process/finish chunks")
+        source = node_of(follower, SELF)
+        for m in to_b:
+            ft.deliver(source, m)
+        log = leader._SyncObj__raftLog
+        assume(list(follower._SyncObj__raftLog[:]) == list(log[:]),
+               "P6: a pysyncobj follower rebuilds the leader's log from what RaftCore sent")
+        acks = [m for _, m in ft.sent if m["type"] == "next_node_idx" and m["success"]]
+        assume(acks[-1]["next_node_idx"] == log[-1][1] + 1, "the follower acks the last entry")
+    finally:
+        leader.destroy()
+        follower.destroy()
+
+
 # ---- the transport and the connection --------------------------------------------
 
 
 def test_transport_hooks() -> None:
     assume(signature(TCPTransport.__init__)[1:] == ["syncObj", "selfNode", "otherNodes"], "TCPTransport(syncObj, ...)")
     assume(signature(TCPTransport._onNewIncomingConnection)[1:] == ["conn"],
-           "P8: TcpServer hands new connections to TCPTransport._onNewIncomingConnection(conn)")
+           "P7: TcpServer hands new connections to TCPTransport._onNewIncomingConnection(conn)")
     assume("self._connections[node] = conn" in inspect.getsource(TCPTransport.addNode),
-           "P8: addNode creates the outgoing connection in _connections[node]")
+           "P7: addNode creates the outgoing connection in _connections[node]")
     assume("self._onNewIncomingConnection" in inspect.getsource(TCPTransport._createServer),
-           "P8: the server's new-connection callback is _onNewIncomingConnection")
+           "P7: the server's new-connection callback is _onNewIncomingConnection")
     for where in (TCPTransport.addNode, TCPTransport._onIncomingMessageReceived,
                   TCPTransport._onOutgoingMessageReceived):
         assume("partial(self._onMessageReceived, node)" in inspect.getsource(where),
                f"every peer message reaches SyncObj through Transport._onMessageReceived ({where.__name__}): "
                "raft.py filters there (rejoin, pre-vote, stale appends)")
     bind = inspect.getsource(TcpServer.bind)
-    assume("self.__socket.listen(5)" in bind, "P9: TcpServer.bind listens on self.__socket with a backlog of 5")
-    assume("self._ready" in inspect.getsource(TCPTransport._maybeBind), "P9: _maybeBind sets _ready once bound")
+    assume("self.__socket.listen(5)" in bind, "P8: TcpServer.bind listens on self.__socket with a backlog of 5")
+    assume("self._ready" in inspect.getsource(TCPTransport._maybeBind), "P8: _maybeBind sets _ready once bound")
 
 
 class RecordingPoller:
@@ -450,15 +546,15 @@ def tcp() -> Iterator[tuple[TcpConnection, socket.socket, RecordingPoller]]:
 def test_tcp_connection_private_state_and_methods(tcp: tuple[TcpConnection, socket.socket, RecordingPoller]) -> None:
     conn, _, _ = tcp
     for name in TCP_STATE:
-        assume(hasattr(conn, f"_TcpConnection__{name}"), f"P10: TcpConnection keeps `__{name}`")
-    assume(isinstance(conn._TcpConnection__readBuffer, bytes), "P10: the buffers start as bytes (seal converts)")
+        assume(hasattr(conn, f"_TcpConnection__{name}"), f"P9: TcpConnection keeps `__{name}`")
+    assume(isinstance(conn._TcpConnection__readBuffer, bytes), "P9: the buffers start as bytes (seal converts)")
     for name, params in TCP_METHODS.items():
-        assume(signature(getattr(TcpConnection, name))[1:] == params, f"P10: TcpConnection.{name}({params})")
+        assume(signature(getattr(TcpConnection, name))[1:] == params, f"P9: TcpConnection.{name}({params})")
     src = inspect.getsource(TcpConnection._TcpConnection__trySendBuffer)
-    assume("while self.__processSend()" in src, "P10: __trySendBuffer loops on __processSend")
+    assume("while self.__processSend()" in src, "P9: __trySendBuffer loops on __processSend")
     src = inspect.getsource(TcpConnection._TcpConnection__processConnection)
     assume(src.index("self.__tryReadBuffer()") < src.index("self.__processParseMessage()"),
-           "P10: a READ event reads (__tryReadBuffer), then parses until __processParseMessage returns None")
+           "P9: a READ event reads (__tryReadBuffer), then parses until __processParseMessage returns None")
 
 
 def test_tcp_connection_closes_before_it_unsubscribes(
@@ -480,13 +576,13 @@ def test_tcp_connection_write_events_stop_once_the_buffer_is_empty(
 
 def test_seal_converts_a_connection_pysyncobj_made(tcp: tuple[TcpConnection, socket.socket, RecordingPoller]) -> None:
     conn, peer, _ = tcp
-    conn.encryptor = LinkKey("x")
+    conn.encryptor = KEY
     sealed = seam.seal(conn, 1 << 20)
     sealed.send("hello")
     assume(isinstance(sealed._TcpConnection__readBuffer, bytearray)
            and isinstance(sealed._TcpConnection__writeBuffer, bytearray),
-           "P10: the buffer attributes become bytearray properties")
-    assume(peer.recv(4096), "P10: a sealed connection sends through pysyncobj's __trySendBuffer")
+           "P9: the buffer attributes become bytearray properties")
+    assume(peer.recv(4096), "P9: a sealed connection sends through pysyncobj's __trySendBuffer")
 
 
 # ---- the rule: pysyncobj only through the seam -----------------------------------
