@@ -185,11 +185,6 @@ class RaftCore(SyncObj):
         """A leadership transfer ('timeout_now') forces this node's election."""
         return self._SyncObj__transferInProgress  # type: ignore[attr-defined,no-any-return]
 
-    @property
-    def next_index(self) -> dict[Any, int]:
-        """The leader's nextIndex per follower (the live dict)."""
-        return self._SyncObj__raftNextIndex  # type: ignore[attr-defined,no-any-return]
-
     def last_log_entry(self) -> tuple[bytes, int, int]:
         return self._SyncObj__raftLog[-1]  # type: ignore[attr-defined,no-any-return]
 
@@ -327,6 +322,10 @@ class SeamTransport(TCPTransport):
         # `syncObj._poller` and the tick polls it: replacing it here, first,
         # means no socket and no poll ever sees pysyncobj's own.
         syncObj._poller = poller
+        # The leader's nextIndex per follower. SyncObj.__init__ creates this
+        # dict before the transport and never replaces it, so a reference
+        # kept here stays live (read on every ack: a plain attribute).
+        self.leader_next_index: dict[Any, int] = syncObj._SyncObj__raftNextIndex
         super().__init__(syncObj, selfNode, otherNodes)
 
     def admit(self, conn: SealedConnection) -> bool:

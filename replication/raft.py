@@ -474,7 +474,7 @@ class _SyncingTransport(SeamTransport):
         TCP connection): each ack of a pipelined entry resent all later ones.
         A successful ack may only move nextIndex forward; a reset (the
         follower lacks prevLogIdx, e.g. after a reconnect) still moves it back."""
-        next_index = self.core.next_index
+        next_index = self.leader_next_index
         before = next_index.get(node)
         super()._onMessageReceived(node, message)
         if (before is not None and message.get("success") and not message.get("reset")

@@ -223,7 +223,7 @@ def test_every_override_in_the_seam_replaces_something_pysyncobj_has(cls: type, 
             "unsent_bytes", "unparsed_bytes", "last_read_at", "frames_sent", "peer_host", "on_poll_event",
             "is_leader", "leader_node", "raft_state", "set_state", "forget_leader", "set_current_term",
             "election_deadline", "new_election_timeout", "connected_to_anyone", "transfer_in_progress",
-            "next_index", "last_log_entry"}
+            "last_log_entry"}
     for name, value in vars(cls).items():
         if name.startswith("__") or name in ours or not callable(value) and not isinstance(value, property):
             continue
@@ -347,6 +347,15 @@ def test_the_leader_moves_next_index_back_to_every_ack(leader: tuple[SyncObj, Re
     assume(so._SyncObj__raftMatchIndex[b] == 2, "matchIndex = next_node_idx - 1")
 
 
+def test_the_next_index_dict_exists_before_the_transport_and_is_never_replaced() -> None:
+    """SeamTransport keeps a reference to it (leader_next_index)."""
+    src = inspect.getsource(SyncObj)
+    init = inspect.getsource(SyncObj.__init__)
+    assume(src.count("self.__raftNextIndex = ") == 1
+           and init.index("self.__raftNextIndex = {}") < init.index("transportClass(self"),
+           "__raftNextIndex is assigned once, in __init__, before the transport is constructed")
+
+
 def test_a_follower_reassembles_transmission_chunks() -> None:
     """P6 sends an entry larger than a batch as start/process.../finish chunks
     of pysyncobj.pickle.dumps(entry)."""
@@ -420,7 +429,6 @@ def test_the_accessors_read_and_write_pysyncobjs_own_state() -> None:
         elect(so, t)
         assume(so.is_leader() and so.raft_state == seam.LEADER and so.leader_node() is so.selfNode,
                "is_leader / raft_state / leader_node read __raftState and __raftLeader")
-        assume(so.next_index is so._SyncObj__raftNextIndex, "next_index is the leader's live nextIndex dict")
         assume(so.last_log_entry() == so._SyncObj__raftLog[-1], "last_log_entry reads __raftLog")
         assume(so.connected_to_anyone() and not so.transfer_in_progress, "connected_to_anyone, transfer_in_progress")
         assume(40.0 <= so.new_election_timeout() <= 100.0, "new_election_timeout is within raftMin/MaxTimeout")
