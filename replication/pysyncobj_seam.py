@@ -47,6 +47,18 @@ Behaviours relied on without a patch (pinned by the assumptions test):
     into pickle(entry) (P6 sends them);
   * dump chunks are `Serializer.getTransmissionData(node)` = (data, first,
     last) inside {'serialized': ...};
+  * a new leader appends a no-op and sends it while handling the vote,
+    outside a tick (raft.py: `leader_synced`);
+  * the leader's nextIndex dict exists before the transport and is never
+    replaced (`SeamTransport.leader_next_index`);
+  * a replicated call is journalled as byte 0 + pickle protocol 2 of
+    (method id, args): the journal format;
+  * a custom serializer writes dump + '.tmp', renamed over the dump after
+    (replication/snapshot.py); a custom deserializer returns (last, prev,
+    cluster), and loading it keeps a journal that starts with (prev, last)
+    (raft.py `_align_journal`);
+  * TcpConnection.disconnect closes the socket before it unsubscribes, and
+    a WRITE event with nothing left to send drops the WRITE subscription (P9);
   * `pollerType='select'` makes the poller P4 replaces hold no descriptor.
 Loop thread only, like the adapter that uses it.
 """
@@ -82,11 +94,13 @@ __all__ = [
 
 PINNED_VERSION = "0.3.17"
 if VERSION != PINNED_VERSION:  # pragma: no cover - guarded by the pin in pyproject
-    raise ImportError(f"replication.pysyncobj_seam wraps pysyncobj {PINNED_VERSION} internals; "
-                      f"found {VERSION} (run tests/unit/test_pysyncobj_assumptions.py)")
+    raise ImportError(f"replication.pysyncobj_seam wraps pysyncobj {PINNED_VERSION} internals, found {VERSION}: "
+                      "tests/unit/test_pysyncobj_assumptions.py lists what it relies on")
 
-# pysyncobj's _RAFT_STATE values (what onStateChanged reports).
-FOLLOWER, CANDIDATE, LEADER = 0, 1, 2
+# The Raft states, as onStateChanged reports them.
+FOLLOWER = _pso_syncobj._RAFT_STATE.FOLLOWER
+CANDIDATE = _pso_syncobj._RAFT_STATE.CANDIDATE
+LEADER = _pso_syncobj._RAFT_STATE.LEADER
 
 # P1. With appendEntriesUseBatch off, pysyncobj writes to a wake-up pipe on
 # every proposal so its poll() returns; the adapter proposes on the loop

@@ -50,12 +50,12 @@ this module uses the seam's named accessors and hooks.
   every ack, resending entries already on the way; a follower that missed
   heartbeats meanwhile started an election it could not win and still made
   the leader step down (1 MiB x 200 sequential submits: term 1 -> 74, p50
-  222 ms). Now a partial send drains on WRITE events (replication/link.py), a
+  222 ms). Now a partial send drains on WRITE events (seam P9), a
   leader queues new entries to a follower only while fewer than
   max_in_flight_bytes wait unsent to it (the heartbeat always goes), acks
   never move nextIndex back, and a follower asks for a pre-vote before it
   starts an election (none while bytes from its leader are still arriving).
-* The Raft port's limits (`_SyncingTransport`, replication/link.py): frames
+* The Raft port's limits (`_SyncingTransport`, the seam's `SealedConnection`): frames
   capped by the append batch size (a few KiB before the handshake), a
   handshake deadline, idle connections reaped (peers keep quiet links alive),
   and only the configured peers' hosts served.
@@ -76,11 +76,11 @@ this module uses the seam's named accessors and hooks.
   retries with the same ids, which is safe because every command is idempotent).
 
 Threads: none of pysyncobj's own. pysyncobj runs with autoTick off and its
-poller replaced by `_LoopPoller` (seam P1, P4), so its sockets are watched by an asyncio
-event loop (the node server's, or a private one on a thread of its own when
-none is given) and every tick runs on that loop: a proposal is appended and
-sent in the same loop iteration it arrives in, and a commit resolves its
-futures without a thread hop. (With a tick thread, each commit crossed
+poller replaced by `_LoopPoller` (seam P1, P4), so its sockets are watched by
+an asyncio event loop (the node server's, or a private one on a thread of its
+own when none is given) and every tick runs on that loop: a proposal is
+appended and sent in the same loop iteration it arrives in, and a commit
+resolves its futures without a thread hop. (With a tick thread, each commit crossed
 threads twice and the two threads fought over the GIL: ~0.4 ms of a
 sequential submit on a 2-core box.) Apply, `on_applied`, propose callbacks,
 the journal, the dump writer and the transport all run on the loop thread.

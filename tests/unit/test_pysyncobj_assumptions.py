@@ -236,8 +236,8 @@ def test_every_override_in_the_seam_replaces_something_pysyncobj_has(cls: type, 
 
 def test_the_raft_states_are_the_seams_constants(leader: tuple[SyncObj, RecordingTransport]) -> None:
     so, _ = leader
-    assume((seam.FOLLOWER, seam.CANDIDATE, seam.LEADER) == (pso_syncobj._RAFT_STATE.FOLLOWER,
-           pso_syncobj._RAFT_STATE.CANDIDATE, pso_syncobj._RAFT_STATE.LEADER), "_RAFT_STATE is 0, 1, 2")
+    assume((seam.FOLLOWER, seam.CANDIDATE, seam.LEADER) == (0, 1, 2),
+           "_RAFT_STATE is FOLLOWER 0, CANDIDATE 1, LEADER 2 (raft.py's status names them)")
     assume(so._SyncObj__raftState == seam.LEADER, "a leader's __raftState is LEADER")
 
 
