@@ -279,19 +279,13 @@ def test_tick_order() -> None:
            "doTick runs _onTick (RaftNode._tick calls before_tick, then doTick)")
     src = inspect.getsource(SyncObj._onTick)
     steps = ["__raftElectionDeadline < monotonicTime()", "while commitIdx < self.__getCurrentLogIndex()",
-             "needSendAppendEntries = self.__applyLogEntries()", "self.__sendAppendEntries()", "self._checkCommandsToApply()",
+             "needSendAppendEntries = self.__applyLogEntries()", "self.__sendAppendEntries()",
+             "self._checkCommandsToApply()",
              "self.__tryLogCompaction()", "for callback in self.__onTickCallbacks", "self._poller.poll"]
     at = [src.find(s) for s in steps]
     assume(-1 not in at and at == sorted(at),
            "_onTick runs: election check, commit index, apply, send, new proposals, compaction, "
            f"on-tick callbacks, poll (in that order; positions {dict(zip(steps, at))})")
-
-
-def test_p5_applying_asks_for_an_append_entries_round(leader: tuple[SyncObj, RecordingTransport]) -> None:
-    so, _ = leader
-    so._SyncObj__raftCommitIndex = so._SyncObj__raftLog[-1][1]
-    assume(SyncObj._SyncObj__applyLogEntries(so) is True,
-           "P5: __applyLogEntries returns True after applying (appendEntriesUseBatch off): the eager round")
 
 
 def test_the_new_leader_appends_a_no_op_and_sends_it_at_once() -> None:
@@ -391,7 +385,7 @@ def test_dump_chunks_and_the_deserializer_contract() -> None:
            "a custom serializer is called with dump + '.tmp', then renamed over the dump (snapshot.py)")
 
 
-def test_the_journal_format_of_a_replicated_call(tmp_path: Path) -> None:
+def test_the_journal_format_of_a_replicated_call() -> None:
     """The command bytes pysyncobj stores for `_Replica.apply(data)` (raft.py):
     changing them changes the journal format."""
     consumer = Echo()
