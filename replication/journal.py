@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgpack
-from pysyncobj.journal import Journal
+from replication.pysyncobj_seam import Journal
 
 log = logging.getLogger("raftq.journal")
 

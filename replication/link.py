@@ -24,10 +24,10 @@ connection from being replayed as a new one. Nothing is unpickled before the
 tag checks out, which is what keeps the Raft port from running a stranger's
 pickle. No zlib: these are LAN/loopback links and the CPU is the bottleneck.
 
-`SealedConnection` is a `TcpConnection` whose class the transport swaps in
-(`seal(conn, max_frame)`) right after pysyncobj creates each connection,
-before any byte is read or written on it; `LinkKey` is what pysyncobj then
-holds as its "encryptor". Loop thread only (replication/raft.py).
+This module is the framing alone and knows nothing of pysyncobj: the
+connection that uses it (`SealedConnection`, a pysyncobj `TcpConnection`) is
+in replication/pysyncobj_seam.py, and `LinkKey` is what pysyncobj holds as
+its "encryptor" there. Loop thread only (replication/raft.py).
 
 Limits (what a connection can make this node buffer):
 * Until the connection is authentic (a frame carrying the random key this
@@ -42,18 +42,13 @@ Limits (what a connection can make this node buffer):
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import hmac
 import os
 import pickle
-import socket
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pysyncobj.monotonic import monotonic
-from pysyncobj.poller import POLL_EVENT_TYPE
-from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection, _getAddrType
 
 SALT_BYTES = 16
 COUNTER_BYTES = 8
@@ -166,210 +161,3 @@ class Receiver:
             raise LinkError("authentication failed") from exc
         self._counter = n
         return pickle.loads(plain)  # only ever on authenticated bytes
-
-
-def _bytearray_attribute(name: str) -> property:
-    """One of TcpConnection's name-mangled buffer attributes, stored in `name`
-    and kept a bytearray whatever pysyncobj assigns (`bytes()`, a slice); its
-    own `+=` hands back the same object, which is kept as it is."""
-    def get(self: Any) -> bytearray:
-        return getattr(self, name)  # type: ignore[no-any-return]
-
-    def set_(self: Any, value: bytes | bytearray) -> None:
-        if value is not getattr(self, name):
-            setattr(self, name, bytearray(value))
-    return property(get, set_)
-
-
-class SealedConnection(TcpConnection):
-    """pysyncobj's TcpConnection with the framing above and bytearray buffers.
-
-    The base class keeps its buffers in name-mangled attributes and reassigns
-    them (`= bytes()` on connect/disconnect, `+=` on read); the properties
-    below keep them bytearrays, so appends and front cuts are O(1). Its
-    messages are always sealed: without the cluster's LinkKey it refuses to
-    send and drops whatever arrives.
-
-    Besides pysyncobj's behaviour: frames are capped as the module docstring
-    says; `opened_at`, `authentic` and `last_frame_at` (pysyncobj's monotonic
-    clock) tell the transport's reaper when the connection began and whether
-    and when the other side last proved it holds the key; an
-    outgoing connection binds its source address to `bind_host` (so peers can
-    check it); and a send that does not fit in the socket at once asks the
-    poller for WRITE events, so the rest drains as the socket allows
-    (pysyncobj only flushed its write buffer on its next send: a 1 MiB entry
-    crept out one socket buffer per heartbeat, with heartbeats behind it).
-    """
-
-    _rbuf: bytearray
-    _wbuf: bytearray
-    _sender: Sender | None
-    _receiver: Receiver | None
-    max_frame: int
-    bind_host: str | None
-    authentic: bool
-    opened_at: float
-    last_frame_at: float
-
-    keepalive_mark: int  # frames_sent at the reaper's last round (raft.py)
-
-    _TcpConnection__readBuffer = _bytearray_attribute("_rbuf")
-    _TcpConnection__writeBuffer = _bytearray_attribute("_wbuf")
-
-    @property
-    def unsent_bytes(self) -> int:
-        """Bytes queued here that the socket has not taken yet."""
-        return len(self._wbuf)
-
-    @property
-    def frames_sent(self) -> int:
-        """Frames sealed on this TCP connection so far (its counter)."""
-        return self._sender.counter if self._sender is not None else 0
-
-    def peer_host(self) -> str | None:
-        sock = self._TcpConnection__socket  # type: ignore[attr-defined]
-        try:
-            return str(sock.getpeername()[0]) if sock is not None else None
-        except OSError:
-            return None
-
-    def _new_session(self) -> None:
-        key = self.encryptor
-        if not isinstance(key, LinkKey):  # never fall back to pysyncobj's framing
-            raise LinkError("a sealed connection needs the cluster's LinkKey")
-        self._sender, self._receiver = Sender(key), Receiver(key)
-
-    def connect(self, host: str, port: int) -> Any:
-        if self.bind_host is None:
-            result = super().connect(host, port)
-        else:
-            result = self._connect_from(self.bind_host, host, port)
-        self._new_session()  # a new TCP connection: a new salt, counters from 1
-        self.authentic = False
-        self.opened_at = self.last_frame_at = monotonic()
-        return result
-
-    def _connect_from(self, source: str, host: str, port: int) -> bool:
-        """TcpConnection.connect, with the socket bound to `source` first
-        (pysyncobj lets the kernel pick the source address: on loopback always
-        127.0.0.1, on a multi-homed host any interface's)."""
-        if host is None:
-            return False
-        self._TcpConnection__state = CONNECTION_STATE.DISCONNECTED
-        self._TcpConnection__fileno = None
-        sock = socket.socket(_getAddrType(host), socket.SOCK_STREAM)
-        self._TcpConnection__socket = sock
-        sndbuf, rcvbuf = self._TcpConnection__sendBufferSize, self._TcpConnection__recvBufferSize  # type: ignore[attr-defined]
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.setSockoptKeepalive()
-        sock.setblocking(False)
-        self._rbuf, self._wbuf = bytearray(), bytearray()
-        self._TcpConnection__lastReadTime = monotonic()
-        try:
-            sock.bind((source, 0))
-            sock.connect((host, port))
-        except OSError as exc:
-            if exc.errno not in (errno.EINPROGRESS, errno.EWOULDBLOCK):
-                sock.close()
-                self._TcpConnection__socket = None
-                return False
-        self._TcpConnection__fileno = sock.fileno()
-        self._TcpConnection__state = CONNECTION_STATE.CONNECTING
-        self._TcpConnection__poller.subscribe(  # type: ignore[attr-defined]
-            self._TcpConnection__fileno, self._TcpConnection__processConnection,  # type: ignore[attr-defined]
-            POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR)
-        return True
-
-    def disconnect(self) -> None:
-        self._sender = self._receiver = None
-        fileno = self._TcpConnection__fileno  # type: ignore[attr-defined]
-        if fileno is not None:
-            # pysyncobj closes the socket first and unsubscribes after; an
-            # event loop's epoll cannot drop a closed fd, so unsubscribe first.
-            self._TcpConnection__poller.unsubscribe(fileno)  # type: ignore[attr-defined]
-        super().disconnect()
-
-    def send(self, message: Any) -> None:
-        if self._sender is None:
-            self._new_session()
-        assert self._sender is not None
-        if self.sendRandKey:
-            message = (self.sendRandKey, message)
-        self._wbuf += self._sender.seal(message)
-        self._TcpConnection__trySendBuffer()  # type: ignore[attr-defined]
-        if self._wbuf and self.state == CONNECTION_STATE.CONNECTED:
-            # Drain the rest on WRITE events; pysyncobj's WRITE handler drops
-            # the WRITE subscription again once the buffer is empty.
-            self._TcpConnection__poller.subscribe(  # type: ignore[attr-defined]
-                self._TcpConnection__fileno, self._TcpConnection__processConnection,  # type: ignore[attr-defined]
-                POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR)
-
-    def _frame_cap(self) -> int:
-        return self.max_frame if self.authentic else HANDSHAKE_FRAME_BYTES
-
-    def _TcpConnection__processSend(self) -> bool:  # noqa: N802
-        buf = self._wbuf
-        if not buf:
-            return False
-        try:
-            sent = self._TcpConnection__socket.send(buf)  # type: ignore[attr-defined]
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-                self.disconnect()
-            return False
-        if sent <= 0:
-            if sent < 0:
-                self.disconnect()
-            return False
-        del buf[:sent]
-        return True
-
-    def _TcpConnection__tryReadBuffer(self) -> None:  # noqa: N802
-        # pysyncobj reads until EAGAIN: a fast stream would grow the buffer
-        # without bound before any length is checked. Stop at one whole frame
-        # of the current cap; level-triggered polling brings the rest.
-        limit = 4 + self._frame_cap()
-        while len(self._rbuf) < limit and self._TcpConnection__processRead():  # type: ignore[attr-defined]
-            pass
-        self._TcpConnection__lastReadTime = monotonic()
-
-    def _TcpConnection__processParseMessage(self) -> Any:  # noqa: N802
-        try:
-            if self._receiver is None:
-                self._new_session()
-            receiver = self._receiver
-            assert receiver is not None
-            frame = receiver.next_frame(self._rbuf, self._frame_cap())
-            if frame is None:
-                return None
-            message = receiver.open(frame)
-            if self.recvRandKey:
-                rand_key, message = message
-                if rand_key != self.recvRandKey:
-                    raise LinkError("wrong connection key")
-                self.authentic = True  # it holds the key this node chose: not a replay
-        except Exception:
-            self.disconnect()  # like pysyncobj: a bad frame drops the connection
-            return None
-        self.last_frame_at = monotonic()
-        return message
-
-
-def seal(conn: TcpConnection, max_frame: int, bind_host: str | None = None) -> SealedConnection:
-    """Turn a TcpConnection pysyncobj just created into a SealedConnection
-    whose authentic frames may hold up to `max_frame` bytes (max_frame_bytes);
-    `bind_host`: the source address of its outgoing connects."""
-    state = conn.__dict__
-    rbuf = state.pop("_TcpConnection__readBuffer", b"")
-    wbuf = state.pop("_TcpConnection__writeBuffer", b"")
-    conn.__class__ = SealedConnection
-    assert isinstance(conn, SealedConnection)
-    conn._rbuf, conn._wbuf = bytearray(rbuf), bytearray(wbuf)
-    conn._sender = conn._receiver = None
-    conn.max_frame, conn.bind_host = max_frame, bind_host
-    conn.authentic = False
-    conn.opened_at = conn.last_frame_at = monotonic()
-    conn.keepalive_mark = 0
-    return conn

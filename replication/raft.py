@@ -1,13 +1,13 @@
 """The one adapter that owns pysyncobj: Raft replication of a `JobMachine`.
 
-`RaftNode` wraps pysyncobj 0.3.17 (pinned: this module relies on internals of
-that exact version and refuses to import with any other) and adds what it
-lacks for raftq:
+`RaftNode` wraps pysyncobj 0.3.17 and adds what it lacks for raftq. Every
+reliance on pysyncobj's internals (the seam's patches P1-P9, the private
+state read or changed, the behaviours relied on) is in
+replication/pysyncobj_seam.py, pinned by tests/unit/test_pysyncobj_assumptions.py;
+this module uses the seam's named accessors and hooks.
 
-* Durability. Our `DurableJournal` replaces pysyncobj's unflushed mmap journal.
-  pysyncobj has no hook for that, so `createJournal` in `pysyncobj.syncobj` is
-  swapped only while `SyncObj.__init__` runs (under a module lock). With
-  durability="fsync":
+* Durability. Our `DurableJournal` replaces pysyncobj's unflushed mmap journal
+  (seam P2). With durability="fsync":
     - a follower or candidate syncs the journal before ANY Raft message leaves
       it (`_SyncingTransport.send`), so a next_node_idx ack or a vote never
       describes log state that is not on disk;
@@ -43,25 +43,25 @@ lacks for raftq:
   keepalive carries no log state at all; a deferred send (bytes-in-flight
   bound, below) only delays an append_entries, and every ack still follows
   the follower's sync.
-* Replication that survives large entries (`_SyncObj`, `_PreVote`). pysyncobj
+* Replication that survives large entries (seam P5, P6, P9, `_PreVote`). pysyncobj
   flushed a connection's write buffer only on its next send (a 1 MiB entry
   crept out one socket buffer per 50 ms heartbeat, heartbeats queued behind
   it), queued everything from nextIndex at once, and moved nextIndex back on
   every ack, resending entries already on the way; a follower that missed
   heartbeats meanwhile started an election it could not win and still made
   the leader step down (1 MiB x 200 sequential submits: term 1 -> 74, p50
-  222 ms). Now a partial send drains on WRITE events (replication/link.py), a
+  222 ms). Now a partial send drains on WRITE events (seam P9), a
   leader queues new entries to a follower only while fewer than
   max_in_flight_bytes wait unsent to it (the heartbeat always goes), acks
   never move nextIndex back, and a follower asks for a pre-vote before it
   starts an election (none while bytes from its leader are still arriving).
-* The Raft port's limits (`_SyncingTransport`, replication/link.py): frames
+* The Raft port's limits (`_SyncingTransport`, the seam's `SealedConnection`): frames
   capped by the append batch size (a few KiB before the handshake), a
   handshake deadline, idle connections reaped (peers keep quiet links alive),
   and only the configured peers' hosts served.
 * A rejoin start mode (`rejoin=True`, `raftq node --rejoin`): a node whose
   data dir was wiped forgot its votes, so until a leader contacts it, it
-  neither votes nor stands (`_RejoinableSyncObj`, docs/storage.md).
+  neither votes nor stands (`_SyncObj`, docs/storage.md).
 * Snapshots without pickle: pysyncobj's custom serializer hooks write our own
   msgpack dump from a forked child (replication/snapshot.py).
 * One replicated method. State lives in `_Replica`, a `SyncObjConsumer` with
@@ -76,11 +76,11 @@ lacks for raftq:
   retries with the same ids, which is safe because every command is idempotent).
 
 Threads: none of pysyncobj's own. pysyncobj runs with autoTick off and its
-poller replaced by `_LoopPoller`, so its sockets are watched by an asyncio
-event loop (the node server's, or a private one on a thread of its own when
-none is given) and every tick runs on that loop: a proposal is appended and
-sent in the same loop iteration it arrives in, and a commit resolves its
-futures without a thread hop. (With a tick thread, each commit crossed
+poller replaced by `_LoopPoller` (seam P1, P4), so its sockets are watched by
+an asyncio event loop (the node server's, or a private one on a thread of its
+own when none is given) and every tick runs on that loop: a proposal is
+appended and sent in the same loop iteration it arrives in, and a commit
+resolves its futures without a thread hop. (With a tick thread, each commit crossed
 threads twice and the two threads fought over the GIL: ~0.4 ms of a
 sequential submit on a 2-core box.) Apply, `on_applied`, propose callbacks,
 the journal, the dump writer and the transport all run on the loop thread.
@@ -105,26 +105,18 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import msgpack
-import pysyncobj.syncobj as _pso_syncobj
-from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, SyncObjException, replicated
-from pysyncobj.config import FAIL_REASON
-from pysyncobj.monotonic import monotonic as _pso_monotonic
-from pysyncobj.poller import POLL_EVENT_TYPE
-from pysyncobj.tcp_connection import CONNECTION_STATE
-from pysyncobj.transport import TCPTransport
-from pysyncobj.version import VERSION as _PSO_VERSION
 
 from replication.journal import DurableJournal, Entry, JournalError, JournalFailed
-from replication.link import (DUMP_CHUNK_BYTES, ENTRY_OVERHEAD_BYTES, LinkKey, SealedConnection,
-                              max_frame_bytes, seal)
+from replication.link import DUMP_CHUNK_BYTES, LinkKey, max_frame_bytes
+from replication.pysyncobj_seam import (CANDIDATE, CONNECTION_STATE, FAIL_REASON, FOLLOWER, LEADER,
+                                        POLL_EVENT_TYPE, RaftCore, SealedConnection, SeamTransport,
+                                        SyncObjConf, SyncObjConsumer, SyncObjException, journal_injected,
+                                        monotonic, replicated)
 from replication.snapshot import Dump, DumpError, DumpWriter, read_dump
 
 # RaftNode() raises RaftStartError (port taken), JournalError (damaged journal
 # or meta) or DumpError (damaged dump): each means "do not start this node".
 __all__ = ["RaftConfig", "RaftConfigError", "RaftNode", "RaftStartError", "JournalError", "DumpError"]
-
-if _PSO_VERSION != "0.3.17":  # pragma: no cover - guarded by the pin in pyproject
-    raise ImportError(f"replication.raft wraps pysyncobj 0.3.17 internals; found {_PSO_VERSION}")
 
 log = logging.getLogger("raftq.raft")
 
@@ -149,7 +141,7 @@ _FAIL_CODES: dict[int, str] = {
     FAIL_REASON.REQUEST_DENIED: INTERNAL,
 }
 
-_ROLES = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj's _RAFT_STATE values
+_ROLES = {FOLLOWER: "follower", CANDIDATE: "candidate", LEADER: "leader"}
 
 ProposeCallback = Callable[[list | None, str | None], None]
 
@@ -363,7 +355,7 @@ class _StaleAppendGuard:
         return out
 
 
-class _SyncingTransport(TCPTransport):
+class _SyncingTransport(SeamTransport):
     """pysyncobj's TCP transport, but a follower's or candidate's every send is
     preceded by a journal sync (a leader's is not: see the module docstring),
     and append_entries pass through `_StaleAppendGuard` on the way in.
@@ -381,17 +373,17 @@ class _SyncingTransport(TCPTransport):
       connection that sent nothing since the last round (two followers
       exchange no Raft messages at all between elections);
     * `pre_vote`, `pre_vote_response` and `keepalive` messages go to
-      `_PreVote` or nowhere, never to pysyncobj.
+      `_PreVote` or nowhere, never to pysyncobj;
+    * in the rejoin mode, request_vote never reaches pysyncobj (`_SyncObj`).
     Loop thread only.
     """
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any, *,  # noqa: N803
-                 journal: DurableJournal, trace: _Trace | None, config: RaftConfig) -> None:
+                 journal: DurableJournal, trace: _Trace | None, config: RaftConfig,
+                 poller: _LoopPoller) -> None:
         self._journal = journal
         self._trace = trace
         self._guard = _StaleAppendGuard(journal)
-        self._max_frame = max_frame_bytes(config.append_entries_batch_bytes)
-        self._bind_host = _source_host(config.self_addr)
         self._peer_hosts = _resolve_hosts(config.peers)
         self._handshake_timeout = config.handshake_timeout_s
         self._idle_timeout = config.idle_timeout_s
@@ -404,54 +396,36 @@ class _SyncingTransport(TCPTransport):
         # sync covered yet. Set by RaftNode._on_state_changed (loop thread).
         self.leader_synced = False
         self.is_leader = False
-        super().__init__(syncObj, selfNode, otherNodes)
+        super().__init__(syncObj, selfNode, otherNodes, poller=poller,
+                         max_frame=max_frame_bytes(config.append_entries_batch_bytes),
+                         bind_host=_source_host(config.self_addr), listen_backlog=LISTEN_BACKLOG)
 
-    def addNode(self, node: Any) -> None:  # noqa: N802 - outgoing connections are made here
-        super().addNode(node)
-        conn = self._connections.get(node)
-        if conn is not None:
-            seal(conn, self._max_frame, self._bind_host)
-
-    def _onNewIncomingConnection(self, conn: Any) -> None:  # noqa: N802
-        sealed = seal(conn, self._max_frame)
-        host = sealed.peer_host()
-        if host not in self._peer_hosts:
-            self.refused += 1
-            if host not in self._refused_hosts and len(self._refused_hosts) < 100:
-                self._refused_hosts.add(host or "?")
-                log.warning("Raft port: refused a connection from %s (not a configured peer host; "
-                            "further ones from it are closed silently)", host)
-            sealed.disconnect()
-            return
-        super()._onNewIncomingConnection(sealed)
-
-    def _maybeBind(self) -> None:  # noqa: N802
-        # pysyncobj listens with a backlog of 5: a burst of strangers' connects
-        # would make a peer's (re)connect wait for SYN retransmits (1 s, 3 s).
-        was_ready = self._ready
-        super()._maybeBind()
-        if self._ready and not was_ready and self._server is not None:
-            self._server._TcpServer__socket.listen(LISTEN_BACKLOG)
-
-    def unsent_bytes(self, node: Any) -> int:
-        conn = self._connections.get(node)
-        return conn.unsent_bytes if isinstance(conn, SealedConnection) else 0
+    def admit(self, conn: SealedConnection) -> bool:
+        host = conn.peer_host()
+        if host in self._peer_hosts:
+            return True
+        self.refused += 1
+        if host not in self._refused_hosts and len(self._refused_hosts) < 100:
+            self._refused_hosts.add(host or "?")
+            log.warning("Raft port: refused a connection from %s (not a configured peer host; "
+                        "further ones from it are closed silently)", host)
+        return False
 
     def partial_frame_at(self, node: Any) -> float:
         """When bytes of a frame still incomplete last arrived from `node` (0:
         none buffered). Whole frames do not count: a node that lost leadership
         still sends keepalives, which must not pass for a live leader."""
-        conn = self._connections.get(node)
-        if not isinstance(conn, SealedConnection) or not conn._rbuf:
+        conn = self.connection(node)
+        if conn is None or not conn.unparsed_bytes:
             return 0.0
-        return float(conn._TcpConnection__lastReadTime)  # type: ignore[attr-defined]
+        return conn.last_read_at
 
     def reap(self, now: float) -> None:
-        for conn in list(self._unknownConnections):
+        for conn in self.unidentified_connections():
             if now - conn.opened_at > self._handshake_timeout:
                 self.reaped += 1
                 conn.disconnect()  # pysyncobj's _onDisconnected drops it from the set
-        for conn in list(self._connections.values()):
+        for conn in self.peer_connections():
             if not isinstance(conn, SealedConnection) or conn.state == CONNECTION_STATE.DISCONNECTED:
                 continue
             if not conn.authentic:
@@ -470,13 +444,19 @@ class _SyncingTransport(TCPTransport):
         self.is_leader = leader
         self.leader_synced = False
 
-    def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+    def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802 - Transport's dispatch
         if isinstance(message, dict):
             kind = message.get("type")
             if kind == "append_entries":
-                message = self._guard.rewrite(message, self._syncObj.raftCurrentTerm)
+                core = self.core
+                message = self._guard.rewrite(message, core.raftCurrentTerm)
                 if self.prevote is not None:
                     self.prevote.heard_leader(message)
+                if core.rejoining and message.get("term", -1) >= core.raftCurrentTerm:
+                    core.rejoining = False
+                    log.info("rejoin: heard from the leader of term %s; voting again", message.get("term"))
+            elif kind == "request_vote" and self.core.rejoining:
+                return
             elif kind in ("pre_vote", "pre_vote_response"):
                 if self.prevote is not None:
                     self.prevote.on_message(node, message)
@@ -494,7 +474,7 @@ class _SyncingTransport(TCPTransport):
         TCP connection): each ack of a pipelined entry resent all later ones.
         A successful ack may only move nextIndex forward; a reset (the
         follower lacks prevLogIdx, e.g. after a reconnect) still moves it back."""
-        next_index = self._syncObj._SyncObj__raftNextIndex
+        next_index = self.leader_next_index
         before = next_index.get(node)
         super()._onMessageReceived(node, message)
         if (before is not None and message.get("success") and not message.get("reset")
@@ -539,11 +519,6 @@ def _resolve_hosts(addrs: Sequence[str]) -> frozenset[str]:
         except OSError:
             out.add(host)
     return frozenset(out)
-
-
-# No wake-up pipe: proposals are made on the loop thread, which schedules the
-# tick itself (read by pysyncobj at construction and at every proposal).
-_pso_syncobj.PIPE_NOTIFIER_ENABLED = False
 
 
 class _LoopPoller:
@@ -602,137 +577,34 @@ class _LoopPoller:
         self._after_event()
 
 
-class _SyncObj(SyncObj):
-    """pysyncobj's SyncObj with three changes to its replication flow.
+class _SyncObj(RaftCore):
+    """The adapter's SyncObj: the seam's `RaftCore` (no eager commit round,
+    bounded sends) plus pre-vote and the rejoin mode, whose work before every
+    tick is `before_tick` (RaftNode._tick calls it, then doTick).
 
-    1. No eager commit round. After applying newly committed entries, a
-       leader with appendEntriesUseBatch off sends every follower an
-       append_entries at once, only to announce the new commit index, and each
-       follower acks it: per commit two more messages out, two acks back and a
-       wake-up of every follower, on the CPU the next request needs (a third of
-       a sequential submit's time on a 2-core box). Followers learn the commit
-       index from the next append_entries anyway (new entries, or the heartbeat
-       every append_entries_period_s), as in most Raft implementations; only
-       their local apply waits for it.
-    2. Bounded sends (`_SyncObj__sendAppendEntries`, below).
-    3. Pre-vote (`_PreVote`): a follower whose election timer ran out asks
-       first and starts an election only if a majority would vote for it.
+    Pre-vote (`_PreVote`): a follower whose election timer ran out asks first
+    and starts an election only if a majority would vote for it.
+
+    The rejoin mode (docs/storage.md): a node whose data dir was wiped forgot
+    the votes it cast: back while an election it voted in is still open, it
+    could vote twice in one term. While `rejoining`, it never starts an
+    election (here) and ignores request_vote (`_SyncingTransport`); the first
+    append_entries from a leader of its term or a later one ends that.
+    Loop thread only.
     """
 
-    def __init__(self, *args: Any, prevote: _PreVote, max_in_flight: int, **kwargs: Any) -> None:
+    rejoining = False
+
+    def __init__(self, *args: Any, prevote: _PreVote, **kwargs: Any) -> None:
         self._prevote = prevote
-        self._max_in_flight = max_in_flight
         super().__init__(*args, **kwargs)
         prevote.attach(self)
 
-    def _SyncObj__applyLogEntries(self) -> bool:  # noqa: N802 - pysyncobj's private name
-        SyncObj._SyncObj__applyLogEntries(self)  # type: ignore[attr-defined]
-        return False
-
-    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803
+    def before_tick(self) -> None:
+        """Before pysyncobj's tick, which starts with its election check."""
+        if self.rejoining:  # keep the election timer from ever firing
+            self.election_deadline = monotonic() + self.conf.raftMaxTimeout
         self._prevote.before_tick()  # before pysyncobj's own election check
-        super()._onTick(timeToWait)
-
-    def _SyncObj__sendAppendEntries(self) -> None:  # noqa: N802 - pysyncobj's private name
-        """pysyncobj's __sendAppendEntries, with what it sends bounded.
-
-        pysyncobj queues, per follower, everything from nextIndex to the end
-        of its log (or a whole dump, chunk after chunk) into the connection's
-        write buffer within appendEntriesPeriod, however much is still unsent
-        there, and its batches could exceed appendEntriesBatchSizeBytes by one
-        whole entry. Here:
-        * the first message of a round always goes (it is the heartbeat when
-          there is nothing new); more entries or dump chunks go only while
-          fewer than max_in_flight_bytes wait unsent to that follower; the
-          rest goes in a later round (next proposal or heartbeat), from the
-          nextIndex this one left;
-        * a batch holds entries while sum(len(command) +
-          ENTRY_OVERHEAD_BYTES) <= batch bytes; a single entry whose pickle is
-          larger goes as 'transmission' chunks of exactly batch bytes, all in
-          one go (a follower restarts a transmission at 'start'); pysyncobj
-          marked the chunk that crossed len(command) as 'finish', which could
-          come one chunk early. So every message fits link.max_frame_bytes.
-        """
-        conf = self._SyncObj__conf  # type: ignore[attr-defined]
-        now = _pso_monotonic()
-        self._SyncObj__newAppendEntriesTime = now + conf.appendEntriesPeriod
-        deadline = now + conf.appendEntriesPeriod
-        transport = self._SyncObj__transport  # type: ignore[attr-defined]
-        connected = self._SyncObj__connectedNodes  # type: ignore[attr-defined]
-        next_index = self._SyncObj__raftNextIndex  # type: ignore[attr-defined]
-        serializer = self._SyncObj__serializer  # type: ignore[attr-defined]
-        raft_log = self._SyncObj__raftLog  # type: ignore[attr-defined]
-        batch = conf.appendEntriesBatchSizeBytes
-        for node in self._SyncObj__otherNodes | self._SyncObj__readonlyNodes:  # type: ignore[attr-defined]
-            if node not in connected:
-                serializer.cancelTransmisstion(node)
-                continue
-            first = True
-            while node in connected:
-                nxt = next_index[node]
-                log_first, log_last = raft_log[0][1], raft_log[-1][1]
-                room = transport.unsent_bytes(node) < self._max_in_flight
-                if not first and (nxt > log_last or not room or _pso_monotonic() > deadline):
-                    break
-                term = self._SyncObj__raftCurrentTerm  # type: ignore[attr-defined]
-                commit = self._SyncObj__raftCommitIndex  # type: ignore[attr-defined]
-                if nxt > log_first:
-                    entries: list[Any] = []
-                    if nxt <= log_last and room:
-                        entries = _batch(raft_log, nxt - log_first, batch)
-                    # past the log's end, (None, None) as pysyncobj: the follower asks for a reset
-                    prev: tuple[int | None, int | None] = (
-                        (nxt - 1, raft_log[nxt - 1 - log_first][2]) if nxt <= log_last + 1 else (None, None))
-                    self._send_entries(node, entries, prev, term, commit, batch)
-                    if entries:
-                        next_index[node] = entries[-1][1] + 1
-                    else:
-                        break  # a heartbeat: nothing more this round
-                else:  # the follower needs entries the log no longer has: a dump
-                    data = serializer.getTransmissionData(node)
-                    if not data:
-                        # No dump ready yet (one is being written). pysyncobj sent
-                        # 'serialized': None here, over and over for the whole
-                        # appendEntriesPeriod; nothing goes until a chunk is ready.
-                        break
-                    transport.send(node, {"type": "append_entries", "term": term,
-                                          "commit_index": commit, "serialized": data})
-                    if data[2]:  # the last chunk
-                        next_index[node] = raft_log[1][1] + 1
-                first = False
-
-    def _send_entries(self, node: Any, entries: list[Any], prev: tuple[int | None, int | None],
-                      term: int, commit: int, batch: int) -> None:
-        transport = self._SyncObj__transport  # type: ignore[attr-defined]
-        base = {"type": "append_entries", "term": term, "commit_index": commit,
-                "prevLogIdx": prev[0], "prevLogTerm": prev[1]}
-        if len(entries) == 1 and len(entries[0][0]) + ENTRY_OVERHEAD_BYTES > batch:
-            data = _pso_syncobj.pickle.dumps(entries[0])
-            if len(data) > batch:
-                for pos in range(0, len(data), batch):
-                    kind = "start" if pos == 0 else "finish" if pos + batch >= len(data) else "process"
-                    transport.send(node, {**base, "transmission": kind, "data": data[pos:pos + batch]})
-                    if node not in self._SyncObj__connectedNodes:  # type: ignore[attr-defined]
-                        return
-                return
-        transport.send(node, {**base, "entries": entries})
-
-
-def _batch(raft_log: Any, start: int, batch: int) -> list[Any]:
-    """Entries from log position `start` while sum(len(command) +
-    ENTRY_OVERHEAD_BYTES) <= batch (always at least one)."""
-    out = [raft_log[start]]
-    size = len(out[0][0]) + ENTRY_OVERHEAD_BYTES
-    end = len(raft_log)
-    pos = start + 1
-    while pos < end:
-        entry = raft_log[pos]
-        size += len(entry[0]) + ENTRY_OVERHEAD_BYTES
-        if size > batch:
-            break
-        out.append(entry)
-        pos += 1
-    return out
 
 
 class _PreVote:
@@ -765,14 +637,14 @@ class _PreVote:
     def __init__(self, transport_of: Callable[[], _SyncingTransport | None], min_timeout_s: float) -> None:
         self._transport_of = transport_of
         self._min_timeout = min_timeout_s
-        self._so: Any = None
+        self._so: _SyncObj | None = None
         self._leader_seen = 0.0
         self._term = -1  # the term of the round in progress
         self._granted: set[Any] = set()  # nodes that granted the round in progress
         self._won = False
         self.rounds = 0  # pre-vote rounds started (RaftNode.status)
 
-    def attach(self, so: Any) -> None:
+    def attach(self, so: _SyncObj) -> None:
         self._so = so
         transport = self._transport_of()
         if transport is not None:
@@ -780,36 +652,37 @@ class _PreVote:
 
     def heard_leader(self, message: dict[str, Any]) -> None:
         if self._so is not None and message.get("term", -1) >= self._so.raftCurrentTerm:
-            self._leader_seen = _pso_monotonic()
+            self._leader_seen = monotonic()
             self._won = False
 
     def _leader_recent(self, now: float) -> bool:
         so = self._so
+        assert so is not None
         if now - self._leader_seen < self._min_timeout:
             return True
-        leader = so._SyncObj__raftLeader
+        leader = so.leader_node()
         transport = self._transport_of()
-        return (leader is not None and leader is not so._SyncObj__selfNode and transport is not None
+        return (leader is not None and leader is not so.selfNode and transport is not None
                 and now - transport.partial_frame_at(leader) < self._min_timeout)
 
     def before_tick(self) -> None:
         so = self._so
-        if so is None or so._SyncObj__raftState == 2 or so._SyncObj__selfNode is None:  # leader
+        if so is None or so.raft_state == LEADER or so.selfNode is None:
             return
-        now = _pso_monotonic()
-        if so._SyncObj__raftElectionDeadline >= now or not so._SyncObj__connectedToAnyone():
+        now = monotonic()
+        if so.election_deadline >= now or not so.connected_to_anyone():
             return
-        if self._won or so._SyncObj__transferInProgress:
+        if self._won or so.transfer_in_progress:
             self._won = False
             return  # pysyncobj starts the election in this tick
-        so._SyncObj__raftElectionDeadline = now + so._SyncObj__generateRaftTimeout()
-        if so._SyncObj__raftState == 0 and self._leader_recent(now):
+        so.election_deadline = now + so.new_election_timeout()
+        if so.raft_state == FOLLOWER and self._leader_recent(now):
             return  # bytes from the leader are still arriving: not dead, just slow
         self.rounds += 1
         self._term, self._granted = so.raftCurrentTerm + 1, set()
-        last = so._SyncObj__raftLog[-1]
+        last = so.last_log_entry()
         transport = self._transport_of()
-        for node in so._SyncObj__otherNodes:
+        for node in so.otherNodes:
             if transport is not None:
                 transport.send(node, {"type": "pre_vote", "term": self._term,
                                       "last_log_index": last[1], "last_log_term": last[2]})
@@ -822,19 +695,19 @@ class _PreVote:
         term = message.get("term", -1)
         transport = self._transport_of()
         if message["type"] == "pre_vote":
-            last = so._SyncObj__raftLog[-1]
-            grant = (so._SyncObj__raftState != 2 and term > so.raftCurrentTerm
-                     and not self._leader_recent(_pso_monotonic())
+            last = so.last_log_entry()
+            grant = (so.raft_state != LEADER and term > so.raftCurrentTerm
+                     and not self._leader_recent(monotonic())
                      and (message["last_log_term"], message["last_log_index"]) >= (last[2], last[1]))
             if transport is not None:
                 transport.send(node, {"type": "pre_vote_response", "term": term, "granted": grant,
                                       "voter_term": so.raftCurrentTerm})
             return
         voter_term = message.get("voter_term", -1)
-        if voter_term > so.raftCurrentTerm and so._SyncObj__raftState != 2:
-            so._SyncObj__setCurrentTerm(voter_term, None)  # as any higher-term message would
-            so._SyncObj__setState(0)  # follower
-            so._SyncObj__raftLeader = None
+        if voter_term > so.raftCurrentTerm and so.raft_state != LEADER:
+            so.set_current_term(voter_term, None)  # as any higher-term message would
+            so.set_state(FOLLOWER)
+            so.forget_leader()
             return
         if message.get("granted") and term == self._term == so.raftCurrentTerm + 1:
             self._granted.add(node)
@@ -842,36 +715,10 @@ class _PreVote:
 
     def _count(self) -> None:
         so = self._so
-        if 1 + len(self._granted) > (len(so._SyncObj__otherNodes) + 1) / 2 and so._SyncObj__raftState != 2:
+        assert so is not None
+        if 1 + len(self._granted) > (len(so.otherNodes) + 1) / 2 and so.raft_state != LEADER:
             self._term, self._won = -1, True
-            so._SyncObj__raftElectionDeadline = 0  # the next tick starts the election
-
-
-class _RejoinableSyncObj(_SyncObj):
-    """`_SyncObj` with the rejoin start mode (docs/storage.md).
-
-    A node whose data dir was wiped forgot the votes it cast: back while an
-    election it voted in is still open, it could vote twice in one term. While
-    `rejoining`, it ignores request_vote and never starts an election; the
-    first append_entries from a leader of its term or a later one ends that.
-    Loop thread only.
-    """
-
-    rejoining = False
-
-    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 - pysyncobj's name
-        if self.rejoining:  # keep the election timer from ever firing
-            self._SyncObj__raftElectionDeadline = _pso_syncobj.monotonicTime() + self.conf.raftMaxTimeout
-        super()._onTick(timeToWait)
-
-    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
-        if self.rejoining and isinstance(message, dict):
-            if message.get("type") == "request_vote":
-                return
-            if message.get("type") == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
-                self.rejoining = False
-                log.info("rejoin: heard from the leader of term %s; voting again", message.get("term"))
-        SyncObj._SyncObj__onMessageReceived(self, node, message)  # type: ignore[attr-defined]
+            so.election_deadline = 0  # the next tick starts the election
 
 
 class _Replica(SyncObjConsumer):
@@ -941,31 +788,6 @@ def _private_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
     return loop, thread
 
 
-_construct_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _injected(journal: DurableJournal, link_key: LinkKey, poller: _LoopPoller) -> Iterator[None]:
-    """Make SyncObj.__init__ use `journal`, `poller`, and hold `link_key` as its
-    encryptor (replication/link.py) instead of a Fernet key: pysyncobj has no
-    public hook for any of them."""
-    with _construct_lock:
-        originals = _pso_syncobj.createJournal, _pso_syncobj.getEncryptor, _pso_syncobj.createPoller
-
-        def create(journal_file: str | None = None) -> DurableJournal:
-            if journal_file is None or Path(journal_file) != journal.path:
-                raise RuntimeError(f"unexpected journal file {journal_file!r}")
-            return journal
-
-        _pso_syncobj.createJournal = create
-        _pso_syncobj.getEncryptor = lambda password: link_key
-        _pso_syncobj.createPoller = lambda poller_type: poller
-        try:
-            yield
-        finally:
-            _pso_syncobj.createJournal, _pso_syncobj.getEncryptor, _pso_syncobj.createPoller = originals
-
-
 def _port_free(addr: str) -> bool:
     host, _, port = addr.rpartition(":")
     s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -991,7 +813,7 @@ class RaftNode:
         node server's); None starts a private loop on a thread of its own.
         `on_fatal(reason)`: called once, on the loop thread, when storage failed
         (see the module docstring); the caller must stop the process.
-        `rejoin`: start in the rejoin mode (`_RejoinableSyncObj`) if this node
+        `rejoin`: start in the rejoin mode (`_SyncObj`) if this node
         has never learnt a term (its data dir was wiped); no effect otherwise."""
         self._rejoin = rejoin
         self.config = config
@@ -1046,7 +868,8 @@ class RaftNode:
         self._replica = _Replica(self.machine, self._lock, self._on_applied)
         self._dumps = DumpWriter(self._dump_path, self.machine.to_snapshot, durable)
         conf = SyncObjConf(
-            password=config.password,
+            password=None,  # the link key is the encryptor (seam P3)
+            pollerType="select",  # holds no descriptor; replaced by _LoopPoller (seam P4)
             autoTick=False,  # ticked by the loop (_tick, _periodic, _LoopPoller)
             appendEntriesUseBatch=False,  # send each entry at once (latency)
             appendEntriesPeriod=config.append_entries_period_s,
@@ -1074,16 +897,17 @@ class RaftNode:
         self._transport: _SyncingTransport | None = None
 
         def make_transport(*args: Any) -> _SyncingTransport:
-            self._transport = _SyncingTransport(*args, journal=self.journal, trace=self._trace, config=config)
+            self._transport = _SyncingTransport(*args, journal=self.journal, trace=self._trace, config=config,
+                                                poller=self._poller)
             return self._transport
         self._poller = _LoopPoller(self._loop, self._schedule_tick)
         self._prevote = _PreVote(lambda: self._transport, config.election_timeout_min_s)
         try:
-            with _injected(self.journal, LinkKey(config.password), self._poller):
-                self._sync = _RejoinableSyncObj(config.self_addr, list(config.peers), conf,
-                                               consumers=[self._replica], transportClass=make_transport,
-                                               prevote=self._prevote,
-                                               max_in_flight=config.max_in_flight_bytes)
+            with journal_injected(self.journal, self._journal_path):
+                self._sync = _SyncObj(config.self_addr, list(config.peers), conf,
+                                      consumers=[self._replica], transportClass=make_transport,
+                                      prevote=self._prevote, link_key=LinkKey(config.password),
+                                      max_in_flight=config.max_in_flight_bytes)
         except BaseException as exc:
             if self._transport is not None:
                 self._transport.destroy()
@@ -1132,7 +956,7 @@ class RaftNode:
             p.done = True
 
     def is_leader(self) -> bool:
-        return self._fatal is None and bool(self._sync._isLeader())
+        return self._fatal is None and bool(self._sync.is_leader())
 
     @property
     def fatal(self) -> str | None:
@@ -1142,13 +966,13 @@ class RaftNode:
     def leader(self) -> str | None:
         if self._fatal is not None:
             return None  # never redirect clients to a node that is stopping
-        node = self._sync._getLeader()
+        node = self._sync.leader_node()
         return None if node is None else str(getattr(node, "address", node.id))
 
     def status(self) -> dict[str, Any]:
         s, t = self._sync, self._transport
         return {
-            "role": "leader" if s._isLeader() else _ROLES.get(self._role, "follower"),
+            "role": "leader" if s.is_leader() else _ROLES.get(self._role, "follower"),
             "term": s.raftCurrentTerm,
             "commit_index": s.raftCommitIndex,
             "last_applied": s.raftLastApplied,
@@ -1242,6 +1066,7 @@ class RaftNode:
         if self._destroyed or self._syncing or self._fatal is not None:
             return  # a finishing sync schedules the next tick; a failed node ticks no more
         try:
+            self._sync.before_tick()  # may move the election deadline doTick checks first
             self._sync.doTick(0.0)
         except Exception:
             if self._fatal is None:  # a JournalFailed was reported by _storage_failed
@@ -1319,7 +1144,7 @@ class RaftNode:
             return
         if self._transport is not None:
             try:
-                self._transport.reap(_pso_monotonic())
+                self._transport.reap(monotonic())
             except Exception:
                 log.exception("raft connection reaper failed; continuing")
         self._reaper = self._loop.call_later(self._reap_period(), self._reap)
@@ -1355,7 +1180,7 @@ class RaftNode:
     def _on_state_changed(self, old: int, new: int) -> None:
         self._role = new
         if self._transport is not None:
-            self._transport.set_leader(new == 2)  # _RAFT_STATE.LEADER
+            self._transport.set_leader(new == LEADER)
 
     def _deserialize(self, file_name: str) -> tuple[Entry, Entry, list[str]]:
         """pysyncobj's deserializer: restore the machine from a dump (at startup,

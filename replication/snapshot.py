@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from pysyncobj.config import SERIALIZER_STATE
+from replication.pysyncobj_seam import SERIALIZER_STATE
 
 from replication.journal import REMEDY, Entry, fsync_dir
 

@@ -34,7 +34,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def _term_and_leader(cluster: LocalCluster) -> tuple[int, str]:
-    with cluster.client() as c:
+    """As the leader itself says (a follower not yet reached by it after the
+    cluster started may still answer term 0 and no leader)."""
+    with cluster.node_client(cluster.leader_id()) as c:
         st = c.cluster_status()
     return st["term"], st["leader"]
 

@@ -273,28 +273,30 @@ def check_sync_before_ack(lines: list[tuple[str, ...]]) -> dict[str, int]:
     truncation lowers what counts as synced): a follower's next_node_idx ack,
     and a leader's commit_ack (the leader counts itself towards k only after
     its own sync covered k). A leader's append_entries may run ahead of its
-    sync (its fdatasync overlaps the followers'): counted as `early_sends`.
-    Returns counts per event kind."""
+    sync (its fdatasync overlaps the followers'). Returns the highest index
+    each kind of event reached (how far the trace proves the property), and
+    `early_send`: the highest index a leader sent before its sync covered it."""
     synced = 0
-    counts = {"sync": 0, "append_entries": 0, "early_sends": 0, "next_node_idx": 0, "commit_ack": 0}
+    reached = {"sync": 0, "append_entries": 0, "early_send": 0, "next_node_idx": 0, "commit_ack": 0}
     for ev in lines:
         if ev[0] == "sync":
             synced = max(synced, int(ev[1]))
-            counts["sync"] += 1
+            reached["sync"] = max(reached["sync"], int(ev[1]))
         elif ev[0] == "truncate":
             synced = min(synced, int(ev[1]))
         elif ev[:2] == ("send", "append_entries"):
-            counts["append_entries"] += 1
-            counts["early_sends"] += int(ev[2]) > synced
+            reached["append_entries"] = max(reached["append_entries"], int(ev[2]))
+            if int(ev[2]) > synced:
+                reached["early_send"] = max(reached["early_send"], int(ev[2]))
         elif ev[:2] == ("send", "next_node_idx"):
             if ev[3] == "success=True":
                 acked = int(ev[2]) - 1
                 assert acked <= synced, f"follower acked {acked} with only {synced} synced"
-                counts["next_node_idx"] += 1
+                reached["next_node_idx"] = max(reached["next_node_idx"], acked)
         elif ev[0] == "commit_ack":
             assert int(ev[1]) <= synced, f"leader acked {ev[1]} with only {synced} synced"
-            counts["commit_ack"] += 1
-    return counts
+            reached["commit_ack"] = max(reached["commit_ack"], int(ev[1]))
+    return reached
 
 
 def propose_burst(node: RaftNode, datas: list[bytes], timeout_s: float = 15.0) -> list[tuple[Any, Any]]:
@@ -324,17 +326,22 @@ def test_durability_trace_proves_sync_before_ack(cluster: Cluster) -> None:
     assert all(code is None for _, code in burst)
     cluster.converged()
     leader_addr = leader.config.self_addr
+    last = leader.status()["commit_index"]  # the last proposal's index (or a later no-op's)
     cluster.destroy()  # closes the trace files
+    # The property is checked on every event; what follows only makes sure the
+    # trace covers the proposals. Nothing counts messages: how many there are
+    # depends on batching, and batching on the load of the box.
     for addr in cluster.addrs:
         lines = parse_trace(cluster.root / f"{addr.replace(':', '_')}.trace")
-        counts = check_sync_before_ack(lines)
-        assert counts["sync"] >= 1
+        reached = check_sync_before_ack(lines)
         if addr == leader_addr:
-            assert counts["commit_ack"] == 325 and counts["append_entries"] >= 325
+            acks = [int(ev[1]) for ev in lines if ev[0] == "commit_ack"]
+            assert len(set(acks)) == len(acks) == 325 and max(acks) == last, "one commit_ack per proposal"
+            assert reached["append_entries"] == last, "the leader sent every entry"
             # the leader's fdatasync overlaps replication: entries leave before its sync
-            assert counts["early_sends"] >= 1
+            assert reached["early_send"] >= 1
         else:
-            assert counts["next_node_idx"] >= 25
+            assert reached["next_node_idx"] == last, f"{addr}: acks reached {reached['next_node_idx']}, not {last}"
             assert not [ev for ev in lines if ev[0] == "truncate"], "a follower cut its log"
     # the checker itself can fail: an ack ahead of the last sync is caught
     with pytest.raises(AssertionError, match="acked 7 with only 6"):

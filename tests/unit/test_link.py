@@ -1,6 +1,6 @@
 """The Raft link's frames (replication/link.py): what a receiver accepts, and
-the frame caps on a live SealedConnection (a socketpair; the test delivers the
-poll events)."""
+the frame caps on a live SealedConnection (replication/pysyncobj_seam.py, over
+a socketpair; the test delivers the poll events)."""
 from __future__ import annotations
 
 import contextlib
@@ -10,12 +10,11 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from pysyncobj.poller import POLL_EVENT_TYPE
-from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
+from pysyncobj.tcp_connection import TcpConnection
 
 from replication.link import (DUMP_CHUNK_BYTES, ENTRY_OVERHEAD_BYTES, HANDSHAKE_FRAME_BYTES, LinkError, LinkKey,
-                              Receiver, SealedConnection, Sender, max_frame_bytes, seal)
-from replication.raft import _batch
+                              Receiver, Sender, max_frame_bytes)
+from replication.pysyncobj_seam import CONNECTION_STATE, POLL_EVENT_TYPE, SealedConnection, _batch, seal
 
 KEY = LinkKey("a-raft-password-derived-from-the-secret")
 BATCH = 4 * 1024 * 1024
@@ -127,7 +126,7 @@ def _connection(recv_key: bytes | None = None) -> tuple[SealedConnection, socket
 
 
 def _deliver(conn: SealedConnection) -> None:
-    conn._TcpConnection__processConnection(conn.fileno(), POLL_EVENT_TYPE.READ)
+    conn.on_poll_event(POLL_EVENT_TYPE.READ)
 
 
 def test_before_authentication_only_a_handshake_sized_frame_is_read() -> None:
