@@ -11,9 +11,10 @@ Indexes (derived from the job table, rebuilt from it on restore):
   iff the job is `scheduled` with that seq and run_at_ms. Its top is live
   after every entry (`settle`), so `next_due_ms` is a peek.
 - `dependents`: parent id -> [child ids] for `pending` children waiting on a
-  live parent; lazy (a child that left `pending` is skipped; a child may be
-  listed twice after a retry, which is harmless because only a `pending`
-  child is acted on). Popped when the parent becomes final: success releases
+  live parent; lazy (a child that left `pending` is skipped, and so is one
+  whose id was purged and reused by a job not waiting on that parent; a child
+  may be listed twice after a retry, which is harmless because only a
+  `pending` child is acted on). Popped when the parent becomes final: success releases
   each child whose deps are all done (a dep is done when it succeeded or was
   purged: a purged failed dep would already have cancelled its children);
   failure or cancellation cancels the children, transitively, iteratively.
@@ -136,8 +137,12 @@ class Lifecycle:
             parent = stack.pop()
             for child_id in self.dependents.pop(parent.id, ()):
                 child = self._jobs.get(child_id)
-                if child is None or child.state != PENDING:
-                    continue  # stale entry: the child moved on already
+                if child is None or child.state != PENDING or parent.id not in child.depends_on:
+                    # Stale entry: the child moved on, or it was purged and its id
+                    # reused by a job that does not wait on this parent (a restored
+                    # replica rebuilds the index without such entries, so acting on
+                    # one would make replicas disagree).
+                    continue
                 if parent.state == SUCCEEDED:
                     if self.deps_done(child):
                         self.make_ready_or_scheduled(child, child.run_at_ms)

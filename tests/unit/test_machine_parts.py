@@ -139,3 +139,28 @@ def test_each_part_checks_its_own_invariants(corrupt: Any, what: str) -> None:
     corrupt(m)
     with pytest.raises(AssertionError, match=what):
         m.check_invariants()
+
+
+def _chain(now: int, queue_ids: list[str]) -> dict[str, Any]:
+    """One submit_many: ids[0] <- ids[1] <- ids[2]."""
+    specs = [{"id": queue_ids[0], "type": "t"}]
+    specs += [{"id": queue_ids[i], "type": "t", "depends_on": [queue_ids[i - 1]]} for i in (1, 2)]
+    return _entry(now, {"op": "submit_many", "jobs": specs})
+
+
+def test_a_purged_child_id_reused_elsewhere_is_not_cancelled_with_its_old_parent() -> None:
+    """Found by the stateful test: c waited on e, was cancelled and purged; a new
+    c waits on b. Cancelling e must leave the new c pending, on a live replica
+    as on one restored from a snapshot (whose index has no stale entry)."""
+    live = JobMachine()
+    live.apply_entry(_chain(1_000, ["a", "e", "c"]))
+    live.apply_entry(_entry(1_000, {"op": "cancel", "id": "c"}))
+    assert live.apply_entry(_entry(1_001, {"op": "tick", "retention_ms": 0}))[0]["purged"] == 1
+    live.apply_entry(_chain(1_002, ["a", "b", "c"]))
+    restored = JobMachine()
+    restored.restore(live.to_snapshot())
+    for m in (live, restored):
+        assert m.apply_entry(_entry(1_003, {"op": "cancel", "id": "e"})) == [{"state": "cancelled"}]
+        assert m.get("c")["state"] == "pending"
+        m.check_invariants()
+    assert live.digest() == restored.digest()
