@@ -1,7 +1,8 @@
 """`raftq dev`: a whole cluster on this machine, in the foreground.
 
 It writes <data-dir>/cluster.toml (keeping the secret of an earlier run, so the
-nodes can read back the journals written under its Raft password), starts one
+nodes can read back the journals written under its Raft password, and its
+credentials, one per role, so the shells using them keep working), starts one
 `raftq node` process per node, waits until they elect a leader, starts the
 workers, and then supervises.
 
@@ -47,7 +48,8 @@ from types import FrameType
 import click
 
 from cli.output import CliError, emit_table
-from cluster.config import CONFIG_FILENAME, ClusterConfig, dev_config, parse_address, render_config
+from cluster.config import (CONFIG_FILENAME, DEV_CREDENTIAL_ROLES, ClusterConfig, dev_config, parse_address,
+                            render_config)
 from cluster.errors import RaftqError
 
 POLL_INTERVAL_S = 0.2
@@ -83,7 +85,9 @@ class Supervisor:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     children: list[Child] = field(default_factory=list)
 
-    def start(self, name: str, argv: Sequence[str], stop_phase: int = 0) -> Child:
+    def start(self, name: str, argv: Sequence[str], stop_phase: int = 0,
+              env: dict[str, str] | None = None) -> Child:
+        """`env`: set for this child on top of the supervisor's environment."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
@@ -92,7 +96,7 @@ class Supervisor:
             # The child keeps its own copy of the log descriptor; ours can close.
             proc = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**self.env, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                env={**self.env, **(env or {}), "PYTHONUNBUFFERED": "1"}, start_new_session=True,
             )
         child = Child(name=name, argv=list(argv), log_path=log_path, stop_phase=stop_phase, proc=proc)
         self.children.append(child)
@@ -236,7 +240,7 @@ def wait_for_leader(cfg: ClusterConfig, sup: Supervisor, deadline_s: float, stop
 
     deadline = time.monotonic() + deadline_s
     last_error = "no answer yet"
-    with Client(cfg.client_addresses(), cfg.token, timeout_s=1.0) as client:
+    with Client(cfg.client_addresses(), dev_token(cfg, "producer"), timeout_s=1.0) as client:
         while True:
             for child in sup.children:
                 if not child.alive():
@@ -259,6 +263,12 @@ def wait_for_leader(cfg: ClusterConfig, sup: Supervisor, deadline_s: float, stop
             if time.monotonic() >= deadline:
                 raise CliError(f"no leader elected within {deadline_s:g}s ({last_error}); see the logs in {sup.log_dir}")
             stop.wait(POLL_INTERVAL_S)
+
+
+def dev_token(cfg: ClusterConfig, role: str) -> str:
+    """The token of the dev credential for `role` (DEV_CREDENTIAL_ROLES)."""
+    name = dict((r, n) for n, r in DEV_CREDENTIAL_ROLES)[role]
+    return next(c.token for c in cfg.credentials if c.name == name)
 
 
 def prepare_files_dir(data_dir: Path) -> Path:
@@ -289,14 +299,21 @@ def _print_banner(cfg: ClusterConfig, sup: Supervisor, leader: str, config_path:
         click.echo(f"workers: {', '.join(f'{c.name} (pid {c.pid})' for c in workers)}")
     click.echo(f"leader: {leader}")
     click.echo()
+    click.echo("credentials (kept in the config across runs; a command takes one from --token or RAFTQ_TOKEN):")
+    emit_table(["ROLE", "MAY", "TOKEN"],
+               [["producer", "submit, read, wait, cancel", dev_token(cfg, "producer")],
+                ["worker", "lease, heartbeat, complete, fail (the dev workers use it)", dev_token(cfg, "worker")],
+                ["admin", "queue limits, dead letters, retry, schedules, read", dev_token(cfg, "admin")]])
+    click.echo()
     click.echo("in another shell:")
-    if cfg.client_addresses()[0] != "127.0.0.1:7700" or cfg.token != "dev":
-        click.echo(f"  export RAFTQ_CLUSTER={','.join(cfg.client_addresses())} RAFTQ_TOKEN={shlex.quote(cfg.token)}")
+    cluster = "" if cfg.client_addresses()[0] == "127.0.0.1:7700" else f"RAFTQ_CLUSTER={','.join(cfg.client_addresses())} "
+    click.echo(f"  export {cluster}RAFTQ_TOKEN={shlex.quote(dev_token(cfg, 'producer'))}")
     for example in (
         f"raftq submit {EXAMPLE_JOB} --arg text='hello raft' --wait",
         "raftq list",
         "raftq stats",
         "raftq cluster status",
+        f"RAFTQ_TOKEN={shlex.quote(dev_token(cfg, 'admin'))} raftq dlq requeue --queue default",
     ):
         click.echo(f"  {example}")
     click.echo()
@@ -311,13 +328,13 @@ def _print_banner(cfg: ClusterConfig, sup: Supervisor, leader: str, config_path:
 @click.option("--port", "base_port", type=click.IntRange(min=1, max=65335), default=7700, show_default=True,
               help="Client ports BASE.., Raft ports BASE+100.., HTTP ports BASE+200..")
 @click.option("--durability", type=click.Choice(["fsync", "none"]), default="fsync", show_default=True)
-@click.option("--token", default="dev", show_default=True, envvar="RAFTQ_TOKEN", help="Client token [env RAFTQ_TOKEN].")
 @click.option("--startup-timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
               help="Seconds to wait for a leader.")
-def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: str, token: str,
-        startup_timeout: float) -> None:
-    """Run a local cluster (nodes + workers) in the foreground; Ctrl-C stops it."""
-    cfg = dev_config(data_dir, nodes=nodes, base_port=base_port, token=token, durability=durability)
+def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: str, startup_timeout: float) -> None:
+    """Run a local cluster (nodes + workers) in the foreground; Ctrl-C stops it.
+
+    It makes one credential per role (producer, worker, admin) and prints them."""
+    cfg = dev_config(data_dir, nodes=nodes, base_port=base_port, durability=durability)
     check_ports_free(cfg)
     files_dir = prepare_files_dir(cfg.data_dir)
     config_path = cfg.data_dir / CONFIG_FILENAME
@@ -338,10 +355,11 @@ def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: st
             for i in range(1, workers + 1):
                 workdir = cfg.data_dir / "work" / f"worker-{i}"
                 workdir.mkdir(parents=True, exist_ok=True)
+                # The token goes in the environment: a command line is visible to every local user.
                 sup.start(f"worker-{i}", [sys.executable, "-m", "cli.main", "worker", "--cluster", addrs,
-                                          "--token", cfg.token, "--name", f"dev-worker-{i}",
+                                          "--name", f"dev-worker-{i}",
                                           "--workdir", str(workdir), "--data-root", str(files_dir)],
-                          stop_phase=0)
+                          stop_phase=0, env={"RAFTQ_TOKEN": dev_token(cfg, "worker")})
             _print_banner(cfg, sup, leader, config_path, recovered, files_dir)
             exit_code = _supervise(sup, stops)
         finally:

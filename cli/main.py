@@ -33,7 +33,7 @@ import click
 from cli import output
 from cli.output import CliError, InputError
 from cluster.config import ConfigError, load_config, parse_address
-from cluster.errors import RaftqError
+from cluster.errors import RaftqError, Unauthorized
 
 if TYPE_CHECKING:
     from cluster.client import Client
@@ -43,13 +43,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 JOB_STATES = ("pending", "scheduled", "queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 DEFAULT_CLUSTER = "127.0.0.1:7700"
-DEFAULT_TOKEN = "dev"
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror}{where}"
+    if isinstance(exc, Unauthorized):
+        return f"{exc.message} (check --token or RAFTQ_TOKEN)"
     if isinstance(exc, RaftqError):
         return exc.message
     return str(exc) or type(exc).__name__
@@ -113,8 +114,9 @@ def _split_addresses(value: str) -> list[str]:
 def cluster_options(func: F) -> F:
     """--cluster and --token, each with a RAFTQ_ env var (rq's shared_options)."""
     func = click.option(
-        "--token", envvar="RAFTQ_TOKEN", default=DEFAULT_TOKEN, show_default=True,
-        help="Client token of the cluster [env RAFTQ_TOKEN].",
+        "--token", envvar="RAFTQ_TOKEN", default=None,
+        help="Credential token: its roles decide what this command may do; `raftq dev` prints one per role "
+             "[env RAFTQ_TOKEN; prefer the env var: a command line is visible to other users].",
     )(func)
     func = click.option(
         "--cluster", "cluster", envvar="RAFTQ_CLUSTER", default=DEFAULT_CLUSTER, show_default=True,
@@ -134,17 +136,25 @@ def client_options(func: F) -> F:
     return cluster_options(func)
 
 
-def make_client(cluster: str, token: str, request_timeout: float) -> Client:
+def require_token(token: str | None) -> str:
+    """The credential given by --token or RAFTQ_TOKEN; a usage error without one."""
+    if not token:
+        raise InputError("--token: no credential given; set RAFTQ_TOKEN or pass --token "
+                         "(`raftq dev` prints one per role)")
+    return token
+
+
+def make_client(cluster: str, token: str | None, request_timeout: float) -> Client:
     from cluster.client import Client
 
-    return Client(_split_addresses(cluster), token, timeout_s=request_timeout)
+    return Client(_split_addresses(cluster), require_token(token), timeout_s=request_timeout)
 
 
 def with_client(func: Callable[..., Any]) -> Callable[..., Any]:
     """Replace the cluster/token/request_timeout options by a connected `client`."""
 
     @functools.wraps(func)
-    def wrapper(*, cluster: str, token: str, request_timeout: float, **kwargs: Any) -> Any:
+    def wrapper(*, cluster: str, token: str | None, request_timeout: float, **kwargs: Any) -> Any:
         with make_client(cluster, token, request_timeout) as client:
             return func(client=client, **kwargs)
 
@@ -334,7 +344,7 @@ def node(config_path: Path, node_id: int, rejoin: bool) -> None:
 @click.option("--max-output-bytes", type=click.IntRange(min=1), envvar="RAFTQ_MAX_OUTPUT_BYTES", default=None,
               help="file.decompress: most bytes written; jobs may only lower it [default: 1 GiB] "
               "[env RAFTQ_MAX_OUTPUT_BYTES].")
-def worker(cluster: str, token: str, queues: str | None, threads: int | None, processes: int | None,
+def worker(cluster: str, token: str | None, queues: str | None, threads: int | None, processes: int | None,
            name: str | None, imports: tuple[str, ...], lease_ttl: float | None, grace: float | None,
            workdir: Path | None, data_root: Path | None, allow_hosts: tuple[str, ...], smtp_host: str | None,
            smtp_port: int | None, smtp_starttls: bool | None, smtp_ssl: bool | None, smtp_user: str | None,
@@ -342,7 +352,7 @@ def worker(cluster: str, token: str, queues: str | None, threads: int | None, pr
            mem_mb: int | None, max_extract_bytes: int | None, max_extract_entries: int | None,
            max_extract_ratio: float | None, max_header_bytes: int | None, max_output_bytes: int | None) -> None:
     """Run a worker: lease jobs from the cluster, run them, report results."""
-    kwargs: dict[str, Any] = {"cluster": tuple(_split_addresses(cluster)), "token": token}
+    kwargs: dict[str, Any] = {"cluster": tuple(_split_addresses(cluster)), "token": require_token(token)}
     # Options left unset fall back to WorkerConfig's own defaults (one place for them).
     optional = {"queues": queues, "threads": threads, "processes": processes, "name": name,
                 "lease_ttl_s": lease_ttl, "grace_s": grace, "workdir": workdir, "data_root": data_root,

@@ -57,6 +57,14 @@ class Unauthorized(RaftqError):
 
 
 @_register
+class Forbidden(RaftqError):
+    """Authenticated, but this credential's roles or queues do not cover the
+    request (cluster/roles.py); the connection stays open."""
+
+    code = "FORBIDDEN"
+
+
+@_register
 class BadRequest(RaftqError):
     code = "BAD_REQUEST"
 

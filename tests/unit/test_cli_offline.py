@@ -33,7 +33,9 @@ COMMANDS = [
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(raftq, list(args), env=env, prog_name="raftq")
+    # A credential, so that commands get as far as the input under test.
+    return CliRunner().invoke(raftq, list(args), env={"RAFTQ_TOKEN": "offline-test-token", **(env or {})},
+                              prog_name="raftq")
 
 
 def assert_one_error_line(result: Result, exit_code: int) -> str:
@@ -102,6 +104,12 @@ def test_bad_submit_input_is_one_line_exit_2(args: list[str], fragment: str) -> 
     assert fragment in line
 
 
+def test_a_client_command_without_a_credential_is_one_line_exit_2() -> None:
+    for path in (["status", "x"], ["worker"]):
+        line = assert_one_error_line(run(*path, "--cluster", "127.0.0.1:1", env={"RAFTQ_TOKEN": ""}), 2)
+        assert "no credential given; set RAFTQ_TOKEN or pass --token" in line
+
+
 def test_usage_errors_are_one_line_with_a_help_hint() -> None:
     assert "(see 'raftq status --help')" in assert_one_error_line(run("status"), 2)
     assert "No such command 'bogus'" in assert_one_error_line(run("bogus"), 2)
@@ -134,7 +142,8 @@ def test_status_with_nothing_listening_is_one_line_exit_1() -> None:
 
 def test_real_entry_point_prints_one_line_and_exits_1() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "status", "X", "--cluster", "127.0.0.1:1", "--request-timeout", "1"],
+        [sys.executable, "-m", "cli.main", "status", "X", "--cluster", "127.0.0.1:1", "--request-timeout", "1",
+         "--token", "offline-test-token"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 1
