@@ -33,32 +33,26 @@ WORKER = "worker"
 ADMIN = "admin"
 ROLES: tuple[str, ...] = (PRODUCER, WORKER, ADMIN)
 
-# Reads of jobs, queues, workers and schedules: producers and admins see them all.
-_READS = ("get", "wait", "list", "stats", "queues", "workers", "schedule_list", "cluster_status", "digest")
+_P = frozenset({PRODUCER})
+_W = frozenset({WORKER})
+_A = frozenset({ADMIN})
+_READ = frozenset({PRODUCER, ADMIN})        # reads of jobs, queues, workers and schedules
+_ANY = frozenset({PRODUCER, WORKER, ADMIN})  # reads a worker needs too
 
 OP_ROLES: dict[str, frozenset[str]] = {
-    # producer: put jobs in, watch them, take them back
-    "submit": frozenset({PRODUCER}),
-    "submit_many": frozenset({PRODUCER}),
-    "cancel": frozenset({PRODUCER}),
-    # worker: run jobs; cluster_status finds the nodes, workers is the registry it appears in
-    "lease": frozenset({WORKER}),
-    "heartbeat": frozenset({WORKER}),
-    "complete": frozenset({WORKER}),
-    "complete_many": frozenset({WORKER}),
-    "fail": frozenset({WORKER}),
-    # admin: queue limits, dead letters, retries, schedules
-    "retry": frozenset({ADMIN}),
-    "requeue_failed": frozenset({ADMIN}),
-    "queue_limit": frozenset({ADMIN}),
-    "schedule_add": frozenset({ADMIN}),
-    "schedule_remove": frozenset({ADMIN}),
-    "schedule_pause": frozenset({ADMIN}),
-    "schedule_resume": frozenset({ADMIN}),
-    **{op: frozenset({PRODUCER, ADMIN}) for op in _READS},
+    # producer: put jobs in, take them back
+    "submit": _P, "submit_many": _P, "cancel": _P,
+    # worker: run jobs
+    "lease": _W, "heartbeat": _W, "complete": _W, "complete_many": _W, "fail": _W,
+    # admin: queue limits (max_running 0 pauses a queue), dead letters, retries, schedules
+    "retry": _A, "requeue_failed": _A, "queue_limit": _A,
+    "schedule_add": _A, "schedule_remove": _A, "schedule_pause": _A, "schedule_resume": _A,
+    # reads
+    "get": _READ, "wait": _READ, "list": _READ, "stats": _READ, "queues": _READ, "schedule_list": _READ,
+    "digest": _READ,
+    # a worker finds the nodes with cluster_status and may look itself up in the registry
+    "cluster_status": _ANY, "workers": _ANY,
 }
-OP_ROLES["cluster_status"] = frozenset(ROLES)
-OP_ROLES["workers"] = frozenset(ROLES)
 
 # Every authenticated connection may send these whatever its roles: a second
 # hello is answered by the dispatcher (BAD_REQUEST) as it always was.
