@@ -244,4 +244,12 @@ def test_failed_hellos_are_paced_per_source(make_cluster: Callable[..., LocalClu
     # An address that never failed is not slowed; the guessing address still
     # gets in with the right token, in its turn.
     assert _hello_from(cluster, "127.0.0.4", TOKEN) == "OK"
-    assert _hello_from(cluster, "127.0.0.3", TOKEN) == "OK"
+    assert _hello_from(cluster, "127.0.0.3", "one-more-guess") == "UNAUTHORIZED"  # books the next slot
+    with _connect(cluster, "127.0.0.3") as s:
+        # A request pipelined behind the paced hello is served once it passes.
+        s.sendall(protocol.encode_frame(protocol.request(1, "hello", protocol.hello_args(TOKEN)))
+                  + protocol.encode_frame(protocol.request(2, "stats", {})))
+        decoder, replies = protocol.FrameDecoder(), []
+        while len(replies) < 2 and (data := s.recv(65536)):
+            replies += decoder.feed(data)
+    assert [r["id"] for r in replies] == [1, 2] and all("ok" in r for r in replies), replies
