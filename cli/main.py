@@ -150,13 +150,35 @@ def make_client(cluster: str, token: str | None, request_timeout: float) -> Clie
     return Client(_split_addresses(cluster), require_token(token), timeout_s=request_timeout)
 
 
+class _ClientOnFirstUse:
+    """The command's Client, made when the command first uses it: a command
+    reports its bad input before a missing credential."""
+
+    def __init__(self, cluster: str, token: str | None, request_timeout: float) -> None:
+        self._args = (cluster, token, request_timeout)
+        self._client: Client | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            self._client = make_client(*self._args)
+        return getattr(self._client, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
 def with_client(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Replace the cluster/token/request_timeout options by a connected `client`."""
+    """Replace the cluster/token/request_timeout options by a `client`."""
 
     @functools.wraps(func)
     def wrapper(*, cluster: str, token: str | None, request_timeout: float, **kwargs: Any) -> Any:
-        with make_client(cluster, token, request_timeout) as client:
+        _split_addresses(cluster)  # a bad --cluster is bad input too
+        client = _ClientOnFirstUse(cluster, token, request_timeout)
+        try:
             return func(client=client, **kwargs)
+        finally:
+            client.close()
 
     return wrapper
 
@@ -352,7 +374,9 @@ def worker(cluster: str, token: str | None, queues: str | None, threads: int | N
            mem_mb: int | None, max_extract_bytes: int | None, max_extract_entries: int | None,
            max_extract_ratio: float | None, max_header_bytes: int | None, max_output_bytes: int | None) -> None:
     """Run a worker: lease jobs from the cluster, run them, report results."""
-    kwargs: dict[str, Any] = {"cluster": tuple(_split_addresses(cluster)), "token": require_token(token)}
+    kwargs: dict[str, Any] = {"cluster": tuple(_split_addresses(cluster))}
+    if token:
+        kwargs["token"] = token
     # Options left unset fall back to WorkerConfig's own defaults (one place for them).
     optional = {"queues": queues, "threads": threads, "processes": processes, "name": name,
                 "lease_ttl_s": lease_ttl, "grace_s": grace, "workdir": workdir, "data_root": data_root,
@@ -373,6 +397,7 @@ def worker(cluster: str, token: str | None, queues: str | None, threads: int | N
         cfg = WorkerConfig(**kwargs)
     except ValueError as exc:  # worker.config.ConfigError: names the field
         raise CliError(str(exc)) from None
+    require_token(token)  # after the other settings, which are reported first
     from worker.runner import run_worker
 
     sys.exit(run_worker(cfg))

@@ -33,9 +33,7 @@ COMMANDS = [
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:
-    # A credential, so that commands get as far as the input under test.
-    return CliRunner().invoke(raftq, list(args), env={"RAFTQ_TOKEN": "offline-test-token", **(env or {})},
-                              prog_name="raftq")
+    return CliRunner().invoke(raftq, list(args), env=env, prog_name="raftq")
 
 
 def assert_one_error_line(result: Result, exit_code: int) -> str:
@@ -104,10 +102,12 @@ def test_bad_submit_input_is_one_line_exit_2(args: list[str], fragment: str) -> 
     assert fragment in line
 
 
-def test_a_client_command_without_a_credential_is_one_line_exit_2() -> None:
+def test_a_client_command_without_a_credential_is_one_line_exit_2_after_its_input() -> None:
     for path in (["status", "x"], ["worker"]):
         line = assert_one_error_line(run(*path, "--cluster", "127.0.0.1:1", env={"RAFTQ_TOKEN": ""}), 2)
         assert "no credential given; set RAFTQ_TOKEN or pass --token" in line
+    bad_input = run("submit", "util.noop", "--arg", "novalue", "--cluster", "127.0.0.1:1", env={"RAFTQ_TOKEN": ""})
+    assert "--arg 'novalue': expected KEY=VALUE" in assert_one_error_line(bad_input, 2)
 
 
 def test_usage_errors_are_one_line_with_a_help_hint() -> None:
@@ -134,10 +134,10 @@ def test_build_args_parses_json_values_else_keeps_strings() -> None:
 
 def test_status_with_nothing_listening_is_one_line_exit_1() -> None:
     port = free_port()  # bound and closed again: nothing listens there now
-    result = run("status", "X", "--cluster", f"127.0.0.1:{port}", "--request-timeout", "1")
+    result = run("status", "X", "--cluster", f"127.0.0.1:{port}", "--request-timeout", "1", "--token", "t")
     line = assert_one_error_line(result, 1)
     assert f"127.0.0.1:{port}" in line
-    assert_one_error_line(run("status", "X", "--cluster", "127.0.0.1:1", "--request-timeout", "1"), 1)
+    assert_one_error_line(run("status", "X", "--cluster", "127.0.0.1:1", "--request-timeout", "1", "--token", "t"), 1)
 
 
 def test_real_entry_point_prints_one_line_and_exits_1() -> None:
