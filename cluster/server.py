@@ -751,7 +751,10 @@ class ClientConnection(asyncio.Protocol):
     - admitted only under the node's and the source's connection caps, else
       OVERLOADED and close (`Node.conn_limits`);
     - before hello: one frame of at most HELLO_MAX_FRAME_BYTES, within
-      hello_timeout_s (`Node._reaper`); after: max_frame_bytes;
+      hello_timeout_s (`Node._reaper`); after: max_frame_bytes; a source that
+      presented a wrong token has its hellos paced (cluster/hello_throttle.py);
+    - after hello, each request must be covered by the credential's roles
+      (and queues, if scoped), else FORBIDDEN (cluster/roles.py);
     - reading pauses while MAX_IN_FLIGHT requests are in flight, and while
       the transport holds more than conn_write_buffer_bytes the peer has not
       read (asyncio's pause_writing); queued handlers start only once it has
