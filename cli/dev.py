@@ -1,7 +1,8 @@
 """`raftq dev`: a whole cluster on this machine, in the foreground.
 
 It writes <data-dir>/cluster.toml (keeping the secret of an earlier run, so the
-nodes can read back the journals written under its Raft password), starts one
+nodes can read back the journals written under its Raft password, and its
+credentials, one per role, so the shells using them keep working), starts one
 `raftq node` process per node, waits until they elect a leader, starts the
 workers, and then supervises.
 
@@ -43,6 +44,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -56,7 +58,8 @@ import click
 
 from cli.output import CliError, emit_table
 from cli.worker_options import config_kwargs, dev_click_options, worker_argv
-from cluster.config import CONFIG_FILENAME, ClusterConfig, dev_config, parse_address, render_config
+from cluster.config import (CONFIG_FILENAME, DEV_CREDENTIAL_ROLES, ClusterConfig, dev_config, parse_address,
+                            render_config)
 from cluster.errors import RaftqError
 from cluster.tls import ClientTls, DevCerts, make_dev_certs
 from worker.config import WorkerConfig
@@ -94,7 +97,9 @@ class Supervisor:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     children: list[Child] = field(default_factory=list)
 
-    def start(self, name: str, argv: Sequence[str], stop_phase: int = 0) -> Child:
+    def start(self, name: str, argv: Sequence[str], stop_phase: int = 0,
+              env: dict[str, str] | None = None) -> Child:
+        """`env`: set for this child on top of the supervisor's environment."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
@@ -103,7 +108,7 @@ class Supervisor:
             # The child keeps its own copy of the log descriptor; ours can close.
             proc = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**self.env, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                env={**self.env, **(env or {}), "PYTHONUNBUFFERED": "1"}, start_new_session=True,
             )
         child = Child(name=name, argv=list(argv), log_path=log_path, stop_phase=stop_phase, proc=proc)
         self.children.append(child)
@@ -248,7 +253,7 @@ def wait_for_leader(cfg: ClusterConfig, sup: Supervisor, deadline_s: float, stop
 
     deadline = time.monotonic() + deadline_s
     last_error = "no answer yet"
-    with Client(cfg.client_addresses(), cfg.token, timeout_s=1.0, tls=tls) as client:
+    with Client(cfg.client_addresses(), dev_token(cfg, "producer"), timeout_s=1.0, tls=tls) as client:
         while True:
             for child in sup.children:
                 if not child.alive():
@@ -271,6 +276,12 @@ def wait_for_leader(cfg: ClusterConfig, sup: Supervisor, deadline_s: float, stop
             if time.monotonic() >= deadline:
                 raise CliError(f"no leader elected within {deadline_s:g}s ({last_error}); see the logs in {sup.log_dir}")
             stop.wait(POLL_INTERVAL_S)
+
+
+def dev_token(cfg: ClusterConfig, role: str) -> str:
+    """The token of the dev credential for `role` (DEV_CREDENTIAL_ROLES)."""
+    name = dict((r, n) for n, r in DEV_CREDENTIAL_ROLES)[role]
+    return next(c.token for c in cfg.credentials if c.name == name)
 
 
 def prepare_files_dir(data_dir: Path) -> Path:
@@ -314,9 +325,15 @@ def _print_banner(cfg: ClusterConfig, sup: Supervisor, leader: str, config_path:
         click.echo(f"workers: {', '.join(f'{c.name} (pid {c.pid})' for c in workers)}")
     click.echo(f"leader: {leader}")
     click.echo()
+    click.echo("credentials (kept in the config across runs; a command takes one from --token or RAFTQ_TOKEN):")
+    emit_table(["ROLE", "MAY", "TOKEN"],
+               [["producer", "submit, read, wait, cancel", dev_token(cfg, "producer")],
+                ["worker", "lease, heartbeat, complete, fail (the dev workers use it)", dev_token(cfg, "worker")],
+                ["admin", "queue limits, dead letters, retry, schedules, read", dev_token(cfg, "admin")]])
+    click.echo()
     click.echo("in another shell:")
-    if cfg.client_addresses()[0] != "127.0.0.1:7700" or cfg.token != "dev":
-        click.echo(f"  export RAFTQ_CLUSTER={','.join(cfg.client_addresses())} RAFTQ_TOKEN={shlex.quote(cfg.token)}")
+    cluster = "" if cfg.client_addresses()[0] == "127.0.0.1:7700" else f"RAFTQ_CLUSTER={','.join(cfg.client_addresses())} "
+    click.echo(f"  export {cluster}RAFTQ_TOKEN={shlex.quote(dev_token(cfg, 'producer'))}")
     if certs is not None:
         click.echo(f"  export RAFTQ_TLS_CA={shlex.quote(str(certs.ca))} RAFTQ_TLS_CERT={shlex.quote(str(certs.client_cert))} "
                    f"RAFTQ_TLS_KEY={shlex.quote(str(certs.client_key))}")
@@ -325,6 +342,7 @@ def _print_banner(cfg: ClusterConfig, sup: Supervisor, leader: str, config_path:
         "raftq list",
         "raftq stats",
         "raftq cluster status",
+        f"RAFTQ_TOKEN={shlex.quote(dev_token(cfg, 'admin'))} raftq dlq requeue --queue default",
     ):
         click.echo(f"  {example}")
     click.echo()
@@ -339,28 +357,31 @@ def _print_banner(cfg: ClusterConfig, sup: Supervisor, leader: str, config_path:
 @click.option("--port", "base_port", type=click.IntRange(min=1, max=65335), default=7700, show_default=True,
               help="Client ports BASE.., Raft ports BASE+100.., HTTP ports BASE+200..")
 @click.option("--durability", type=click.Choice(["fsync", "none"]), default="fsync", show_default=True)
-@click.option("--token", default="dev", show_default=True, envvar="RAFTQ_TOKEN", help="Client token [env RAFTQ_TOKEN].")
 @click.option("--startup-timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
               help="Seconds to wait for a leader.")
 @click.option("--tls", is_flag=True,
               help="Mutual TLS on every port, with a throwaway CA and certificates under <data-dir>/tls.")
 @dev_click_options
-def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: str, token: str,
+def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: str,
         startup_timeout: float, tls: bool, **worker_options: Any) -> None:
     """Run a local cluster (nodes + workers) in the foreground; Ctrl-C stops it.
 
+    It makes one credential per role (producer, worker, admin) and prints them.
     The worker options given are passed through to every worker."""
-    cfg = dev_config(data_dir, nodes=nodes, base_port=base_port, token=token, durability=durability)
+    cfg = dev_config(data_dir, nodes=nodes, base_port=base_port, durability=durability)
     certs = None
     if tls:
         cfg, certs = with_dev_tls(cfg)
+    # A bad worker option fails here, before anything starts, not in every
+    # worker's log (an empty stand-in data root: the real one is made below).
+    with tempfile.TemporaryDirectory() as empty:
+        try:
+            WorkerConfig(cluster=tuple(cfg.client_addresses()), token=dev_token(cfg, "worker"),
+                         data_root=Path(empty), **config_kwargs(worker_options))
+        except ValueError as exc:  # worker.config.ConfigError: names the field
+            raise CliError(str(exc)) from None
     check_ports_free(cfg)
     files_dir = prepare_files_dir(cfg.data_dir)
-    try:  # a bad worker option fails here, before anything starts, not in every worker's log
-        WorkerConfig(cluster=tuple(cfg.client_addresses()), token=cfg.token, data_root=files_dir,
-                     **config_kwargs(worker_options))
-    except ValueError as exc:  # worker.config.ConfigError: names the field
-        raise CliError(str(exc)) from None
     config_path = cfg.data_dir / CONFIG_FILENAME
     recovered = any(cfg.data_dir.glob("node-*"))
     write_config(cfg, config_path)
@@ -381,10 +402,10 @@ def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: st
                 workdir = cfg.data_dir / "work" / f"worker-{i}"
                 workdir.mkdir(parents=True, exist_ok=True)
                 own = {"name": f"dev-worker-{i}", "workdir": workdir, "data_root": files_dir}
+                # The token goes in the environment: a command line is visible to every local user.
                 sup.start(f"worker-{i}", [sys.executable, "-m", "cli.main", "worker", "--cluster", addrs,
-                                          "--token", cfg.token, *worker_argv({**worker_options, **own}),
-                                          *tls_args(certs)],
-                          stop_phase=0)
+                                          *worker_argv({**worker_options, **own}), *tls_args(certs)],
+                          stop_phase=0, env={"RAFTQ_TOKEN": dev_token(cfg, "worker")})
             _print_banner(cfg, sup, leader, config_path, recovered, files_dir, certs)
             exit_code = _supervise(sup, stops)
         finally:

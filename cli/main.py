@@ -34,7 +34,7 @@ from cli import output
 from cli.output import CliError, InputError
 from cli.worker_options import config_kwargs, worker_click_options
 from cluster.config import ConfigError, load_config, parse_address
-from cluster.errors import RaftqError
+from cluster.errors import RaftqError, Unauthorized
 from cluster.ops import MAX_LIST_LIMIT
 from replication.model import FINAL_STATES, MAX_CATCH_UP, MISFIRE_POLICIES
 from replication.model import STATES as JOB_STATES
@@ -46,13 +46,14 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_CLUSTER = "127.0.0.1:7700"
-DEFAULT_TOKEN = "dev"
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror}{where}"
+    if isinstance(exc, Unauthorized):
+        return f"{exc.message} (check --token or RAFTQ_TOKEN)"
     if isinstance(exc, RaftqError):
         return exc.message
     return str(exc) or type(exc).__name__
@@ -129,8 +130,9 @@ def cluster_options(func: F) -> F:
         help="Connect with TLS, trusting node certificates signed by this CA (PEM) [env RAFTQ_TLS_CA].",
     )(func)
     func = click.option(
-        "--token", envvar="RAFTQ_TOKEN", default=DEFAULT_TOKEN, show_default=True,
-        help="Client token of the cluster [env RAFTQ_TOKEN].",
+        "--token", envvar="RAFTQ_TOKEN", default=None,
+        help="Credential token: its roles decide what this command may do; `raftq dev` prints one per role "
+             "[env RAFTQ_TOKEN; prefer the env var: a command line is visible to other users].",
     )(func)
     func = click.option(
         "--cluster", "cluster", envvar="RAFTQ_CLUSTER", default=DEFAULT_CLUSTER, show_default=True,
@@ -163,20 +165,50 @@ def client_tls(tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None)
     return tls
 
 
-def make_client(cluster: str, token: str, request_timeout: float, tls: ClientTls | None = None) -> Client:
+def require_token(token: str | None) -> str:
+    """The credential given by --token or RAFTQ_TOKEN; a usage error without one."""
+    if not token:
+        raise InputError("--token: no credential given; set RAFTQ_TOKEN or pass --token "
+                         "(`raftq dev` prints one per role)")
+    return token
+
+
+def make_client(cluster: str, token: str | None, request_timeout: float, tls: ClientTls | None = None) -> Client:
     from cluster.client import Client
 
-    return Client(_split_addresses(cluster), token, timeout_s=request_timeout, tls=tls)
+    return Client(_split_addresses(cluster), require_token(token), timeout_s=request_timeout, tls=tls)
+
+
+class _ClientOnFirstUse:
+    """The command's Client, made when the command first uses it: a command
+    reports its bad input before a missing credential."""
+
+    def __init__(self, cluster: str, token: str | None, request_timeout: float, tls: ClientTls | None) -> None:
+        self._args = (cluster, token, request_timeout, tls)
+        self._client: Client | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            self._client = make_client(*self._args)
+        return getattr(self._client, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 def with_client(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Replace the cluster/token/TLS/request_timeout options by a connected `client`."""
+    """Replace the cluster/token/TLS/request_timeout options by a `client`."""
 
     @functools.wraps(func)
-    def wrapper(*, cluster: str, token: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
-                request_timeout: float, **kwargs: Any) -> Any:
-        with make_client(cluster, token, request_timeout, client_tls(tls_ca, tls_cert, tls_key)) as client:
+    def wrapper(*, cluster: str, token: str | None, tls_ca: Path | None, tls_cert: Path | None,
+                tls_key: Path | None, request_timeout: float, **kwargs: Any) -> Any:
+        _split_addresses(cluster)  # a bad --cluster is bad input too
+        client = _ClientOnFirstUse(cluster, token, request_timeout, client_tls(tls_ca, tls_cert, tls_key))
+        try:
             return func(client=client, **kwargs)
+        finally:
+            client.close()
 
     return wrapper
 
@@ -309,10 +341,10 @@ def node(config_path: Path, node_id: int, rejoin: bool) -> None:
 @raftq.command()
 @cluster_options
 @worker_click_options
-def worker(cluster: str, token: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
+def worker(cluster: str, token: str | None, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
            **options: Any) -> None:
     """Run a worker: lease jobs from the cluster, run them, report results."""
-    kwargs: dict[str, Any] = {"cluster": tuple(_split_addresses(cluster)), "token": token,
+    kwargs: dict[str, Any] = {"cluster": tuple(_split_addresses(cluster)), "token": require_token(token),
                               "tls": client_tls(tls_ca, tls_cert, tls_key), **config_kwargs(options)}
     from worker.config import WorkerConfig
 
@@ -320,6 +352,7 @@ def worker(cluster: str, token: str, tls_ca: Path | None, tls_cert: Path | None,
         cfg = WorkerConfig(**kwargs)
     except ValueError as exc:  # worker.config.ConfigError: names the field
         raise CliError(str(exc)) from None
+    require_token(token)  # after the other settings, which are reported first
     from worker.runner import run_worker
 
     sys.exit(run_worker(cfg))

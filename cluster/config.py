@@ -2,7 +2,7 @@
 
 Every node of a cluster loads the same file and picks its own entry by id, so
 the file is the single source of truth for addresses, the shared secret and the
-client token (contracts.md §5).
+client credentials (contracts.md §5).
 
 Invariants of a loaded `ClusterConfig` (checked by `load_config` and by the
 dataclass itself, so a hand-built config is held to the same rules):
@@ -12,6 +12,10 @@ dataclass itself, so a hand-built config is held to the same rules):
 - `secret` has at least 16 characters: the Raft password is derived from it
   (`raft_password`), and pysyncobj unpickles what arrives on the Raft port, so
   that port must never run without a strong password;
+- at least one credential: the legacy `token` (every role) and/or
+  `[[credentials]]` entries (name, token, roles, optional queues); names and
+  tokens unique (`_validate_credentials`); a config read from a file also
+  holds every token to the strength rule (`check_token_strength`);
 - `data_dir` is absolute (a relative one in the file is resolved against the
   file's own directory, not the process's working directory);
 - size and admission limits (docs/contracts.md, "Limits") are positive and
@@ -35,8 +39,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
+import re
 import secrets as _secrets
 import ssl
+import string
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +51,7 @@ from typing import Any
 
 from cluster import tls
 from replication.model import MAX_LEASE_MS, MIN_LEASE_MS
+from cluster.ops import ADMIN, PRODUCER, ROLES, WORKER
 
 DURABILITIES = ("fsync", "none")
 MIN_SECRET_CHARS = 16
@@ -78,11 +86,23 @@ class NodeSpec:
 
 
 @dataclass(frozen=True)
+class Credential:
+    """A token and what it may do: its roles (cluster/roles.py), and the queues
+    it is confined to (None: every queue)."""
+
+    name: str
+    token: str
+    roles: tuple[str, ...]
+    queues: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     secret: str
-    token: str
+    token: str | None   # the legacy single token: a credential with every role (None: none)
     data_dir: Path
     durability: str
+    credentials: tuple[Credential, ...] = ()
     max_live_jobs: int = 1_000_000
     retention_s: float = 86400
     lease_ttl_s: float = 30
@@ -152,6 +172,10 @@ class ClusterConfig:
             return tls.server_context(self.tls_cert, self.tls_key, self.tls_client_ca if self.http_mtls else None)
         except tls.TlsFileError as exc:
             raise ConfigError(str(exc)) from None
+    def all_credentials(self) -> tuple[Credential, ...]:
+        """The [[credentials]], and the legacy `token` as one with every role."""
+        legacy = () if self.token is None else (Credential(name=LEGACY_TOKEN_NAME, token=self.token, roles=ROLES),)
+        return legacy + self.credentials
 
 
 def parse_address(value: Any, key: str) -> tuple[str, int]:
@@ -172,8 +196,7 @@ def _validate(cfg: ClusterConfig) -> None:
         raise ConfigError("secret: must be a non-empty string")
     if len(cfg.secret) < MIN_SECRET_CHARS:
         raise ConfigError(f"secret: must be at least {MIN_SECRET_CHARS} characters (the Raft password is derived from it)")
-    if not isinstance(cfg.token, str) or not cfg.token:
-        raise ConfigError("token: must be a non-empty string")
+    _validate_credentials(cfg)
     if cfg.durability not in DURABILITIES:
         raise ConfigError(f"durability: must be \"fsync\" or \"none\", got {cfg.durability!r}")
     if not isinstance(cfg.data_dir, Path) or not cfg.data_dir.is_absolute():
@@ -226,8 +249,6 @@ CONNECTION_KEYS = ("hello_timeout_s", "idle_timeout_s", "max_connections", "max_
 
 
 def _validate_connection_limits(cfg: ClusterConfig) -> None:
-    if isinstance(cfg.token, str) and len(cfg.token) > MAX_TOKEN_CHARS:
-        raise ConfigError(f"token: at most {MAX_TOKEN_CHARS} characters (it must fit the pre-hello frame)")
     for key in CONNECTION_KEYS:
         if key.endswith("_s"):
             _positive_number(getattr(cfg, key), key)
@@ -261,6 +282,124 @@ def _validate_tls(cfg: ClusterConfig) -> None:
                           "without spaces")
     cfg.client_port_tls()  # reads every file: a missing one or a key that does not match is refused here
     cfg.http_port_tls()
+# ---- credentials (who may connect, with which roles; cluster/roles.py) ----
+
+LEGACY_TOKEN_NAME = "token"  # how the single top-level token is named in messages
+MIN_TOKEN_BITS = 128
+# A long run of few characters ("aaaa...", "abababab...") is no secret however
+# its length scores; a random token of 20+ characters has far more (32 hex
+# digits fall under 8 distinct about once in a million).
+MIN_TOKEN_DISTINCT_CHARS = 8
+TOKEN_RECIPE = "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_CREDENTIAL_KEYS = {"name", "token", "roles", "queues"}
+# The alphabet an attacker must search per character, by the classes a token uses.
+_CHAR_CLASSES = ((frozenset(string.ascii_lowercase), 26), (frozenset(string.ascii_uppercase), 26),
+                 (frozenset(string.digits), 10))
+_OTHER_CLASS_SIZE = 33  # ASCII punctuation and space; anything else is counted as one of these
+
+
+def _validate_credentials(cfg: ClusterConfig) -> None:
+    """Shapes, unique names and tokens, and at least one credential."""
+    if cfg.token is not None:
+        _check_token(cfg.token, "token")
+    if not isinstance(cfg.credentials, tuple):
+        raise ConfigError("credentials: must be a tuple of Credential")
+    if cfg.token is None and not cfg.credentials:
+        raise ConfigError(f"credentials: none configured; add a [[credentials]] entry (or the legacy "
+                          f"all-roles 'token'), token from: {TOKEN_RECIPE}")
+    names: dict[str, int] = {}
+    tokens: dict[str, str] = {} if cfg.token is None else {cfg.token: "token"}
+    for i, cred in enumerate(cfg.credentials):
+        key = f"credentials[{i}]"
+        if not isinstance(cred, Credential):
+            raise ConfigError(f"{key}: must be a Credential")
+        if not isinstance(cred.name, str) or not _NAME_RE.fullmatch(cred.name):
+            raise ConfigError(f"{key}.name: 1-64 letters, digits, '.', '_' or '-' (starting with a letter or "
+                              f"digit), got {cred.name!r}")
+        if cred.name in names or cred.name == LEGACY_TOKEN_NAME:
+            raise ConfigError(f"{key}.name: {cred.name!r} is already used"
+                              + (f" by credentials[{names[cred.name]}]" if cred.name in names else ""))
+        names[cred.name] = i
+        _check_token(cred.token, f"{key}.token")
+        if cred.token in tokens:
+            raise ConfigError(f"{key}.token: the same token as {tokens[cred.token]}; each credential needs its own")
+        tokens[cred.token] = key
+        if (not isinstance(cred.roles, tuple) or not cred.roles
+                or not all(isinstance(r, str) and r in ROLES for r in cred.roles)
+                or len(set(cred.roles)) != len(cred.roles)):
+            raise ConfigError(f"{key}.roles: a non-empty list of distinct roles out of {', '.join(ROLES)}, "
+                              f"got {list(cred.roles) if isinstance(cred.roles, tuple) else cred.roles!r}")
+        if cred.queues is not None and (
+                not isinstance(cred.queues, tuple) or not cred.queues
+                or not all(isinstance(q, str) and q for q in cred.queues)
+                or len(set(cred.queues)) != len(cred.queues)):
+            raise ConfigError(f"{key}.queues: a non-empty list of distinct queue names (leave it out for every "
+                              f"queue), got {list(cred.queues) if isinstance(cred.queues, tuple) else cred.queues!r}")
+
+
+def _check_token(token: Any, key: str) -> None:
+    if not isinstance(token, str) or not token:
+        raise ConfigError(f"{key}: must be a non-empty string")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise ConfigError(f"{key}: at most {MAX_TOKEN_CHARS} characters (it must fit the pre-hello frame)")
+
+
+def token_bits(token: str) -> float:
+    """Estimated random bits: length x log2(the alphabet of the character
+    classes it uses: lowercase 26, uppercase 26, digits 10, anything else 33).
+    An upper bound for a human-chosen token, a fair count for a random one."""
+    chars = set(token)
+    alphabet = sum(size for members, size in _CHAR_CLASSES if chars & members)
+    if any(not any(c in members for members, _ in _CHAR_CLASSES) for c in chars):
+        alphabet += _OTHER_CLASS_SIZE
+    return len(token) * math.log2(alphabet) if alphabet > 1 else 0.0
+
+
+def check_token_strength(token: str, key: str) -> None:
+    """ConfigError unless `token` scores MIN_TOKEN_BITS and has
+    MIN_TOKEN_DISTINCT_CHARS distinct characters."""
+    bits = token_bits(token)
+    distinct = len(set(token))
+    if bits < MIN_TOKEN_BITS or distinct < MIN_TOKEN_DISTINCT_CHARS:
+        why = (f"{distinct} distinct characters, need {MIN_TOKEN_DISTINCT_CHARS}" if bits >= MIN_TOKEN_BITS
+               else f"about {bits:.0f} random bits, need {MIN_TOKEN_BITS}")
+        raise ConfigError(f"{key}: too weak ({why}); generate one with: {TOKEN_RECIPE}")
+
+
+def _parse_credentials(raw: Any) -> tuple[Credential, ...]:
+    """[[credentials]] tables as Credentials; shapes the dataclass cannot see
+    (a string where a list belongs) are named here."""
+    if not isinstance(raw, list):
+        raise ConfigError("credentials: must be an array of tables ([[credentials]])")
+    out = []
+    for i, entry in enumerate(raw):
+        key = f"credentials[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{key}: must be a table ([[credentials]])")
+        extra = sorted(set(entry) - _CREDENTIAL_KEYS)
+        if extra:
+            raise ConfigError(f"{key}.{extra[0]}: unknown key (known: {', '.join(sorted(_CREDENTIAL_KEYS))})")
+        for field_name in ("name", "token", "roles"):
+            if field_name not in entry:
+                raise ConfigError(f"{key}.{field_name}: required key is missing")
+        for field_name in ("roles", "queues"):
+            if field_name in entry and not isinstance(entry[field_name], list):
+                raise ConfigError(f"{key}.{field_name}: must be a list of strings, got {entry[field_name]!r}")
+        queues = entry.get("queues")
+        out.append(Credential(name=entry["name"], token=entry["token"], roles=tuple(entry["roles"]),
+                              queues=None if queues is None else tuple(queues)))
+    return tuple(out)
+
+
+def _credential_lines(cfg: ClusterConfig) -> list[str]:
+    lines: list[str] = []
+    for cred in cfg.credentials:
+        lines += ["", "[[credentials]]", f"name = {_toml_str(cred.name)}", f"token = {_toml_str(cred.token)}",
+                  f"roles = [{', '.join(_toml_str(r) for r in cred.roles)}]"]
+        if cred.queues is not None:
+            lines.append(f"queues = [{', '.join(_toml_str(q) for q in cred.queues)}]")
+    return lines
 
 
 def _positive_int(value: Any, key: str) -> None:
@@ -278,6 +417,7 @@ _TOP_KEYS = {
     "retention_s", "lease_ttl_s", "max_frame_bytes", "nodes",
     "max_args_bytes", "max_result_bytes", "max_entry_bytes", "max_held_jobs", "max_held_bytes",
     "min_schedule_interval_s", *CONNECTION_KEYS, *TLS_PATH_KEYS, "http_mtls", "http_token",
+    "min_schedule_interval_s", "credentials", *CONNECTION_KEYS,
 }
 _NODE_KEYS = {"id", "client", "raft", "http"}
 
@@ -305,11 +445,11 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> ClusterConfig:
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
-    for key in ("secret", "token", "data_dir", "durability"):
+    for key in ("secret", "data_dir", "durability"):
         if key not in data:
             raise ConfigError(f"{key}: required key is missing")
     for key in ("secret", "token", "data_dir", "durability"):
-        if not isinstance(data[key], str):
+        if key in data and not isinstance(data[key], str):
             raise ConfigError(f"{key}: must be a string, got {data[key]!r}")
     data_dir = Path(data["data_dir"]).expanduser()
     if not data_dir.is_absolute():
@@ -350,14 +490,23 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> ClusterConfig:
                 "min_schedule_interval_s", *CONNECTION_KEYS):
         if key in data:
             kwargs[key] = data[key]
-    return ClusterConfig(
+    cfg = ClusterConfig(
         secret=data["secret"],
-        token=data["token"],
+        token=data.get("token"),
         data_dir=data_dir,
         durability=data["durability"],
+        credentials=_parse_credentials(data.get("credentials", [])),
         nodes=tuple(nodes),
         **kwargs,
     )
+    # Here, not in the dataclass: the rule guards what operators write, and
+    # every node loads its file through this function; in-process test
+    # configs keep short tokens.
+    if cfg.token is not None:
+        check_token_strength(cfg.token, "token")
+    for i, cred in enumerate(cfg.credentials):
+        check_token_strength(cred.token, f"credentials[{i}].token")
+    return cfg
 
 
 def _toml_str(value: str) -> str:
@@ -386,7 +535,7 @@ def render_config(cfg: ClusterConfig) -> str:
     lines = [
         "# raftq cluster configuration (every node loads this same file)",
         f"secret = {_toml_str(cfg.secret)}",
-        f"token = {_toml_str(cfg.token)}",
+        *([f"token = {_toml_str(cfg.token)}  # legacy: every role"] if cfg.token is not None else []),
         f"data_dir = {_toml_str(str(cfg.data_dir))}",
         f"durability = {_toml_str(cfg.durability)}",
         f"max_live_jobs = {_toml_num(cfg.max_live_jobs)}",
@@ -410,28 +559,37 @@ def render_config(cfg: ClusterConfig) -> str:
         lines += ["", "[[nodes]]", f"id = {spec.id}", f"client = {_toml_str(spec.client)}", f"raft = {_toml_str(spec.raft)}"]
         if spec.http is not None:
             lines.append(f"http = {_toml_str(spec.http)}")
+    lines += _credential_lines(cfg)
     return "\n".join(lines) + "\n"
+
+
+# `raftq dev`'s credentials: one per role, named after it.
+DEV_CREDENTIAL_ROLES: tuple[tuple[str, str], ...] = (("dev-producer", PRODUCER), ("dev-worker", WORKER),
+                                                     ("dev-admin", ADMIN))
 
 
 def dev_config(
     data_dir: Path,
     nodes: int = 3,
     base_port: int = 7700,
-    token: str = "dev",
     durability: str = "fsync",
 ) -> ClusterConfig:
-    """A loopback cluster: client ports BASE+i, raft BASE+100+i, http BASE+200+i.
+    """A loopback cluster: client ports BASE+i, raft BASE+100+i, http BASE+200+i,
+    and one random credential per role (DEV_CREDENTIAL_ROLES).
 
-    The secret is random, except that an existing <data_dir>/cluster.toml keeps
-    its secret: the nodes' journals were written under that Raft password, and
-    a rerun must recover them, not start a cluster nobody can join.
+    The secret and the credentials are random, except that an existing
+    <data_dir>/cluster.toml keeps them: the nodes' journals were written under
+    that Raft password, and a rerun must recover them, not start a cluster
+    nobody can join; the credentials stay valid in the shells that use them.
     """
     if not isinstance(nodes, int) or nodes < 1:
         raise ConfigError(f"nodes: must be at least 1, got {nodes!r}")
     if base_port < 1 or base_port + 200 + nodes - 1 > 65535:
         raise ConfigError(f"port: base port {base_port} leaves no room for {nodes} nodes (needs BASE..BASE+{200 + nodes - 1} <= 65535)")
     data_dir = Path(data_dir).expanduser().resolve()
-    secret = _existing_secret(data_dir / CONFIG_FILENAME) or _secrets.token_hex(32)
+    path = data_dir / CONFIG_FILENAME
+    previous = _previous_dev_config(path)
+    secret = _existing_secret(previous, path) or _secrets.token_hex(32)
     specs = tuple(
         NodeSpec(
             id=i + 1,
@@ -441,11 +599,12 @@ def dev_config(
         )
         for i in range(nodes)
     )
-    return ClusterConfig(secret=secret, token=token, data_dir=data_dir, durability=durability, nodes=specs)
+    return ClusterConfig(secret=secret, token=None, data_dir=data_dir, durability=durability,
+                         credentials=_dev_credentials(previous), nodes=specs)
 
 
-def _existing_secret(path: Path) -> str | None:
-    """The secret of a previous dev config, or None if there is none to reuse.
+def _previous_dev_config(path: Path) -> dict[str, Any] | None:
+    """The parsed config of a previous dev run, or None if there is none.
 
     A file that exists but cannot be read is an error rather than a new secret:
     silently replacing it would orphan the journals written under the old one.
@@ -453,10 +612,33 @@ def _existing_secret(path: Path) -> str | None:
     if not path.exists():
         return None
     try:
-        data = tomllib.loads(path.read_text("utf-8"))
+        return tomllib.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot reuse the secret of the existing config: {exc}") from None
-    secret = data.get("secret")
+
+
+def _existing_secret(previous: dict[str, Any] | None, path: Path) -> str | None:
+    """The secret of a previous dev config, or None if there is none to reuse."""
+    if previous is None:
+        return None
+    secret = previous.get("secret")
     if not isinstance(secret, str) or len(secret) < MIN_SECRET_CHARS:
         raise ConfigError(f"{path}: secret: the existing config has no usable secret; fix or delete the file")
     return secret
+
+
+def _dev_credentials(previous: dict[str, Any] | None) -> tuple[Credential, ...]:
+    """One credential per role; a previous run's token for a name is kept
+    while it is still strong (a dev dir from before roles gets new ones)."""
+    kept: dict[str, str] = {}
+    entries = previous.get("credentials") if previous is not None else None
+    for entry in entries if isinstance(entries, list) else ():
+        token = entry.get("token") if isinstance(entry, dict) else None
+        if isinstance(token, str):
+            try:
+                check_token_strength(token, "token")
+            except ConfigError:
+                continue
+            kept[str(entry.get("name"))] = token
+    return tuple(Credential(name=name, token=kept.get(name) or _secrets.token_urlsafe(24), roles=(role,))
+                 for name, role in DEV_CREDENTIAL_ROLES)

@@ -48,6 +48,13 @@ class Unauthorized(RaftqError):
     code = codes.UNAUTHORIZED
 
 
+class Forbidden(RaftqError):
+    """Authenticated, but this credential's roles or queues do not cover the
+    request (cluster/roles.py); the connection stays open."""
+
+    code = codes.FORBIDDEN
+
+
 class BadRequest(RaftqError):
     code = codes.BAD_REQUEST
 
@@ -83,7 +90,8 @@ class Unavailable(RaftqError):
 
 
 _WIRE_CLASSES: tuple[type[RaftqError], ...] = (
-    Internal, NotLeader, NoLeader, Unauthorized, BadRequest, NotFound, LeaseLost, TooLarge, Overloaded, Conflict,
+    Internal, NotLeader, NoLeader, Unauthorized, Forbidden, BadRequest, NotFound, LeaseLost, TooLarge, Overloaded,
+    Conflict,
     Timeout,
 )
 _REGISTRY: dict[str, type[RaftqError]] = {cls.code: cls for cls in _WIRE_CLASSES}

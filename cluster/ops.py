@@ -20,9 +20,9 @@ a schedule) is checked once, on apply, by replication.model.validate_command:
 an arg of type "map" or "list" without `item` is only checked to be one.
 Unknown argument names are ignored (older and newer clients interoperate).
 
-`role` says who may call the op once roles exist (not enforced yet):
-`producer` submits and reads, `worker` runs jobs, `admin` manages queues,
-schedules and dead letters. `queue_arg` names the argument that names the
+`roles` says who may call the op (cluster/roles.py enforces it at every
+request): `producer` submits, cancels and reads, `worker` runs jobs, `admin`
+manages queues, schedules, retries and dead letters and reads. `queue_arg` names the argument that names the
 queue(s) the op touches (a dotted path; `[]` is every item of a list), for
 queue scoping; None: the op names no queue (ops naming a job by `id` act on
 that job's queue, known only to the replica).
@@ -44,11 +44,18 @@ from replication.model import (DEFAULT_QUEUE, MAX_ATTEMPTS, MAX_BATCH, MAX_COMPL
                                MAX_RATE_MILLI, MAX_RUNNING_LIMIT, MAX_SCHEDULE_NAME_LEN, MIN_LEASE_MS, STATES)
 
 Kind = Literal["write", "read", "long_poll"]
-Role = Literal["producer", "worker", "admin"]
 ArgType = Literal["str", "text", "int", "number", "bool", "map", "list", "any"]
 
 KINDS: tuple[str, ...] = ("write", "read", "long_poll")
-ROLES: tuple[str, ...] = ("producer", "worker", "admin")
+PRODUCER = "producer"
+WORKER = "worker"
+ADMIN = "admin"
+ROLES: tuple[str, ...] = (PRODUCER, WORKER, ADMIN)
+_P = frozenset({PRODUCER})
+_W = frozenset({WORKER})
+_A = frozenset({ADMIN})
+_READ = frozenset({PRODUCER, ADMIN})        # reads of jobs, queues, workers and schedules
+_ANY = frozenset({PRODUCER, WORKER, ADMIN})  # reads a worker needs too (finding the nodes, the registry)
 
 # Request limits of the server alone (the machine never sees these values).
 MAX_WAIT_S = 60.0       # longest long poll (lease, wait) a client may ask for
@@ -124,7 +131,7 @@ _Plan = tuple[tuple[str, Any, Callable[[Any], Any], "Arg | None"], ...]
 class Op:
     name: str
     kind: Kind
-    role: Role
+    roles: frozenset[str]  # a credential holding any of these roles may call it (cluster/roles.py)
     args: tuple[Arg, ...]
     result: str
     queue_arg: str | None = None
@@ -270,21 +277,21 @@ _SCHEDULE_NAME = Arg("name", "str", required=True, max_len=MAX_SCHEDULE_NAME_LEN
 _COMPLETION = (_JOB_ID, _ATTEMPT, Arg("result", "any"))
 
 OPS: dict[str, Op] = {op.name: op for op in (
-    Op("submit", "write", "producer", (
+    Op("submit", "write", _P, (
         Arg("job", "map", required=True, doc="JobSpec, id required"),
     ), '`{"id", "created", "state"}`', queue_arg="job.queue"),
-    Op("submit_many", "write", "producer", (
+    Op("submit_many", "write", _P, (
         Arg("jobs", "list", required=True, min=1, max=MAX_BATCH, doc="[JobSpec]"),
     ), '`{"results": [...]}`', queue_arg="jobs[].queue"),
-    Op("get", "read", "producer", (_JOB_ID, _STALE_OK), "JobView or `NOT_FOUND`"),
-    Op("wait", "long_poll", "producer", (
+    Op("get", "read", _READ, (_JOB_ID, _STALE_OK), "JobView or `NOT_FOUND`"),
+    Op("wait", "long_poll", _READ, (
         _JOB_ID,
         Arg("timeout_s", "number", default=10.0, min=0, max=MAX_WAIT_S),
         _STALE_OK,
     ), "JobView once final, or the current JobView when timeout_s elapses"),
-    Op("cancel", "write", "producer", (_JOB_ID,), '`{"state"}`', direct=True),
-    Op("retry", "write", "admin", (_JOB_ID,), '`{"state"}`', direct=True),
-    Op("list", "read", "producer", (
+    Op("cancel", "write", _P, (_JOB_ID,), '`{"state"}`', direct=True),
+    Op("retry", "write", _A, (_JOB_ID,), '`{"state"}`', direct=True),
+    Op("list", "read", _READ, (
         Arg("state", "str", choices=STATES),
         Arg("queue", "str", max_len=MAX_NAME_LEN),
         Arg("limit", "int", default=100, min=1, max=MAX_LIST_LIMIT),
@@ -292,15 +299,15 @@ OPS: dict[str, Op] = {op.name: op for op in (
         Arg("schedule", "str", max_len=MAX_SCHEDULE_NAME_LEN),
         _STALE_OK,
     ), '`{"jobs": [JobView], "cursor"}`', queue_arg="queue", heavy=True),
-    Op("stats", "read", "producer", (_STALE_OK,), 'machine stats + `{"node_id", "role", "leader"}`', heavy=True),
-    Op("cluster_status", "read", "producer", (),
+    Op("stats", "read", _READ, (_STALE_OK,), 'machine stats + `{"node_id", "role", "leader"}`', heavy=True),
+    Op("cluster_status", "read", _ANY, (),
        '`{"leader": client addr or None, "self": id, "term", "commit_index", "last_applied", '
        '"nodes": [{"id", "client", "raft", "http", "role"}]}` (any node answers; every client calls it '
        'once when it first connects)', heavy=True),
-    Op("digest", "read", "admin", (),
+    Op("digest", "read", _READ, (),
        '`{"digest", "last_applied", "node_id"}` of the answering replica (any node; tests compare replicas)',
        heavy=True),
-    Op("lease", "long_poll", "worker", (
+    Op("lease", "long_poll", _W, (
         _WORKER,
         Arg("queues", "list", default=(DEFAULT_QUEUE,), min=1, max=MAX_LEASE_QUEUES,
             item=Arg("queue", "str", max_len=MAX_NAME_LEN)),
@@ -309,45 +316,45 @@ OPS: dict[str, Op] = {op.name: op for op in (
         _LEASE_MS,
         Arg("capacity", "map", doc="{cpu?, mem_mb?}: the worker's free capacity"),
     ), '`{"jobs": [LeasedJob]}`; long-polls up to wait_s when nothing is ready', queue_arg="queues[]"),
-    Op("heartbeat", "write", "worker", (
+    Op("heartbeat", "write", _W, (
         _WORKER,
         Arg("leases", "list", required=True, max=MAX_HEARTBEAT_LEASES, item=(
             _JOB_ID, _ATTEMPT, Arg("progress", "list", min=2, max=2, doc="[fraction, message]"))),
         _LEASE_MS,
     ), '`{"lost", "cancel"}`'),
-    Op("complete", "write", "worker", _COMPLETION, '`{"state"}`', direct=True),
-    Op("complete_many", "write", "worker", (
+    Op("complete", "write", _W, _COMPLETION, '`{"state"}`', direct=True),
+    Op("complete_many", "write", _W, (
         Arg("items", "list", required=True, min=1, max=MAX_COMPLETE_BATCH, item=_COMPLETION),
     ), '`{"results": [{"state"} or {"error", "message"}]}` (a worker\'s batched outbox)'),
-    Op("fail", "write", "worker", (
+    Op("fail", "write", _W, (
         _JOB_ID, _ATTEMPT,
         Arg("error", "text", required=True),
         Arg("retryable", "bool", default=True),
     ), '`{"state"}`', direct=True),
-    Op("requeue_failed", "write", "admin", (
+    Op("requeue_failed", "write", _A, (
         Arg("ids", "list", min=1, item=Arg("id", "str", max_len=MAX_ID_LEN), doc="committed in batches of 1000"),
         Arg("queue", "str", max_len=MAX_NAME_LEN),
         Arg("all", "bool", default=False),
     ), 'ids: `{"requeued": [id], "skipped": [id]}`; queue/all: `{"requeued": n, "skipped": n, "more": bool}`',
        queue_arg="queue", one_of=("ids", "queue", "all")),
-    Op("queue_limit", "write", "admin", (
+    Op("queue_limit", "write", _A, (
         Arg("queue", "str", required=True, max_len=MAX_NAME_LEN),
         Arg("max_running", "int", min=0, max=MAX_RUNNING_LIMIT),
         Arg("rate_per_s", "number", min=0.001, max=MAX_RATE_MILLI / 1000),
     ), '`{"queue", "max_running", "rate_per_s"}`', queue_arg="queue"),
-    Op("queues", "read", "producer", (_STALE_OK,), '`{"queues": [...]}` (machine `queues()`)', heavy=True),
-    Op("workers", "read", "worker", (_STALE_OK,), '`{"workers": [...]}` (machine `workers()`)', heavy=True),
-    Op("schedule_add", "write", "admin", (
+    Op("queues", "read", _READ, (_STALE_OK,), '`{"queues": [...]}` (machine `queues()`)', heavy=True),
+    Op("workers", "read", _ANY, (_STALE_OK,), '`{"workers": [...]}` (machine `workers()`)', heavy=True),
+    Op("schedule_add", "write", _A, (
         Arg("schedule", "map", required=True, doc="as the machine op, without next_fire_ms"),
     ), '`{"name", "created", "next_fire_ms"}`; any malformed field (a cron with no next date such as '
        '`0 0 31 2 *`, a seconds field, an unknown zone, a wrong type, `every_ms` under `min_schedule_interval_s`, template '
        'args over `max_args_bytes`): `BAD_REQUEST` / `TOO_LARGE` naming the field', queue_arg="schedule.job.queue"),
-    Op("schedule_list", "read", "admin", (_STALE_OK,),
+    Op("schedule_list", "read", _READ, (_STALE_OK,),
        '`{"schedules": [{"name", "cron", "every_ms", "tz", "job", "misfire", "max_catch_up", "paused", '
        '"next_fire_ms", "last_fire_ms", "fired", "created_ms", "missed"}]}`', heavy=True),
-    Op("schedule_remove", "write", "admin", (_SCHEDULE_NAME,), '`{"name", "removed": true}`', direct=True),
-    Op("schedule_pause", "write", "admin", (_SCHEDULE_NAME,), '`{"name", "paused": true}`', direct=True),
-    Op("schedule_resume", "write", "admin", (_SCHEDULE_NAME,), '`{"name", "paused": false, "next_fire_ms"}`'),
+    Op("schedule_remove", "write", _A, (_SCHEDULE_NAME,), '`{"name", "removed": true}`', direct=True),
+    Op("schedule_pause", "write", _A, (_SCHEDULE_NAME,), '`{"name", "paused": true}`', direct=True),
+    Op("schedule_resume", "write", _A, (_SCHEDULE_NAME,), '`{"name", "paused": false, "next_fire_ms"}`'),
 )}
 
 HEAVY_OPS: frozenset[str] = frozenset(op.name for op in OPS.values() if op.heavy)
@@ -377,7 +384,7 @@ def _arg_markdown(arg: Arg) -> str:
 def markdown() -> str:
     """docs/contracts.md's op table, between its two marker lines."""
     lines = [OPS_DOC_BEGIN, "",
-             "| op | kind | role | args | queue arg | result |",
+             "| op | kind | roles | args | queue arg | result |",
              "|---|---|---|---|---|---|"]
     for op in OPS.values():
         args = "; ".join(_arg_markdown(a) for a in op.args) or "–"
@@ -385,7 +392,8 @@ def markdown() -> str:
             args += "; at least one of " + ", ".join(f"`{n}`" for n in op.one_of)
         kind = op.kind.replace("_", " ") + (", heavy" if op.heavy else "")
         queue = f"`{op.queue_arg}`" if op.queue_arg else "–"
-        lines.append(f"| `{op.name}` | {kind} | {op.role} | {args.replace('|', '/')} | {queue} | {op.result} |")
+        roles = ", ".join(r for r in ROLES if r in op.roles)
+        lines.append(f"| `{op.name}` | {kind} | {roles} | {args.replace('|', '/')} | {queue} | {op.result} |")
     lines += ["", OPS_DOC_END]
     return "\n".join(lines)
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import logging
 import resource
 import signal
@@ -48,8 +47,10 @@ from cluster.commit import GroupCommitter
 from cluster.config import ClusterConfig
 from cluster.errors import (BadRequest, Internal, NoLeader, NotFound, NotLeader, Overloaded, TooLarge,
                             RaftqError, Timeout, Unauthorized, error_from_wire)
+from cluster.hello_throttle import HelloThrottle
 from cluster.limits import LISTEN_BACKLOG, ConnectionLimits, connection_cap, raise_fd_limit
 from cluster.tls import asks_client_certificates
+from cluster.roles import Access, Credentials, scope_refusal
 from cluster.waiters import Waiters
 from replication.machine import JobMachine
 from replication.model import FINAL_STATES, MAX_REQUEUE_BATCH, validate_schedule
@@ -117,6 +118,8 @@ class Node:
         self.client_conns: set[ClientConnection] = set()
         self.heavy_reads = asyncio.Semaphore(cfg.max_heavy_reads)
         self.pollers = 0
+        self.credentials = Credentials(cfg.all_credentials())
+        self.hello_throttle = HelloThrottle()
 
     # ---- Raft glue -------------------------------------------------------
 
@@ -663,7 +666,10 @@ class ClientConnection(asyncio.Protocol):
     - admitted only under the node's and the source's connection caps, else
       OVERLOADED and close (`Node.conn_limits`);
     - before hello: one frame of at most HELLO_MAX_FRAME_BYTES, within
-      hello_timeout_s (`Node._reaper`); after: max_frame_bytes;
+      hello_timeout_s (`Node._reaper`); after: max_frame_bytes; a source that
+      presented a wrong token has its hellos paced (cluster/hello_throttle.py);
+    - after hello, each request must be covered by the credential's roles
+      (and queues, if scoped), else FORBIDDEN (cluster/roles.py);
     - reading pauses while MAX_IN_FLIGHT requests are in flight, and while
       the transport holds more than conn_write_buffer_bytes the peer has not
       read (asyncio's pause_writing); queued handlers start only once it has
@@ -685,6 +691,11 @@ class ClientConnection(asyncio.Protocol):
         self.opened = 0.0
         self.quiet_s = 0.0  # idle time seen by the reaper; reset by any bytes in
         self.authenticated = False
+        # Set at hello: the credential's access, the ops it allows (looked up per
+        # request), and whether it is confined to queues (checked per request).
+        self.access: Access | None = None
+        self.ops: frozenset[str] = frozenset()
+        self.scoped = False
         self.in_flight = 0
         self.paused = False
         self.write_paused = False
@@ -768,6 +779,8 @@ class ClientConnection(asyncio.Protocol):
                 return
             self.in_flight += 1
             try:
+                if req.op not in self.ops or self.scoped:
+                    self._check_access(req)
                 fut = self.node.start_write(req.op, req.args)
             except RaftqError as exc:
                 self._answered(self._error_frame(req, exc))
@@ -826,19 +839,63 @@ class ClientConnection(asyncio.Protocol):
         return self.authenticated
 
     def _hello(self, req: protocol.Request) -> None:
-        token = req.args.get("token")
         if req.op != "hello":
             self._fail_connection(req.id, Unauthorized("the first request must be hello with a token"))
-        elif req.args.get("version") != protocol.PROTOCOL_VERSION:
+            return
+        if req.args.get("version") != protocol.PROTOCOL_VERSION:
             self._fail_connection(req.id, BadRequest(
                 f"unsupported protocol version {req.args.get('version')!r}; this node speaks {protocol.PROTOCOL_VERSION}"))
-        elif not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.node.cfg.token.encode()):
-            self._fail_connection(req.id, Unauthorized("invalid token"))
+            return
+        # A source that presented a wrong token before waits for its next slot.
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        source = self.source or "?"
+        wait_s = self.node.hello_throttle.wait_s(source, now, self.opened + self.node.cfg.hello_timeout_s)
+        if wait_s is None:
+            self._fail_connection(req.id, Overloaded(
+                f"too many failed hellos from {source}: its hellos are evaluated one at a time, "
+                f"slowly; retry in a few seconds"))
+        elif wait_s > 0:
+            if self.transport is not None:
+                self.transport.pause_reading()  # what came after the hello stays in the decoder
+            loop.call_later(wait_s, self._hello_slot, req)
         else:
-            self.authenticated = True
-            self.decoder.max_frame_bytes = self.node.cfg.max_frame_bytes
-            self._send(protocol.response_ok(req.id, {"node_id": self.node.node_id,
-                                                     "protocol": protocol.PROTOCOL_VERSION}))
+            self._check_token(req)
+
+    def _hello_slot(self, req: protocol.Request) -> None:
+        """The hello's slot has come: evaluate it, then serve what the peer
+        sent after it."""
+        if self.closing:
+            return
+        self._check_token(req)
+        if self.authenticated and self.transport is not None:
+            self.transport.resume_reading()
+            self._handle_frames(b"")
+
+    def _check_token(self, req: protocol.Request) -> None:
+        access = self.node.credentials.resolve(req.args.get("token"))
+        if access is None:
+            self.node.hello_throttle.failed(self.source or "?", asyncio.get_running_loop().time())
+            self._fail_connection(req.id, Unauthorized("invalid token"))
+            return
+        self.access = access
+        self.ops = access.ops
+        self.scoped = access.queues is not None
+        self.authenticated = True
+        self.decoder.max_frame_bytes = self.node.cfg.max_frame_bytes
+        self._send(protocol.response_ok(req.id, {"node_id": self.node.node_id,
+                                                 "protocol": protocol.PROTOCOL_VERSION}))
+
+    def _check_access(self, req: protocol.Request) -> None:
+        """Raise FORBIDDEN when this connection's credential does not cover
+        `req`: its roles lack the op, or (scoped credentials only) the request
+        reaches outside its queues."""
+        access = self.access
+        assert access is not None
+        refusal = (access.op_refusal(req.op) if req.op not in self.ops
+                   else scope_refusal(access, req.op, req.args, self.node.raft, self.node.machine))
+        if refusal is not None:
+            raise refusal
 
     async def _run(self, req: protocol.Request) -> None:
         try:

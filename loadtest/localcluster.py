@@ -21,7 +21,7 @@ from cluster.config import ClusterConfig, NodeSpec, render_config
 from cluster.errors import RaftqError
 
 REPO = Path(__file__).resolve().parents[1]
-TOKEN = "bench"
+TOKEN = "bench-token-H6t2Ry9QwX4kT8"  # passes the config-load strength rule
 
 
 def free_ports(n: int) -> list[int]:

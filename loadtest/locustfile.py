@@ -1,7 +1,7 @@
 """Locust load test for raftq: many concurrent submitters on the blocking client.
 
     locust -f loadtest/locustfile.py --headless -u 1000 -r 200 -t 60s \\
-        --raftq-nodes 127.0.0.1:7700,127.0.0.1:7701,127.0.0.1:7702 --raftq-token dev
+        --raftq-nodes 127.0.0.1:7700,127.0.0.1:7701,127.0.0.1:7702 --raftq-token "$RAFTQ_TOKEN"
 
 (`make loadtest` starts a cluster and runs this through loadtest/run_locust.py.)
 
@@ -22,6 +22,7 @@ p95 of every request but the `result` long poll <= --slo-p95-ms (default 1000), 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 import uuid
@@ -42,7 +43,8 @@ log = logging.getLogger("raftq.locust")
 def _options(parser: Any) -> None:
     parser.add_argument("--raftq-nodes", default="127.0.0.1:7700,127.0.0.1:7701,127.0.0.1:7702",
                         help="comma-separated client addresses of the raftq nodes")
-    parser.add_argument("--raftq-token", default="dev", help="client auth token")
+    parser.add_argument("--raftq-token", default=os.environ.get("RAFTQ_TOKEN"),
+                        help="a producer credential's token [default: env RAFTQ_TOKEN]")
     parser.add_argument("--slo-fail-ratio", type=float, default=0.01, help="max failed/total requests")
     parser.add_argument("--slo-p95-ms", type=float, default=1000.0, help="max p95 response time (ms)")
     parser.add_argument("--slo-min-rps", type=float, default=100.0, help="min aggregate requests/s")

@@ -11,6 +11,7 @@ from __future__ import annotations
 NOT_LEADER = "NOT_LEADER"
 NO_LEADER = "NO_LEADER"
 UNAUTHORIZED = "UNAUTHORIZED"
+FORBIDDEN = "FORBIDDEN"
 BAD_REQUEST = "BAD_REQUEST"
 NOT_FOUND = "NOT_FOUND"
 LEASE_LOST = "LEASE_LOST"
@@ -27,6 +28,7 @@ WIRE_CODES: dict[str, str] = {
     NOT_LEADER: "this node is a follower; extra {'leader': client address or None}",
     NO_LEADER: "no leader (an election is running); retry",
     UNAUTHORIZED: "no hello first, or a bad token",
+    FORBIDDEN: "the connection's credential lacks the role or queue for this request",
     BAD_REQUEST: "a malformed frame, request or argument",
     NOT_FOUND: "no such job or schedule",
     LEASE_LOST: "the attempt no longer holds the job's lease",

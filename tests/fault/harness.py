@@ -29,7 +29,7 @@ from cluster.errors import RaftqError
 from tests.fault.netns import Net, ThreadInNetns, _run
 
 REPO = Path(__file__).resolve().parents[2]
-TOKEN = "fault-token"
+TOKEN = "fault-suite-token-K3v8Wq2ZmP5n"  # passes the config-load strength rule
 CLIENT_PORT, RAFT_PORT, HTTP_PORT = 7700, 7800, 7900
 
 

@@ -21,7 +21,9 @@ from loadtest.localcluster import free_ports  # one definition for tests and ben
 from cluster.errors import RaftqError
 
 REPO = Path(__file__).resolve().parents[2]
-TOKEN = "test-token"
+# Strong enough for the config-load rule (cluster/config.py check_token_strength);
+# the legacy single token, so every test client holds every role.
+TOKEN = "integration-test-token-7Qm2xVt9LpR4"
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

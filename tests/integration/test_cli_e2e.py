@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cli.dev import dev_token
+from cluster.config import load_config
 from tests.integration.harness import REPO, TOKEN, LocalCluster, WorkerProcess, free_ports, wait_until
 
 
@@ -91,7 +93,7 @@ def test_user_mistakes_print_one_line(cluster: LocalCluster) -> None:
 def test_dev_starts_a_cluster_with_workers_and_recovers_on_rerun(tmp_path: Path) -> None:
     base = _free_dev_base()
     data = tmp_path / "dev"
-    env = {**os.environ, "RAFTQ_TOKEN": "dev"}
+    env = dict(os.environ)
 
     def start() -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-m", "cli.main", "dev", "--data-dir", str(data), "--port", str(base),
@@ -104,6 +106,9 @@ def test_dev_starts_a_cluster_with_workers_and_recovers_on_rerun(tmp_path: Path)
 
     dev = start()
     try:
+        # The producer credential raftq dev made; the rerun below must keep it.
+        wait_until(lambda: (data / "cluster.toml").exists(), 60, "raftq dev to write its config")
+        env["RAFTQ_TOKEN"] = dev_token(load_config(data / "cluster.toml"), "producer")
         try:
             wait_until(lambda: cli("cluster", "status", "--json").returncode == 0 and
                        json.loads(cli("cluster", "status", "--json").stdout)["leader"], 60,
@@ -123,6 +128,7 @@ def test_dev_starts_a_cluster_with_workers_and_recovers_on_rerun(tmp_path: Path)
         output = dev.communicate(timeout=40)[0] or ""
     assert dev.returncode == 0, output
     assert f"127.0.0.1:{base}" in output
+    assert f"RAFTQ_TOKEN={env['RAFTQ_TOKEN']}" in output  # how to use the producer credential
 
     dev = start()
     try:

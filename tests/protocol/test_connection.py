@@ -12,7 +12,9 @@ import pytest
 
 from cluster import protocol
 from cluster.config import ClusterConfig, ConfigError, NodeSpec
+from cluster.hello_throttle import HelloThrottle
 from cluster.limits import LISTEN_BACKLOG, ConnectionLimits, connection_cap
+from cluster.roles import Credentials
 from cluster.http import HTTP_MAX_CONNECTIONS
 from cluster.server import ClientConnection
 from cluster.waiters import Waiters
@@ -70,6 +72,8 @@ class StandInNode:
         self.client_conns: set[ClientConnection] = set()
         self.heavy_reads = asyncio.Semaphore(cfg.max_heavy_reads)
         self.pollers = 0
+        self.credentials = Credentials(cfg.all_credentials())
+        self.hello_throttle = HelloThrottle()
         self.gate = asyncio.Event()
         self.started: list[str] = []
 

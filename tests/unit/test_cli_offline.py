@@ -102,6 +102,14 @@ def test_bad_submit_input_is_one_line_exit_2(args: list[str], fragment: str) -> 
     assert fragment in line
 
 
+def test_a_client_command_without_a_credential_is_one_line_exit_2_after_its_input() -> None:
+    for path in (["status", "x"], ["worker"]):
+        line = assert_one_error_line(run(*path, "--cluster", "127.0.0.1:1", env={"RAFTQ_TOKEN": ""}), 2)
+        assert "no credential given; set RAFTQ_TOKEN or pass --token" in line
+    bad_input = run("submit", "util.noop", "--arg", "novalue", "--cluster", "127.0.0.1:1", env={"RAFTQ_TOKEN": ""})
+    assert "--arg 'novalue': expected KEY=VALUE" in assert_one_error_line(bad_input, 2)
+
+
 def test_usage_errors_are_one_line_with_a_help_hint() -> None:
     assert "(see 'raftq status --help')" in assert_one_error_line(run("status"), 2)
     assert "No such command 'bogus'" in assert_one_error_line(run("bogus"), 2)
@@ -126,15 +134,16 @@ def test_build_args_parses_json_values_else_keeps_strings() -> None:
 
 def test_status_with_nothing_listening_is_one_line_exit_1() -> None:
     port = free_port()  # bound and closed again: nothing listens there now
-    result = run("status", "X", "--cluster", f"127.0.0.1:{port}", "--request-timeout", "1")
+    result = run("status", "X", "--cluster", f"127.0.0.1:{port}", "--request-timeout", "1", "--token", "t")
     line = assert_one_error_line(result, 1)
     assert f"127.0.0.1:{port}" in line
-    assert_one_error_line(run("status", "X", "--cluster", "127.0.0.1:1", "--request-timeout", "1"), 1)
+    assert_one_error_line(run("status", "X", "--cluster", "127.0.0.1:1", "--request-timeout", "1", "--token", "t"), 1)
 
 
 def test_real_entry_point_prints_one_line_and_exits_1() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "status", "X", "--cluster", "127.0.0.1:1", "--request-timeout", "1"],
+        [sys.executable, "-m", "cli.main", "status", "X", "--cluster", "127.0.0.1:1", "--request-timeout", "1",
+         "--token", "offline-test-token"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 1
@@ -154,10 +163,12 @@ def test_node_with_missing_config_or_unknown_id(tmp_path: Path) -> None:
 
 
 def test_worker_config_errors_are_one_line() -> None:
-    line = assert_one_error_line(run("worker", "--cluster", "127.0.0.1:1", "--lease-ttl", "0"), 1)
+    line = assert_one_error_line(run("worker", "--cluster", "127.0.0.1:1", "--token", "t", "--lease-ttl", "0"), 1)
     assert "lease_ttl_s" in line
-    env_line = assert_one_error_line(run("worker", "--cluster", "127.0.0.1:1", env={"RAFTQ_LEASE_TTL_S": "-3"}), 1)
+    env_line = assert_one_error_line(run("worker", "--cluster", "127.0.0.1:1",
+                                         env={"RAFTQ_LEASE_TTL_S": "-3", "RAFTQ_TOKEN": "t"}), 1)
     assert "lease_ttl_s" in env_line
+    assert "RAFTQ_TOKEN" in assert_one_error_line(run("worker", "--cluster", "127.0.0.1:1"), 2)
 
 
 def test_dev_refuses_a_busy_port_before_starting_anything(tmp_path: Path) -> None:

@@ -19,10 +19,11 @@ from cluster.config import (
 )
 
 SECRET = "0123456789abcdef-secret"
+TOKEN = "unit-test-token-Fk29xQv7Lm3Z"  # strong enough for the config-load rule
 
 GOOD = f"""
 secret = "{SECRET}"
-token = "tok"
+token = "{TOKEN}"
 data_dir = "data"
 durability = "fsync"
 max_live_jobs = 500
@@ -50,7 +51,7 @@ def write(tmp_path: Path, text: str, name: str = "cluster.toml") -> Path:
 
 def test_load_good_file(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, GOOD))
-    assert cfg.secret == SECRET and cfg.token == "tok" and cfg.durability == "fsync"
+    assert cfg.secret == SECRET and cfg.token == TOKEN and cfg.durability == "fsync"
     assert cfg.max_live_jobs == 500 and cfg.retention_s == 60.5 and cfg.lease_ttl_s == 7
     assert cfg.max_frame_bytes == 8 * 1024 * 1024  # default
     assert (cfg.max_args_bytes, cfg.max_result_bytes, cfg.max_entry_bytes) == (2**20, 2**20, 4 * 2**20)  # defaults
@@ -96,7 +97,7 @@ def test_render_escapes_awkward_strings(tmp_path: Path) -> None:
     cfg = dataclasses.replace(
         load_config(write(tmp_path, GOOD)),
         secret='quote " back \\ newline \n del \x7f tab \t emoji \U0001F600 long enough',
-        token="é",
+        token='é quote " back \\ ünïcødé 0123456789 ABC',
         data_dir=tmp_path / 'odd "dir"',
         durability="none",
     )
@@ -109,11 +110,11 @@ BAD_CASES = [
     ("empty secret", lambda t: t.replace(f'"{SECRET}"', '""'), "secret: must be a non-empty string"),
     ("short secret", lambda t: t.replace(f'"{SECRET}"', '"short"'), "secret: must be at least 16 characters"),
     ("secret not a string", lambda t: t.replace(f'"{SECRET}"', "12"), "secret: must be a string"),
-    ("missing token", lambda t: t.replace('token = "tok"', ""), "token: required key is missing"),
-    ("empty token", lambda t: t.replace('token = "tok"', 'token = ""'), "token: must be a non-empty string"),
+    ("no credential", lambda t: t.replace(f'token = "{TOKEN}"', ""), "credentials: none configured"),
+    ("empty token", lambda t: t.replace(f'token = "{TOKEN}"', 'token = ""'), "token: must be a non-empty string"),
     ("missing data_dir", lambda t: t.replace('data_dir = "data"', ""), "data_dir: required key is missing"),
     ("bad durability", lambda t: t.replace('"fsync"', '"sometimes"'), "durability: must be \"fsync\" or \"none\""),
-    ("unknown key", lambda t: t.replace('token = "tok"', 'token = "tok"\ncolour = 1'), "colour: unknown key"),
+    ("unknown key", lambda t: t.replace("durability", "colour = 1\ndurability"), "colour: unknown key"),
     ("bad max_live_jobs", lambda t: t.replace("max_live_jobs = 500", "max_live_jobs = 0"), "max_live_jobs: must be a positive integer"),
     ("bad retention", lambda t: t.replace("retention_s = 60.5", 'retention_s = "1d"'), "retention_s: must be a positive number"),
     ("bad lease ttl", lambda t: t.replace("lease_ttl_s = 7", "lease_ttl_s = -1"), "lease_ttl_s: must be a positive number"),
@@ -186,13 +187,13 @@ def test_raft_password_is_a_stable_derivation_distinct_from_the_secret(tmp_path:
 
 
 def test_dev_config_port_layout(tmp_path: Path) -> None:
-    cfg = dev_config(tmp_path / "dev", nodes=3, base_port=20000, token="t", durability="none")
+    cfg = dev_config(tmp_path / "dev", nodes=3, base_port=20000, durability="none")
     assert [(n.id, n.client, n.raft, n.http) for n in cfg.nodes] == [
         (1, "127.0.0.1:20000", "127.0.0.1:20100", "127.0.0.1:20200"),
         (2, "127.0.0.1:20001", "127.0.0.1:20101", "127.0.0.1:20201"),
         (3, "127.0.0.1:20002", "127.0.0.1:20102", "127.0.0.1:20202"),
     ]
-    assert cfg.token == "t" and cfg.durability == "none"
+    assert cfg.token is None and cfg.durability == "none"  # credentials: tests/unit/test_config_credentials.py
     assert cfg.data_dir == (tmp_path / "dev").resolve()
     assert len(cfg.secret) >= 16
 

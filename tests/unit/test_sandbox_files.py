@@ -345,7 +345,7 @@ def test_a_data_root_inside_a_cluster_data_dir_is_refused(tmp_path: Path) -> Non
 
 def test_raftq_worker_refuses_it_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "cluster.toml").write_text("secret = 'x'")
-    out = subprocess.run([sys.executable, "-m", "cli.main", "worker", "--cluster", "127.0.0.1:1",
+    out = subprocess.run([sys.executable, "-m", "cli.main", "worker", "--cluster", "127.0.0.1:1", "--token", "t",
                           "--data-root", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()

@@ -51,7 +51,7 @@ def test_bounds_are_checked_once_with_one_line_naming_the_field(tmp_path: Path) 
     for argv, words in ((["--threads", "0"], "threads must be an integer between 1 and 1024"),
                         (["--smtp-port", "70000"], "smtp_port must be an integer between 1 and 65535"),
                         (["--cpu", "0"], "cpu must be a number of CPUs between 0 and 4096")):
-        result = runner.invoke(worker, ["--cluster", "127.0.0.1:1", "--data-root", str(tmp_path), *argv])
+        result = runner.invoke(worker, ["--cluster", "127.0.0.1:1", "--token", "t", "--data-root", str(tmp_path), *argv])
         assert result.exit_code == 1, result.output
         assert words in result.output and "Traceback" not in result.output
 
