@@ -24,6 +24,11 @@ variable "node_count" {
   description = "Queue nodes (odd)."
   type        = number
   default     = 3
+
+  validation {
+    condition     = var.node_count >= 1 && var.node_count % 2 == 1
+    error_message = "node_count: odd (1, 3, 5, ...): an even count tolerates no more failures than one node fewer."
+  }
 }
 
 variable "worker_count" {
