@@ -3,6 +3,7 @@
 # No instance has a public address; nothing routes into the VPC.
 
 data "aws_availability_zones" "available" {
+  #checkov:skip=CKV_AWS_394:the subnets take the first az_count zones by name, and AWS gives a new zone a later letter, so a new zone never moves them; the names are fixed in state once the subnets exist
   state = "available"
 }
 
@@ -16,6 +17,16 @@ resource "aws_vpc" "this" {
   cidr_block           = var.vpc_cidr
   enable_dns_support   = true
   enable_dns_hostnames = true
+  tags                 = { Name = var.name }
+}
+
+# Flow logs of the whole VPC into the deployment's bucket (its KMS key
+# allows the log delivery service; kept 90 days, see wheel.tf).
+resource "aws_flow_log" "this" {
+  vpc_id               = aws_vpc.this.id
+  traffic_type         = "ALL"
+  log_destination_type = "s3"
+  log_destination      = "${aws_s3_bucket.artifacts.arn}/${local.flow_log_prefix}"
   tags                 = { Name = var.name }
 }
 

@@ -1,7 +1,12 @@
 # raftq is not on a package index: the deployment ships the wheel built from
 # this repository (make terraform-wheel) in a private, encrypted bucket, and
 # every host installs that exact file (its key names the version; a new
-# wheel is a new key, so hosts never see a half-replaced object).
+# wheel is a new key, so hosts never see a half-replaced object). The same
+# bucket receives the VPC's flow logs under flow-logs/.
+
+locals {
+  flow_log_prefix = "flow-logs/"
+}
 
 resource "aws_kms_key" "artifacts" {
   description             = "${var.name}: the deployment's artifact bucket"
@@ -10,6 +15,9 @@ resource "aws_kms_key" "artifacts" {
 }
 
 data "aws_iam_policy_document" "artifacts_key" {
+  #checkov:skip=CKV_AWS_111:a key policy's "*" resource is this key only; the statement is AWS's default account statement, which hands access control to IAM
+  #checkov:skip=CKV_AWS_356:as above: in a key policy "*" means the key the policy is attached to
+  #checkov:skip=CKV_AWS_109:as above: without the account statement the key could become unmanageable
   statement {
     sid       = "AccountAdministersTheKey"
     actions   = ["kms:*"]
@@ -17,6 +25,20 @@ data "aws_iam_policy_document" "artifacts_key" {
     principals {
       type        = "AWS"
       identifiers = ["arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:root"]
+    }
+  }
+  statement {
+    sid       = "FlowLogDeliveryEncrypts"
+    actions   = ["kms:GenerateDataKey*", "kms:Decrypt"]
+    resources = ["*"]
+    principals {
+      type        = "Service"
+      identifiers = ["delivery.logs.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [data.aws_caller_identity.current.account_id]
     }
   }
 }
@@ -78,6 +100,16 @@ resource "aws_s3_bucket_lifecycle_configuration" "artifacts" {
     }
     abort_incomplete_multipart_upload {
       days_after_initiation = 1
+    }
+  }
+  rule {
+    id     = "flow-logs"
+    status = "Enabled"
+    filter {
+      prefix = local.flow_log_prefix
+    }
+    expiration {
+      days = 90
     }
   }
 }
