@@ -78,8 +78,9 @@ clean:
 # terraform-local: the local environment end to end (root): apply, Locust with a
 #   leader kill, rolling replacement under load, destroy, nothing left. ~6 min.
 # terraform-wheel: dist/raftq-*.whl, the wheel environments/aws ships.
+# terraform-aws-smoke: a real AWS account (AWS_REGION, credentials): apply, load test, destroy.
 TF_TOOLS := terraform/.tools
-.PHONY: terraform-check terraform-local terraform-wheel
+.PHONY: terraform-check terraform-local terraform-wheel terraform-aws-smoke
 terraform-check: $(VENV)/.installed
 	@command -v terraform >/dev/null || { echo "terraform-check: terraform is not installed"; exit 1; }
 	@command -v cloud-init >/dev/null && /usr/bin/python3 -c 'import yaml' 2>/dev/null || \
@@ -95,3 +96,6 @@ terraform-local: $(VENV)/.installed
 
 terraform-wheel:
 	rm -rf dist && $(PYTHON) -m pip wheel -q --no-deps -w dist . && rm -rf build
+
+terraform-aws-smoke:
+	terraform/environments/aws/smoke.sh
