@@ -262,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="raftq-tf-local-"))
     env = LocalEnv(workdir, args.prefix, args.subnet, args.run_time)
+    # The prefix is this test's own: what an earlier, killed run left is removed.
+    stale = subprocess.run(env.hostsim("purge"), env={**os.environ, "PYTHONPATH": str(LOCAL)},
+                           capture_output=True, text=True)
+    if stale.stdout.strip():
+        say("removed what an earlier run left:\n" + stale.stdout.strip())
     ok = False
     t_start = time.monotonic()
     try:

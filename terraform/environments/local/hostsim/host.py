@@ -10,6 +10,7 @@ from the root namespace, as root:
     python3 -m hostsim.host exec      --prefix P --run-dir D --name loadgen-1 -- CMD...
     python3 -m hostsim.host systemctl --prefix P --run-dir D --name loadgen-1 -- start --wait raftq-loadtest
     python3 -m hostsim.host check-clean --prefix P --subnet S --run-dir D
+    python3 -m hostsim.host purge       --prefix P --subnet S --run-dir D   (after a run killed mid-way)
 
 Layout: namespace P-sw holds bridge br0; each host is namespace P-<name> with
 `eth0` (its address) on that bridge, nothing in the root namespace but a
@@ -277,6 +278,14 @@ def build_venv(run_dir: Path) -> None:
     """A wheel built from this checkout, installed with its `load` extra into
     run_dir/venv (the image's python, so the hosts' service users can run it)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _build_venv(run_dir)
+    except BaseException:
+        remove_run_dir(run_dir)  # a failed create runs no destroy provisioner
+        raise
+
+
+def _build_venv(run_dir: Path) -> None:
     venv = run_dir / "venv"
     with tempfile.TemporaryDirectory(prefix="raftq-wheel-") as tmp:
         # Build from a copy: setuptools leaves build/ and *.egg-info in the source tree.
@@ -324,10 +333,29 @@ def leftovers(prefix: str, subnet: str, run_dir: Path) -> list[str]:
     return found
 
 
+def purge(prefix: str, subnet: str, run_dir: Path) -> list[str]:
+    """Everything of a prefix, whatever Terraform's state says (a run killed
+    mid-apply): its hosts, its switch, its route, its run directory."""
+    removed = []
+    for ns in namespaces():
+        if ns.startswith(prefix + "-") and ns != switch_ns(prefix):
+            host_down(prefix, run_dir, ns[len(prefix) + 1:])
+            removed.append(ns)
+    if switch_ns(prefix) in namespaces() or subnet in sh(["ip", "route", "show", "type", "blackhole"],
+                                                          check=False).stdout.split():
+        net_down(prefix, subnet)
+        removed.append(f"{switch_ns(prefix)} and the blackhole route {subnet}")
+    if run_dir.exists():
+        shutil.rmtree(run_dir / "hosts", ignore_errors=True)
+        remove_run_dir(run_dir)
+        removed.append(str(run_dir))
+    return removed
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m hostsim.host", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=["net-up", "net-down", "up", "down", "boot", "exec", "systemctl",
-                                       "build-venv", "remove-run-dir", "check-clean"])
+                                       "build-venv", "remove-run-dir", "check-clean", "purge"])
     p.add_argument("--prefix", default="rqtf")
     p.add_argument("--subnet", default="10.213.13.0/24")
     p.add_argument("--run-dir", type=Path)
@@ -362,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
             build_venv(args.run_dir)
         elif args.command == "remove-run-dir":
             remove_run_dir(args.run_dir)
+        elif args.command == "purge":
+            for item in purge(args.prefix, args.subnet, args.run_dir):
+                print(f"purged: {item}")
         elif args.command == "check-clean":
             found = leftovers(args.prefix, args.subnet, args.run_dir)
             for item in found:
