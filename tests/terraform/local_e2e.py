@@ -215,9 +215,9 @@ def rolling_replacement_run(env: LocalEnv, replace_at: float, run_time_s: int) -
         raise Failed(f"run 2: acknowledged jobs missing after the replacement: {out.strip()}")
     # Stop the workers first: while they drain Locust's backlog the state moves
     # on every few milliseconds, and a round of three digests rarely sees it still.
-    for host in env.outputs["hosts"]:
-        if host.startswith("worker-"):
-            env.systemctl(host, "stop", "raftq-worker.service")
+    for name in env.outputs["hosts"]:
+        if name.startswith("worker-"):
+            env.systemctl(name, "stop", "raftq-worker.service")
     converged = env.run_in("loadgen-1", f"{env.venv_bin}/python", str(REPO / "tests" / "terraform" / "ack_checker.py"),
                            "--nodes", env.nodes, "--replicas-equal", "120", env={"RAFTQ_TOKEN": env.token},
                            check=False)
