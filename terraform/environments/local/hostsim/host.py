@@ -50,8 +50,8 @@ class HostError(RuntimeError):
     pass
 
 
-def sh(args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+def sh(args: list[str], check: bool = True, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:
         raise HostError(f"{' '.join(args)}: exit {proc.returncode}: {proc.stderr.strip()}")
     return proc
@@ -295,9 +295,11 @@ def _build_venv(run_dir: Path) -> None:
             copy = shutil.copytree if (REPO / item).is_dir() else shutil.copy2
             copy(REPO / item, src / item)
         sh([PYTHON, "-m", "venv", str(venv)])
-        sh([str(venv / "bin" / "pip"), "wheel", "-q", "--no-deps", "-w", str(run_dir / "dist"), str(src)])
+        sh([str(venv / "bin" / "pip"), "wheel", "-q", "--no-deps", "-w", str(run_dir / "dist"), str(src)],
+           timeout_s=600)
     wheels = sorted((run_dir / "dist").glob("raftq-*.whl"))
-    sh([str(venv / "bin" / "pip"), "install", "-q", f"{wheels[-1]}[load]"])
+    # From the package index on a fresh machine (Locust and its dependencies): minutes, not seconds.
+    sh([str(venv / "bin" / "pip"), "install", "-q", f"{wheels[-1]}[load]"], timeout_s=900)
     os.chmod(run_dir, 0o755)
 
 
