@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             for item in found:
                 print(f"left behind: {item}", file=sys.stderr)
             return 1 if found else 0
-    except HostError as exc:
+    except (HostError, subprocess.SubprocessError) as exc:
         print(f"hostsim: {exc}", file=sys.stderr)
         return 1
     return 0
