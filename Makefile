@@ -87,7 +87,8 @@ terraform-check: $(VENV)/.installed
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cloud-init python3-yaml)
 	PYTHON=$(PYTHON) sh terraform/tools/aws_schema/install.sh $(TF_TOOLS)
 	test -x $(TF_TOOLS)/checkov-venv/bin/checkov || \
-		($(PYTHON) -m venv $(TF_TOOLS)/checkov-venv && $(TF_TOOLS)/checkov-venv/bin/pip install -q checkov)
+		(env -u PYTHONPATH $(PYTHON) -m venv $(TF_TOOLS)/checkov-venv && \
+		 env -u PYTHONPATH $(TF_TOOLS)/checkov-venv/bin/pip install -q checkov)
 	RAFTQ_TERRAFORM_REQUIRED=1 $(PY) -m pytest -q tests/terraform
 
 terraform-local: $(VENV)/.installed

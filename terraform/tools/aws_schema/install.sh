@@ -7,6 +7,8 @@
 #   DIR/terraformrc     a CLI configuration whose dev_overrides point hashicorp/aws at it
 # Then: TF_CLI_CONFIG_FILE=DIR/terraformrc terraform -chdir=terraform/environments/aws validate
 set -eu
+# The tools' venv is independent of the repository's packages.
+unset PYTHONPATH
 here=$(cd "$(dirname "$0")" && pwd)
 dir=${1:-$here/../../.tools}
 mkdir -p "$dir"
