@@ -69,3 +69,34 @@ loadtest: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# Terraform deployment (terraform/; README "Deploy with Terraform"). Need terraform.
+# terraform-check: offline: fmt, the render module's terraform test, cloud-init
+#   schema on every rendered document, environments/aws validate + terraform test
+#   against the published hashicorp/aws schema (schema-only plugin installed in
+#   terraform/.tools), checkov. ~3 min.
+# terraform-local: the local environment end to end (root): apply, Locust with a
+#   leader kill, rolling replacement under load, destroy, nothing left. ~6 min.
+# terraform-wheel: dist/raftq-*.whl, the wheel environments/aws ships.
+# terraform-aws-smoke: a real AWS account (AWS_REGION, credentials): apply, load test, destroy.
+TF_TOOLS := terraform/.tools
+.PHONY: terraform-check terraform-local terraform-wheel terraform-aws-smoke
+terraform-check: $(VENV)/.installed
+	@command -v terraform >/dev/null || { echo "terraform-check: terraform is not installed"; exit 1; }
+	@command -v cloud-init >/dev/null && /usr/bin/python3 -c 'import yaml' 2>/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cloud-init python3-yaml)
+	PYTHON=$(PYTHON) sh terraform/tools/aws_schema/install.sh $(TF_TOOLS)
+	test -x $(TF_TOOLS)/checkov-venv/bin/checkov || \
+		(env -u PYTHONPATH $(PYTHON) -m venv $(TF_TOOLS)/checkov-venv && \
+		 env -u PYTHONPATH $(TF_TOOLS)/checkov-venv/bin/pip install -q checkov)
+	RAFTQ_TERRAFORM_REQUIRED=1 $(PY) -m pytest -q tests/terraform
+
+terraform-local: $(VENV)/.installed
+	@command -v terraform >/dev/null || { echo "terraform-local: terraform is not installed"; exit 1; }
+	$(PY) -m tests.terraform.local_e2e
+
+terraform-wheel:
+	rm -rf dist && $(PYTHON) -m pip wheel -q --no-deps -w dist . && rm -rf build
+
+terraform-aws-smoke:
+	terraform/environments/aws/smoke.sh
