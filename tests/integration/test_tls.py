@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from cli.dev import dev_token
 from cluster.client import AsyncClient, Client
 from cluster.config import ConfigError, load_config
 from cluster.errors import Unauthorized
@@ -311,16 +312,19 @@ def _free_dev_base() -> int:
 def test_dev_tls_starts_a_mutual_tls_cluster_and_prints_its_environment(tmp_path: Path) -> None:
     base, data = _free_dev_base(), tmp_path / "dev"
     dev = subprocess.Popen([sys.executable, "-m", "cli.main", "dev", "--tls", "--nodes", "1", "--workers", "1",
-                            "--data-dir", str(data), "--port", str(base), "--token", TOKEN],
+                            "--data-dir", str(data), "--port", str(base)],
                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     env = {"RAFTQ_CLUSTER": f"127.0.0.1:{base}", "RAFTQ_TLS_CA": str(data / "tls" / "ca.pem"),
            "RAFTQ_TLS_CERT": str(data / "tls" / "client.pem"), "RAFTQ_TLS_KEY": str(data / "tls" / "client.key")}
     try:
+        # raftq dev makes its own credentials: use the producer's.
+        wait_until(lambda: (data / "cluster.toml").exists(), 60, "raftq dev to write its config")
+        env["RAFTQ_TOKEN"] = dev_token(load_config(data / "cluster.toml"), "producer")
         wait_until(lambda: _raftq("cluster", "status", env=env).returncode == 0, 60, "raftq dev --tls to answer")
         out = _raftq("submit", "text.wordcount", "--arg", "text=dev over tls", "--wait", env=env)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout.strip().splitlines()[-1])["words"] == 3
-        plain = _raftq("stats", env={"RAFTQ_CLUSTER": env["RAFTQ_CLUSTER"]})
+        plain = _raftq("stats", env={"RAFTQ_CLUSTER": env["RAFTQ_CLUSTER"], "RAFTQ_TOKEN": env["RAFTQ_TOKEN"]})
         assert "speaks TLS" in _one_error_line(plain)
     finally:
         if dev.poll() is None:
