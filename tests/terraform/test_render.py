@@ -107,7 +107,7 @@ def test_nodes_get_a_config_raftq_loads(rendered: tuple[str, dict[str, Any], Pat
             assert "@@RAFTQ_SECRET@@" in text and "example-secret" not in text
             assert (root / "usr" / "local" / "sbin" / "raftq-fill-secrets").stat().st_mode & 0o111
             toml.write_text(text.replace("@@RAFTQ_SECRET@@", "example-secret-0123456789abcdef")
-                            .replace("@@RAFTQ_TOKEN@@", "example-token-0123"))
+                            .replace("@@RAFTQ_TOKEN@@", "example-token-Qx7rT2mV9kLp4Zs8"))
         cfg = load_config(toml)
         assert [n.raft for n in cfg.nodes] == ["10.0.1.11:7800", "10.0.2.11:7800", "10.0.3.11:7800"]
         assert cfg.client_addresses() == ["10.0.1.11:7700", "10.0.2.11:7700", "10.0.3.11:7700"]

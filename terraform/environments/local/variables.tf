@@ -46,7 +46,7 @@ variable "load_generator_count" {
 variable "token" {
   description = "Client token (the tests set their own; the default is for trying it out)."
   type        = string
-  default     = "local-token-0123"
+  default     = "local-token-Mz3kV8qT1wNc5Rf7"
   sensitive   = true
 }
 

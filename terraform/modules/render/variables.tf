@@ -87,7 +87,7 @@ variable "secret" {
 }
 
 variable "token" {
-  description = "Client token of the cluster. Used when secret_source = \"inline\"."
+  description = "Client token of the cluster (the legacy all-roles credential; raftq refuses one under 128 random bits: python -c 'import secrets; print(secrets.token_urlsafe(24))'). Used when secret_source = \"inline\"."
   type        = string
   default     = null
   sensitive   = true

@@ -9,7 +9,7 @@ variables {
   worker_count    = 2
   load_generators = ["10.0.1.31", "10.0.2.31"]
   secret          = "test-secret-0123456789abcdef"
-  token           = "test-token-0123"
+  token           = "test-token-Hb4nW8cJ2pXr6Ty1"
   locustfile      = "# locustfile"
 }
 

@@ -22,7 +22,7 @@ module "render" {
   load_generators = ["10.0.1.31", "10.0.2.31"]
   secret_source   = var.secret_source
   secret          = var.secret_source == "inline" ? "example-secret-0123456789abcdef" : null
-  token           = var.secret_source == "inline" ? "example-token-0123" : null
+  token           = var.secret_source == "inline" ? "example-token-Qx7rT2mV9kLp4Zs8" : null
   ssm_parameters = var.secret_source == "inline" ? null : {
     secret = "/raftq/example/secret"
     token  = "/raftq/example/token"
