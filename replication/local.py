@@ -23,6 +23,7 @@ import logging
 from collections import deque
 from typing import Any, Callable, Iterator
 
+from replication.codes import NO_LEADER, NOT_LEADER, TIMEOUT
 from replication.machine import JobMachine
 from replication.replica import ProposeCallback, apply_encoded
 
@@ -51,7 +52,7 @@ class LocalReplica:
 
     def propose(self, entry: bytes, callback: ProposeCallback) -> None:
         if self._destroyed or self._leader != self.address:
-            code = "NOT_LEADER" if self._leader is not None and not self._destroyed else "NO_LEADER"
+            code = NOT_LEADER if self._leader is not None and not self._destroyed else NO_LEADER
             self._loop.call_soon(callback, None, code)
             return
         self.log.append(bytes(entry))
@@ -79,7 +80,7 @@ class LocalReplica:
         while self._unapplied:
             callback, handle = self._unapplied.popleft()
             handle.cancel()
-            callback(None, "TIMEOUT")
+            callback(None, TIMEOUT)
 
     # ---- test controls -------------------------------------------------------
 

@@ -66,12 +66,13 @@ this module uses the seam's named accessors and hooks.
   msgpack dump from a forked child (replication/snapshot.py).
 * One replicated method. State lives in `_Replica`, a `SyncObjConsumer` with
   exactly one `@replicated` method, so pysyncobj's method numbering (sorted
-  names) can never shift under entries already in a journal. It decodes the
-  msgpack entry (contracts section 1), applies it under `lock` and never
-  raises: an exception in a replicated call would make pysyncobj re-apply the
+  names) can never shift under entries already in a journal. It applies each
+  entry under `lock` through `replica.apply_encoded`, the rule LocalReplica
+  follows too (decode the msgpack entry of contracts section 1, apply, never
+  raise): an exception in a replicated call would make pysyncobj re-apply the
   entry forever.
-* Error codes. pysyncobj FAIL_REASONs map to wire codes (NOT_LEADER,
-  NO_LEADER, OVERLOADED, TIMEOUT, INTERNAL); a proposal not resolved within
+* Error codes. pysyncobj FAIL_REASONs map to wire codes (replication/codes.py:
+  NOT_LEADER, NO_LEADER, OVERLOADED, TIMEOUT, INTERNAL); a proposal not resolved within
   `propose_timeout_s` resolves with TIMEOUT (outcome unknown; the caller
   retries with the same ids, which is safe because every command is idempotent).
 
@@ -102,16 +103,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-import msgpack
-
+from replication.codes import INTERNAL, NO_LEADER, NOT_LEADER, OVERLOADED, TIMEOUT
 from replication.journal import DurableJournal, Entry, JournalError, JournalFailed
 from replication.link import DUMP_CHUNK_BYTES, LinkKey, max_frame_bytes
 from replication.pysyncobj_seam import (CANDIDATE, CONNECTION_STATE, FAIL_REASON, FOLLOWER, LEADER,
                                         POLL_EVENT_TYPE, RaftCore, SealedConnection, SeamTransport,
                                         SyncObjConf, SyncObjConsumer, SyncObjException, journal_injected,
                                         monotonic, replicated)
+from replication.replica import Machine, ProposeCallback, apply_encoded
 from replication.snapshot import Dump, DumpError, DumpWriter, read_dump
 
 # RaftNode() raises RaftStartError (port taken), JournalError (damaged journal
@@ -124,13 +125,6 @@ JOURNAL_FILE = "raft.journal"
 META_FILE = "raft.meta"
 DUMP_FILE = "raft.dump"
 
-# Wire codes (same strings as cluster/errors.py; replication/ must not import cluster/).
-NOT_LEADER = "NOT_LEADER"
-NO_LEADER = "NO_LEADER"
-OVERLOADED = "OVERLOADED"
-TIMEOUT = "TIMEOUT"
-INTERNAL = "INTERNAL"
-
 _FAIL_CODES: dict[int, str] = {
     FAIL_REASON.MISSING_LEADER: NO_LEADER,
     FAIL_REASON.NOT_LEADER: NOT_LEADER,
@@ -142,17 +136,6 @@ _FAIL_CODES: dict[int, str] = {
 }
 
 _ROLES = {FOLLOWER: "follower", CANDIDATE: "candidate", LEADER: "leader"}
-
-ProposeCallback = Callable[[list | None, str | None], None]
-
-
-class Machine(Protocol):
-    """What the adapter needs of `replication.machine.JobMachine`."""
-
-    def apply_entry(self, entry: dict) -> list[dict]: ...
-    def to_snapshot(self) -> dict: ...
-    def restore(self, snapshot: dict) -> None: ...
-
 
 class RaftConfigError(ValueError):
     """A RaftConfig field is invalid; the message names the field."""
@@ -735,25 +718,10 @@ class _Replica(SyncObjConsumer):
     @replicated
     def apply(self, data: bytes) -> list[dict]:
         try:
-            results = self._apply(data)
+            with self._lock:
+                return apply_encoded(self._machine, data)
         finally:
             notify_applied(self._on_applied)
-        return results
-
-    def _apply(self, data: bytes) -> list[dict]:
-        try:
-            entry = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        except Exception as exc:
-            log.error("undecodable Raft entry (%d bytes): %s", len(data), exc)
-            return [{"error": INTERNAL, "message": "undecodable entry"}]
-        try:
-            with self._lock:
-                return self._machine.apply_entry(entry)
-        except Exception:
-            log.exception("BUG: apply_entry raised")
-            cmds = entry.get("cmds") if isinstance(entry, dict) else None
-            n = len(cmds) if isinstance(cmds, list) and cmds else 1
-            return [{"error": INTERNAL, "message": "internal error applying command"}] * n
 
 
 def notify_applied(hook: Callable[[], None] | None) -> None:

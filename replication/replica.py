@@ -30,11 +30,20 @@ from typing import Any, Callable, Protocol
 
 import msgpack
 
+from replication.codes import INTERNAL
 from replication.machine import JobMachine
 
 log = logging.getLogger("raftq.replica")
 
 ProposeCallback = Callable[[list | None, str | None], None]
+
+
+class Machine(Protocol):
+    """What a replica needs of `replication.machine.JobMachine`."""
+
+    def apply_entry(self, entry: dict) -> list[dict]: ...
+    def to_snapshot(self) -> dict: ...
+    def restore(self, snapshot: dict) -> None: ...
 
 
 class Replica(Protocol):
@@ -63,20 +72,21 @@ class ReplicaFactory(Protocol):
                  on_fatal: Callable[[str], None]) -> Replica: ...
 
 
-def apply_encoded(machine: JobMachine, data: bytes) -> list[dict]:
+def apply_encoded(machine: Machine, data: bytes) -> list[dict]:
     """Apply one encoded entry to `machine`; never raises. An entry that cannot
     be decoded, or whose apply raised (a bug), gets INTERNAL results, so one
     bad entry cannot stop a replica (pysyncobj would re-apply a raising entry
-    forever). The same rule as RaftNode's `_Replica.apply`."""
+    forever). Both replicas apply every entry through here (RaftNode's
+    `_Replica.apply` under its lock, LocalReplica on its loop)."""
     try:
         entry = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:
         log.error("undecodable entry (%d bytes): %s", len(data), exc)
-        return [{"error": "INTERNAL", "message": "undecodable entry"}]
+        return [{"error": INTERNAL, "message": "undecodable entry"}]
     try:
         return machine.apply_entry(entry)
     except Exception:
         log.exception("BUG: apply_entry raised")
         cmds = entry.get("cmds") if isinstance(entry, dict) else None
         n = len(cmds) if isinstance(cmds, list) and cmds else 1
-        return [{"error": "INTERNAL", "message": "internal error applying command"}] * n
+        return [{"error": INTERNAL, "message": "internal error applying command"}] * n

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.tls import ClientTls
+from replication.model import MAX_LEASE_MS, MIN_LEASE_MS
 from worker.context import JobSettings
 
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -62,6 +63,12 @@ def option(default: Any, help: str, **kw: Any) -> Any:
 
 GIB = 1 << 30
 
+# The leases a worker asks for lie within what the cluster grants
+# (replication.model). The shortest is twice the cluster's shortest, so that
+# its default heartbeat period (a third of it) stays above heartbeat_s's floor.
+MIN_LEASE_TTL_S = 2 * MIN_LEASE_MS / 1000
+MAX_LEASE_TTL_S = MAX_LEASE_MS / 1000
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -79,7 +86,7 @@ class WorkerConfig:
     # worker name recorded on leases; None = "<hostname>-<pid>"
     name: str | None = option(None, "Worker name shown on its leases", shown="host-pid", dev=False)
     lease_ttl_s: float = option(30.0, "Seconds a lease lasts without a heartbeat", flag="--lease-ttl",
-                                lo=0.2, hi=86400.0)
+                                lo=MIN_LEASE_TTL_S, hi=MAX_LEASE_TTL_S)
     heartbeat_s: float | None = option(None, "Seconds between heartbeats", lo=0.05, hi=86400.0,
                                        shown="lease_ttl_s / 3", cli=False)
     poll_wait_s: float = option(5.0, "Lease long-poll duration", lo=0.0, hi=300.0, cli=False)

@@ -34,7 +34,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-FINAL = {"succeeded", "failed", "cancelled"}
+from replication.model import FINAL_STATES
 
 
 @dataclass
@@ -105,7 +105,7 @@ def check(history: Iterable[dict[str, Any]], worker_records: Iterable[dict[str, 
         view = final_jobs.get(job_id)
         if view is None:
             v.lost.append(f"{job_id}: acknowledged but absent")
-        elif view.get("state") not in FINAL:
+        elif view.get("state") not in FINAL_STATES:
             v.lost.append(f"{job_id}: acknowledged but still {view.get('state')} after the drain")
     for job_id in sorted(final_jobs):
         if job_id not in invoked and not job_id.startswith("probe-"):

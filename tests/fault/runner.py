@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import RaftqError
+from replication.model import FINAL_STATES
 from tests.fault.checker import Verdict, check
 from tests.fault.harness import FaultCluster, wait_until
 from tests.fault.nemesis import FAULTS, NEMESES, heal_all, hold_for
@@ -112,7 +113,7 @@ def run_one(fault: str, workload: str, seed: int, duration: float, workdir: Path
             def drained() -> bool:
                 nonlocal final_jobs
                 final_jobs = c.all_jobs()
-                return all(v["state"] in ("succeeded", "failed", "cancelled") for v in final_jobs.values())
+                return all(v["state"] in FINAL_STATES for v in final_jobs.values())
             wait_until(drained, DRAIN_S, "the drain", interval=0.5)
             events.append(f"drained after {time.monotonic() - t_heal:.1f}s")
         except TimeoutError as exc:

@@ -14,6 +14,7 @@ import uuid
 from collections import Counter
 
 from cluster.errors import LeaseLost, RaftqError
+from replication.model import FINAL_STATES
 from tests.integration.harness import LocalCluster, wait_until
 
 CLIENTS = 50
@@ -88,7 +89,7 @@ def test_leader_sigkill_under_concurrent_submits(make_cluster) -> None:
         with cluster.client(survivors) as c:
             def all_done() -> bool:
                 stats = c.stats()
-                live = sum(n for s, n in stats["jobs"].items() if s not in ("succeeded", "failed", "cancelled"))
+                live = sum(n for s, n in stats["jobs"].items() if s not in FINAL_STATES)
                 return live == 0
             wait_until(all_done, 120, "every job finished")
     finally:

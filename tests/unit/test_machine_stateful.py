@@ -5,8 +5,10 @@ After every step both must agree on every result (lease order included), and on
 every job's state, attempts and worker; the machine's own index invariants must
 hold. Jobs may depend on each other: the reference re-derives every pending
 job's fate by scanning to a fixpoint after each command (`Reference.settle`),
-where the machine acts only on the parents that just finished. The reference shares only `backoff_delay_ms` with the machine (a pure
-function covered by its own table test).
+where the machine acts only on the parents that just finished. The reference
+shares no logic with the machine but `backoff_delay_ms` (a pure function
+covered by its own table test); of its constants, only FINAL_STATES (the one
+definition of which states are final).
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from replication.machine import JobMachine, backoff_delay_ms
+from replication.model import FINAL_STATES
 
 IDS = ["a", "b", "c", "d", "e", "f"]
 QUEUES = ["q1", "q2"]
 WORKERS = ["w1", "w2"]
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 @dataclass
@@ -62,7 +64,7 @@ class Reference:
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         job = self.find(spec["id"])
         if job is None and spec.get("unique_key") is not None:
-            job = next((j for j in self.jobs if j.unique_key == spec["unique_key"] and j.state not in FINAL), None)
+            job = next((j for j in self.jobs if j.unique_key == spec["unique_key"] and j.state not in FINAL_STATES), None)
         if job is not None:
             return {"id": job.id, "created": False, "state": job.state}
         deps = tuple(spec.get("depends_on") or ())
@@ -164,7 +166,7 @@ class Reference:
         job = self.find(job_id)
         if job is None:
             return {"error": "NOT_FOUND"}
-        if job.state in FINAL:
+        if job.state in FINAL_STATES:
             return {"error": "CONFLICT"}
         self._finish(job, "cancelled")
         return {"state": "cancelled"}
@@ -176,7 +178,7 @@ class Reference:
         if job.state not in ("failed", "cancelled"):
             return {"error": "CONFLICT"}
         if job.unique_key is not None and any(
-                j.unique_key == job.unique_key and j.state not in FINAL for j in self.jobs):
+                j.unique_key == job.unique_key and j.state not in FINAL_STATES for j in self.jobs):
             return {"error": "CONFLICT"}
         if any(d is not None and d.state in ("failed", "cancelled") for d in map(self.find, job.deps)):
             return {"error": "CONFLICT"}
@@ -211,7 +213,7 @@ class Reference:
             if job.state == "scheduled" and job.run_at <= self.clock:
                 job.state = "queued"
                 promoted += 1
-        keep = [j for j in self.jobs if not (j.state in FINAL and j.finished < self.clock - retention_ms)]
+        keep = [j for j in self.jobs if not (j.state in FINAL_STATES and j.finished < self.clock - retention_ms)]
         purged = len(self.jobs) - len(keep)
         self.jobs = keep
         return {"expired": expired, "promoted": promoted, "purged": purged}
@@ -362,7 +364,7 @@ class MachineVsReference(RuleBasedStateMachine):
         assert all(v["depends_on"] in (None, list(self.ref.find(v["id"]).deps)) for v in m.list_jobs(limit=100)[0])
         theirs = {j.id: (j.state, j.attempts, j.worker) for j in self.ref.jobs}
         assert mine == theirs
-        assert m.live_count() == sum(j.state not in FINAL for j in self.ref.jobs)
+        assert m.live_count() == sum(j.state not in FINAL_STATES for j in self.ref.jobs)
         assert m.held_count() == len(self.ref.jobs)
         restored = JobMachine()
         restored.restore(m.to_snapshot())  # the held-bytes counter is rebuilt, not stored

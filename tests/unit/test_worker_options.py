@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from cli.dev import dev
 from cli.main import worker
 from cli.worker_options import config_kwargs, render_doc, worker_argv
-from worker.config import WorkerConfig
+from replication.model import MAX_LEASE_MS, MIN_LEASE_MS
+from worker.config import OPTIONS, WorkerConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,3 +63,10 @@ def test_dev_refuses_a_bad_worker_option_before_starting_anything(tmp_path: Path
     assert result.exit_code == 1, result.output
     assert "threads must be an integer between 1 and 1024" in result.output
     assert not (data / "cluster.toml").exists() and not (data / "logs").exists(), "nothing was started"
+
+
+def test_every_lease_ttl_a_worker_accepts_is_one_the_cluster_grants() -> None:
+    bounds = OPTIONS["lease_ttl_s"]
+    assert MIN_LEASE_MS <= bounds.lo * 1000 and bounds.hi * 1000 <= MAX_LEASE_MS
+    shortest = WorkerConfig(cluster=("127.0.0.1:1",), lease_ttl_s=bounds.lo)  # its default heartbeat is valid too
+    assert shortest.lease_ttl_ms >= MIN_LEASE_MS and shortest.heartbeat_s < shortest.lease_ttl_s
