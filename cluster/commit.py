@@ -9,7 +9,7 @@ replicated, wait in `_pending` and leave together as ONE entry:
 So an idle node proposes a lone command at once (no timer, no added latency),
 and a loaded node sends fewer, larger entries: one Raft round trip and one
 fsync on each replica cover the whole batch. `now_ms` is stamped here, on the
-leader, because the state machine may not read a clock (STYLE 2).
+leader, because the state machine may not read a clock (docs/contracts.md §1).
 
 Isolation: each command is encoded on its own as it is enqueued, and the entry
 is assembled from those bytes (msgpack concatenates: the entry's map and array

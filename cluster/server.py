@@ -660,7 +660,7 @@ class ClientConnection(asyncio.Protocol):
     """One client connection: hello first, then pipelined requests.
 
     A malformed frame gets an error frame and the connection is closed; a
-    failing handler gets INTERNAL and the connection keeps serving (STYLE 14).
+    failing handler gets INTERNAL and the connection keeps serving.
 
     Limits (settings in ClusterConfig):
     - admitted only under the node's and the source's connection caps, else

@@ -2,7 +2,7 @@
 
 pysyncobj compacts its log by writing a "full dump" and dropping the entries it
 covers. Its default dump pickles the state; raftq never pickles its own state
-(STYLE 9), so the adapter plugs in this module as pysyncobj's custom
+(an unpickled snapshot could run code), so the adapter plugs in this module as pysyncobj's custom
 serializer / serializeChecker / deserializer.
 
 File format (`raft.dump`), entirely ours (a leader streams the file's bytes to

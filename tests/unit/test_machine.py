@@ -763,7 +763,7 @@ def test_late_heartbeat_before_tick_keeps_the_lease(d: Driver) -> None:
 
 
 def test_state_machine_modules_stay_pure() -> None:
-    """STYLE 1: the apply path imports no clock, randomness, I/O, threads or pysyncobj."""
+    """The apply path imports no clock, randomness, I/O, threads or pysyncobj."""
     import ast
     import pathlib
 
