@@ -29,7 +29,7 @@ import inspect
 import socket
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 from cluster.client import AsyncClient
 from cluster.config import ClusterConfig, NodeSpec
@@ -225,7 +225,8 @@ class WorkerNode:
         self.replica.lead()
 
     @contextlib.contextmanager
-    def refuse(self, *ops: str) -> Any:
+    def refuse(self, *ops: str) -> Iterator[None]:
+        """While inside: the node answers OVERLOADED to `ops` (see the module docstring)."""
         self.node.refused = frozenset(ops)
         try:
             yield
