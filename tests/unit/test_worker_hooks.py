@@ -1,5 +1,5 @@
 """Worker hooks: the events a run produces, in order, and hooks that misbehave
-or cannot be loaded. Runs the real Worker against test_worker_runner's FakeCluster."""
+or cannot be loaded. Runs the real Worker on a real node (tests/unit/worker_node.py)."""
 from __future__ import annotations
 
 import sys
@@ -10,14 +10,13 @@ from typing import Any
 
 import pytest
 
-from cluster.errors import LeaseLost
 from worker.attempt import Outcome
 from worker.config import ConfigError
 from worker.context import JobContext
 from worker.hooks import HookChain, HookLoadError, WorkerHooks, load_hooks
 from worker.registry import Registry
 from worker.runner import Worker
-from tests.unit.test_worker_runner import FakeCluster, make_config, scenario, until
+from tests.unit.worker_node import WorkerNode, make_config, scenario, until
 
 
 class Recorder(WorkerHooks):
@@ -62,11 +61,16 @@ def _registry(release: threading.Event) -> Registry:
     def bad(args: dict, ctx: JobContext) -> int:
         raise ValueError("nope")
 
+    @reg.job("t.gated")
+    def gated(args: dict, ctx: JobContext) -> int:
+        release.wait(10)
+        return 2
+
     @reg.job("t.wait")
     def wait(args: dict, ctx: JobContext) -> int:
-        while not ctx.cancelled and not release.is_set():
+        while not ctx.cancelled:
             ctx.wait(0.02)
-        return 2
+        return 3
 
     return reg
 
@@ -75,16 +79,21 @@ def test_each_attempt_reports_its_events_in_order(tmp_path: Path) -> None:
     rec = Recorder()
     release = threading.Event()
 
-    async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
-        fake.add("t.ok", id="ok")
-        fake.add("t.bad", id="bad", max_attempts=1)
-        await until(lambda: fake.state("ok") == "succeeded" and fake.state("bad") == "failed", what="reports")
-        fake.report_errors = [LeaseLost("stale")]
-        fake.add("t.ok", id="fenced")
-        await until(lambda: rec.of("fenced")[-1:] == [("dropped", "fenced", 1, "LEASE_LOST")], what="drop")
-        fake.add("t.wait", id="cancelled")
+    async def body(node: WorkerNode, worker: Worker, _: Registry) -> None:
+        await node.submit("t.ok", id="ok")
+        await node.submit("t.bad", id="bad", max_attempts=1)
+        await until(lambda: node.state("ok") == "succeeded" and node.state("bad") == "failed", what="reports")
+        # Cancelled while it runs, with heartbeats refused: the worker hears
+        # of it only as the answer to its report.
+        with node.refuse("heartbeat"):
+            await node.submit("t.gated", id="fenced")
+            await until(lambda: ("started", "fenced", 1, "t.gated") in rec.events, what="started")
+            await node.cancel("fenced")
+            release.set()
+            await until(lambda: rec.of("fenced")[-1:] == [("dropped", "fenced", 1, "LEASE_LOST")], what="drop")
+        await node.submit("t.wait", id="cancelled")
         await until(lambda: ("started", "cancelled", 1, "t.wait") in rec.events, what="started")
-        fake.cancel("cancelled")
+        await node.cancel("cancelled")
         await until(lambda: worker.free_slots == 2, what="slot released")
 
     code, _, _ = scenario(tmp_path, body, _registry(release), hooks=[rec])
@@ -104,12 +113,12 @@ def test_a_failing_hook_is_logged_and_skipped(tmp_path: Path, caplog: pytest.Log
 
     rec = Recorder()
 
-    async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
-        fake.add("t.ok", id="a")
+    async def body(node: WorkerNode, worker: Worker, _: Registry) -> None:
+        await node.submit("t.ok", id="a")
         await until(lambda: ("reported", "a", 1, "succeeded") in rec.events, what="report")
 
-    code, fake, _ = scenario(tmp_path, body, _registry(threading.Event()), hooks=[Broken(), rec])
-    assert code == 0 and fake.state("a") == "succeeded"
+    code, node, _ = scenario(tmp_path, body, _registry(threading.Event()), hooks=[Broken(), rec])
+    assert code == 0 and node.state("a") == "succeeded"
     assert "worker hook on_reported failed" in caplog.text
 
 

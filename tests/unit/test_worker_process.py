@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_worker_runner import FakeCluster, scenario, until
+from tests.unit.worker_node import WorkerNode, scenario, until
 from worker.context import JobContext, JobSettings
 from worker.process import ProcessRun, pid_alive
 from worker.registry import Registry
@@ -76,21 +76,21 @@ def test_process_job_killed_at_its_timeout(tmp_path: Path) -> None:
     pid_dir.mkdir()
     seen: dict[str, int] = {}
 
-    async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
+    async def body(node: WorkerNode, worker: Worker, _: Registry) -> None:
         # A generous timeout: a cold forkserver on a loaded box may take over a
         # second to start the child, and the timeout counts from the lease.
-        fake.add("p.spin", {"pid_dir": str(pid_dir)}, id="slow", timeout_s=4.0)
+        await node.submit("p.spin", {"pid_dir": str(pid_dir)}, id="slow", timeout=4.0)
         await until(lambda: _pid(pid_dir, "slow"), timeout=20, what="child start")
         seen["pid"] = _pid(pid_dir, "slow")  # type: ignore[assignment]
         assert pid_alive(seen["pid"])
-        await until(lambda: fake.reports, timeout=10, what="timeout report")
+        await until(lambda: node.reports, timeout=10, what="timeout report")
         await until(lambda: worker.free_slots == 2, timeout=10, what="slot freed")
         # The slot is freed only after the child was reaped: its PID is gone.
         assert not pid_alive(seen["pid"])
 
-    _, fake, _ = scenario(tmp_path, body, _registry(), processes=2)
-    assert fake.reports == [("fail", "slow", 1, "timeout after 4s")]
-    assert fake.retryable["slow"] is True
+    _, node, _ = scenario(tmp_path, body, _registry(), processes=2)
+    assert node.reports == [("fail", "slow", 1, "timeout after 4s")]
+    assert node.retryable["slow"] is True
     assert (pid_dir / "slow.cleanup").read_text() == "done", "SIGTERM let the handler's finally run"
 
 
@@ -98,18 +98,18 @@ def test_running_process_job_cancelled_and_progress_forwarded(tmp_path: Path) ->
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
 
-    async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
-        jid = fake.add("p.spin", {"pid_dir": str(pid_dir)}, id="c1")
-        await until(lambda: fake.jobs[jid]["progress"] == [0.25, "spinning"], timeout=20,
+    async def body(node: WorkerNode, worker: Worker, _: Registry) -> None:
+        jid = await node.submit("p.spin", {"pid_dir": str(pid_dir)}, id="c1")
+        await until(lambda: node.job(jid)["progress"] == [0.25, "spinning"], timeout=20,
                     what="progress from the child via heartbeat")
         pid = _pid(pid_dir, jid)
         assert pid is not None and pid_alive(pid)
-        fake.cancel(jid)
+        await node.cancel(jid)
         await until(lambda: worker.free_slots == 2, timeout=10, what="slot freed after cancel")
         assert not pid_alive(pid)
 
-    _, fake, worker = scenario(tmp_path, body, _registry(), processes=1)
-    assert fake.reports == [] and worker.stats["dropped"] == 1
+    _, node, worker = scenario(tmp_path, body, _registry(), processes=1)
+    assert node.reports == [] and worker.stats["dropped"] == 1
 
 
 def test_child_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
@@ -143,16 +143,16 @@ def test_child_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
 
 
 def test_crashed_child_is_a_retryable_failure_and_context_is_passed(tmp_path: Path) -> None:
-    async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
-        fake.add("p.crash", {}, id="boom")
-        fake.add("p.echo", {}, id="echo")
-        await until(lambda: len(fake.reports) == 2, timeout=30, what="two reports")
+    async def body(node: WorkerNode, worker: Worker, _: Registry) -> None:
+        await node.submit("p.crash", {}, id="boom")
+        await node.submit("p.echo", {}, id="echo")
+        await until(lambda: len(node.reports) == 2, timeout=30, what="two reports")
 
-    _, fake, worker = scenario(tmp_path, body, _registry(), processes=2, data_root=tmp_path,
+    _, node, worker = scenario(tmp_path, body, _registry(), processes=2, data_root=tmp_path,
                                allow_hosts=("loopback", "10.0.0.0/8"))
-    got = {r[1]: r[3] for r in fake.reports}
+    got = {r[1]: r[3] for r in node.reports}
     assert got["boom"].startswith("ProcessDied: job process") and "exit code 3" in got["boom"]
-    assert fake.retryable["boom"] is True
+    assert node.retryable["boom"] is True
     assert got["echo"] == {"root": str(tmp_path.resolve()), "hosts": ["loopback", "10.0.0.0/8"], "id": "echo",
                            "attempt": 1}
 
@@ -161,13 +161,13 @@ def test_at_most_processes_children_at_once(tmp_path: Path) -> None:
     out_dir = tmp_path / "intervals"
     out_dir.mkdir()
 
-    async def body(fake: FakeCluster, worker: Worker, _: Registry) -> None:
+    async def body(node: WorkerNode, worker: Worker, _: Registry) -> None:
         for i in range(4):
-            fake.add("p.interval", {"dir": str(out_dir), "seconds": 0.3}, id=f"s{i}")
-        await until(lambda: len(fake.reports) == 4, timeout=30, what="four reports")
+            await node.submit("p.interval", {"dir": str(out_dir), "seconds": 0.3}, id=f"s{i}")
+        await until(lambda: len(node.reports) == 4, timeout=30, what="four reports")
 
-    _, fake, _ = scenario(tmp_path, body, _registry(), threads=4, processes=2)
-    assert sorted(r[3] for r in fake.reports) == ["ok"] * 4
+    _, node, _ = scenario(tmp_path, body, _registry(), threads=4, processes=2)
+    assert sorted(r[3] for r in node.reports) == ["ok"] * 4
     spans = [tuple(map(float, f.read_text().split())) for f in out_dir.iterdir()]
     events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
     live = peak = 0
