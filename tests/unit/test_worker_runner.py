@@ -351,9 +351,8 @@ def test_stop_past_grace_hands_running_jobs_back(tmp_path: Path) -> None:
         await node.submit("t.forever")
         await until(started.is_set, what="start")
 
-    t0 = time.monotonic()
+    # Were the grace ignored, the handler's 30 s wait would overrun the scenario's 20 s limit.
     code, node, _ = scenario(tmp_path, body, reg, grace_s=0.3)
-    assert time.monotonic() - t0 < 5
     assert code == 0
     assert node.reports == [("fail", "job-1", 1, "worker shutting down")]
     assert node.retryable["job-1"] is True and node.state("job-1") == "scheduled"
@@ -378,9 +377,8 @@ def test_second_stop_request_and_undelivered_results_give_exit_code_1(tmp_path: 
         worker.request_stop()
         worker.request_stop()  # second request: at once
 
-    t0 = time.monotonic()
+    # Were the second request ignored, the 30 s grace would overrun the scenario's 20 s limit.
     code, node, _ = scenario(tmp_path, body, reg, stop=False, grace_s=30.0)
-    assert time.monotonic() - t0 < 5
     assert code == 1
     assert node.reports == [] and node.state("job-1") == "running"
 
