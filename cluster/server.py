@@ -37,6 +37,7 @@ import functools
 import hmac
 import logging
 import resource
+import secrets
 import signal
 import time
 from typing import Any, Awaitable, Callable
@@ -52,7 +53,7 @@ from cluster.limits import LISTEN_BACKLOG, ConnectionLimits, connection_cap, rai
 from cluster.tls import asks_client_certificates
 from cluster.waiters import Waiters
 from replication.machine import JobMachine
-from replication.model import FINAL_STATES, MAX_REQUEUE_BATCH, validate_schedule
+from replication.model import FINAL_STATES, LEASE_NONCE_BYTES, MAX_REQUEUE_BATCH, validate_schedule
 from replication.raft import RaftConfig, RaftNode
 from replication.replica import Replica, ReplicaFactory
 
@@ -242,6 +243,7 @@ class Node:
         args (the result size cap follows), and the machine fences and answers
         each one on its own ({"results": [{"state"} | {"error", "message"}]})."""
         return {"op": "complete_many", "items": [{"id": item["id"], "attempt": item["attempt"],
+                                                   "lease_token": item["lease_token"],
                                                    "result": item.get("result")} for item in a["items"]]}
 
     def start_write(self, op: str, args: dict[str, Any]) -> asyncio.Future[dict[str, Any]] | None:
@@ -387,6 +389,9 @@ class Node:
                 # queue limits included; a rate limit says how long until a token
                 wait_ms = self.machine.lease_wait_ms(queues, int(time.time() * 1000))
             if wait_ms == 0:
+                # A fresh nonce per proposal: the machine derives each granted
+                # job's lease token from it (replication/state/leasing.py).
+                cmd["nonce"] = secrets.token_bytes(LEASE_NONCE_BYTES)
                 result = await self._commit(cmd)
                 if result.get("jobs"):
                     return result

@@ -39,9 +39,10 @@ BUGS = ("ack_before_commit", "skip_fencing", "lease_without_log")
 
 
 class FencelessMachine(JobMachine):
-    """skip_fencing: every attempt number holds the lease."""
+    """skip_fencing: every attempt number and lease token holds the lease."""
 
-    def _holds_lease(self, job: Any, attempt: Any, worker: str | None = None) -> bool:
+    def _holds_lease(self, job: Any, attempt: Any, worker: str | None = None,
+                     lease_token: str | None = None) -> bool:
         return True
 
 

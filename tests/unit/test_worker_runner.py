@@ -98,8 +98,9 @@ class FakeCluster:
                 if job["queue"] in queues and job["state"] == "queued":
                     job["state"] = "running"
                     job["attempts"] += 1
+                    job["lease_token"] = f"{job['attempts']:032x}"  # this fake only checks it is presented
                     self.deadline[job["id"]] = time.monotonic() + (lease_ms or 30000) / 1000
-                    picked.append(dict(job, attempt=job["attempts"],
+                    picked.append(dict(job, attempt=job["attempts"], lease_token=job["lease_token"],
                                        lease_deadline_at=time.time() + (lease_ms or 30000) / 1000))
             self.max_running = builtins_max(self.max_running, self.running())
             remaining = deadline - time.monotonic()
@@ -111,9 +112,10 @@ class FakeCluster:
             except asyncio.TimeoutError:
                 pass
 
-    def _holds(self, jid: str, attempt: int) -> bool:
+    def _holds(self, jid: str, attempt: int, lease_token: str) -> bool:
         job = self.jobs.get(jid)
-        return job is not None and job["state"] == "running" and job["attempts"] == attempt
+        return (job is not None and job["state"] == "running" and job["attempts"] == attempt
+                and job["lease_token"] == lease_token)
 
     async def heartbeat(self, worker: str, leases: list[dict], lease_ms: int | None = None) -> dict:
         self._check_up()
@@ -123,7 +125,7 @@ class FakeCluster:
             job = self.jobs[lease["id"]]
             if job["state"] == "cancelled":
                 cancel.append(lease["id"])
-            elif not self._holds(lease["id"], lease["attempt"]):
+            elif not self._holds(lease["id"], lease["attempt"], lease["lease_token"]):
                 lost.append(lease["id"])
             else:
                 if self.extend_on_heartbeat:
@@ -132,17 +134,17 @@ class FakeCluster:
                     job["progress"] = lease["progress"]
         return {"lost": lost, "cancel": cancel}
 
-    def _report_check(self, jid: str, attempt: int) -> None:
+    def _report_check(self, jid: str, attempt: int, lease_token: str) -> None:
         self._check_up()
         if time.monotonic() < self.reports_down_until:
             raise Unavailable("no node reachable")
         if self.report_errors:
             raise self.report_errors.pop(0)
-        if not self._holds(jid, attempt):
+        if not self._holds(jid, attempt, lease_token):
             raise LeaseLost(f"{jid} attempt {attempt} is not the current lease")
 
-    async def complete(self, id: str, attempt: int, result: Any) -> str:
-        self._report_check(id, attempt)
+    async def complete(self, id: str, attempt: int, result: Any, *, lease_token: str) -> str:
+        self._report_check(id, attempt, lease_token)
         self.jobs[id]["state"] = "succeeded"
         self.reports.append(("complete", id, attempt, result))
         return "succeeded"
@@ -159,13 +161,14 @@ class FakeCluster:
         answers: list[dict] = []
         for item in items:
             try:
-                answers.append({"state": await self.complete(item["id"], item["attempt"], item["result"])})
+                answers.append({"state": await self.complete(item["id"], item["attempt"], item["result"],
+                                                                  lease_token=item["lease_token"])})
             except (LeaseLost, NotFound, Conflict) as exc:
                 answers.append({"error": exc.code, "message": str(exc)})
         return answers
 
-    async def fail(self, id: str, attempt: int, error: str, retryable: bool = True) -> str:
-        self._report_check(id, attempt)
+    async def fail(self, id: str, attempt: int, error: str, retryable: bool = True, *, lease_token: str) -> str:
+        self._report_check(id, attempt, lease_token)
         job = self.jobs[id]
         job["state"] = "scheduled" if retryable and job["attempts"] < job["max_attempts"] else "failed"
         self.reports.append(("fail", id, attempt, error))
