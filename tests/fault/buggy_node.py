@@ -8,7 +8,7 @@ switch for them:
 - ack_before_commit: a submit is answered "queued" as soon as it is handed to
   the log, before it commits (`EarlyAckCommitter`); a leader cut off from its
   peers then acknowledges jobs that never exist, which the checker calls lost.
-- skip_fencing: the machine takes any attempt number as the lease token
+- skip_fencing: the machine takes any attempt number and lease token as the lease's
   (`FencelessMachine`); a paused worker's late completion is accepted after a
   newer attempt started, a fencing violation.
 - lease_without_log: the leader grants leases from its own machine instead of
