@@ -41,7 +41,8 @@ from typing import Any, Callable, Literal
 from cluster.errors import BadRequest
 from replication.model import (DEFAULT_QUEUE, LEASE_TOKEN_LEN, MAX_ATTEMPTS, MAX_BATCH, MAX_COMPLETE_BATCH,
                                MAX_HEARTBEAT_LEASES, MAX_ID_LEN, MAX_LEASE_BATCH, MAX_LEASE_MS, MAX_LEASE_QUEUES,
-                               MAX_NAME_LEN, MAX_RATE_MILLI, MAX_RUNNING_LIMIT, MAX_SCHEDULE_NAME_LEN, MIN_LEASE_MS, STATES)
+                               MAX_NAME_LEN, MAX_RATE_MILLI, MAX_RUNNING_LIMIT, MAX_SCHEDULE_NAME_LEN, MIN_LEASE_MS,
+                               STATES)
 
 Kind = Literal["write", "read", "long_poll"]
 Role = Literal["producer", "worker", "admin"]

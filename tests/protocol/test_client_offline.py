@@ -221,7 +221,8 @@ def test_worker_role_and_calls(nodes: Any) -> None:
     assert node.hellos[0]["role"] == "worker"
     assert node.args_of("lease") == [{"worker": "w1", "queues": ["a", "b"], "max": 2, "wait_s": 0.1}]
     assert node.args_of("complete") == [{"id": "j", "attempt": 1, "lease_token": TOKEN, "result": {"words": 2}}]
-    assert node.args_of("fail") == [{"id": "j", "attempt": 1, "lease_token": TOKEN, "error": "boom", "retryable": False}]
+    assert node.args_of("fail") == [{"id": "j", "attempt": 1, "lease_token": TOKEN, "error": "boom",
+                                     "retryable": False}]
 
 
 def test_not_leader_redirects_to_the_leader_with_the_same_job_id(nodes: Any) -> None:

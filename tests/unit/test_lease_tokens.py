@@ -119,7 +119,8 @@ def test_reads_never_show_the_token() -> None:
 
 def test_replay_and_restore_keep_the_token() -> None:
     log = [
-        _entry(1_000, {"op": "submit", "job": {"id": "a", "type": "t"}}, {"op": "submit", "job": {"id": "b", "type": "t"}}),
+        _entry(1_000, {"op": "submit", "job": {"id": "a", "type": "t"}},
+               {"op": "submit", "job": {"id": "b", "type": "t"}}),
         _entry(1_001, {"op": "lease", "worker": "w1", "queues": ["default"], "max": 2, "lease_ms": 10_000,
                        "nonce": NONCE}),
     ]
