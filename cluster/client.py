@@ -570,7 +570,9 @@ class _Api:
     ) -> list[dict[str, Any]]:
         """Lease up to `max` ready jobs, long-polling up to `wait_s` when none is ready.
 
-        `queues`: a list of names or "a,b". `capacity`: the worker's free
+        Each LeasedJob carries its `attempt` and `lease_token`: every report
+        and heartbeat on that lease must present both (nobody else has the
+        token). `queues`: a list of names or "a,b". `capacity`: the worker's free
         `{"cpu": n, "mem_mb": m}`; only jobs whose `resources` fit are granted
         (None: any job)."""
         args: dict[str, Any] = {"worker": worker, "queues": _queue_names(queues), "max": max, "wait_s": wait_s}
@@ -583,20 +585,23 @@ class _Api:
 
     def heartbeat(self, worker: str, leases: list[dict[str, Any]], lease_ms: int | None = None) -> dict[str, Any]:
         """Extend leases (to now + lease_ms, default the cluster's lease TTL);
-        returns `{"lost": [id], "cancel": [id]}`."""
+        `leases`: `[{"id", "attempt", "lease_token", "progress"?}]`, each as
+        leased. Returns `{"lost": [id], "cancel": [id]}` (lost: the lease is
+        gone, or the attempt or token is not its own)."""
         args: dict[str, Any] = {"worker": worker, "leases": _as_list(leases)}
         if lease_ms is not None:
             args["lease_ms"] = lease_ms
         return self._run(_single(_Call.make("heartbeat", args)))
 
-    def complete(self, id: str, attempt: int, result: Any = None) -> str:
-        args = {"id": id, "attempt": attempt, "result": result}
+    def complete(self, id: str, attempt: int, result: Any = None, *, lease_token: str) -> str:
+        """Report success of the lease (`attempt`, `lease_token`) as leased."""
+        args = {"id": id, "attempt": attempt, "lease_token": lease_token, "result": result}
         return self._run(_single(_Call.make("complete", args), _pick("state")))
 
     def complete_many(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Report several successes in one request and one Raft command.
 
-        `items`: `[{"id", "attempt", "result"}]`. Returns one answer per item, in
+        `items`: `[{"id", "attempt", "lease_token", "result"}]`. Returns one answer per item, in
         order: `{"state": "succeeded"}` (with `"duplicate": True` for a repeat),
         or `{"error": code, "message": text}` when that item was refused
         (LEASE_LOST, NOT_FOUND), exactly as `complete` would have raised. A
@@ -606,12 +611,14 @@ class _Api:
             return self._run(_const([]))
         wire = items
         if isinstance(items, (list, tuple)):
-            wire = [{"id": x.get("id"), "attempt": x.get("attempt"), "result": x.get("result")}
+            wire = [{"id": x.get("id"), "attempt": x.get("attempt"), "lease_token": x.get("lease_token"),
+                     "result": x.get("result")}
                     if isinstance(x, dict) else x for x in items]
         return self._run(_single(_Call.make("complete_many", {"items": wire}), _pick("results")))
 
-    def fail(self, id: str, attempt: int, error: str, retryable: bool = True) -> str:
-        args = {"id": id, "attempt": attempt, "error": error, "retryable": retryable}
+    def fail(self, id: str, attempt: int, error: str, retryable: bool = True, *, lease_token: str) -> str:
+        """Report failure of the lease (`attempt`, `lease_token`) as leased."""
+        args = {"id": id, "attempt": attempt, "lease_token": lease_token, "error": error, "retryable": retryable}
         return self._run(_single(_Call.make("fail", args), _pick("state")))
 
 

@@ -39,12 +39,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from cluster.errors import BadRequest
-from replication.model import (DEFAULT_QUEUE, MAX_ATTEMPTS, MAX_BATCH, MAX_COMPLETE_BATCH, MAX_HEARTBEAT_LEASES,
-                               MAX_ID_LEN, MAX_LEASE_BATCH, MAX_LEASE_MS, MAX_LEASE_QUEUES, MAX_NAME_LEN,
-                               MAX_RATE_MILLI, MAX_RUNNING_LIMIT, MAX_SCHEDULE_NAME_LEN, MIN_LEASE_MS, STATES)
+from replication.model import (DEFAULT_QUEUE, LEASE_TOKEN_LEN, MAX_ATTEMPTS, MAX_BATCH, MAX_COMPLETE_BATCH,
+                               MAX_HEARTBEAT_LEASES, MAX_ID_LEN, MAX_LEASE_BATCH, MAX_LEASE_MS, MAX_LEASE_QUEUES,
+                               MAX_NAME_LEN, MAX_RATE_MILLI, MAX_RUNNING_LIMIT, MAX_SCHEDULE_NAME_LEN, MIN_LEASE_MS,
+                               STATES)
 
 Kind = Literal["write", "read", "long_poll"]
-ArgType = Literal["str", "text", "int", "number", "bool", "map", "list", "any"]
+ArgType = Literal["str", "text", "hex", "int", "number", "bool", "map", "list", "any"]
 
 KINDS: tuple[str, ...] = ("write", "read", "long_poll")
 PRODUCER = "producer"
@@ -67,7 +68,7 @@ class Arg:
     """One argument. Absent and None are the same: the default applies.
 
     `type`: "str" non-empty string (at most `max_len` chars), "text" any
-    string, "int" integer (bool is not one), "number" finite int or float,
+    string, "hex" exactly `max_len` lowercase hex digits, "int" integer (bool is not one), "number" finite int or float,
     "bool", "map", "list" (of `item`, when given; `min`/`max` bound its
     length), "any" msgpack value. `min`/`max` bound an int or number.
     `label` names the argument in error messages (default: its name).
@@ -94,6 +95,8 @@ class Arg:
             return f"a string of 1..{self.max_len} characters" if self.max_len else "a non-empty string"
         if t == "text":
             return "a string"
+        if t == "hex":
+            return f"{self.max_len} lowercase hex digits"
         if t in ("int", "number"):
             noun = "an integer" if t == "int" else "a number"
             if self.min is not None and self.max is not None:
@@ -176,6 +179,9 @@ def _fail(arg: Arg, value: Any) -> BadRequest:
     return BadRequest(f"{arg.label or repr(arg.name)} must be {arg.describe()}, got {shown}")
 
 
+_HEX_DIGITS = "0123456789abcdef"
+
+
 def _any(value: Any) -> Any:
     return value
 
@@ -200,6 +206,16 @@ def _checker(arg: Arg) -> Callable[[Any], Any]:
                 raise _fail(arg, v)
             return v
         return check_text
+    if t == "hex":
+        if arg.max_len is None:
+            raise ValueError(f"{arg.name}: a hex argument needs its length (max_len)")
+        length = arg.max_len
+
+        def check_hex(v: Any) -> Any:
+            if not isinstance(v, str) or len(v) != length or v.strip(_HEX_DIGITS):
+                raise _fail(arg, v)
+            return v
+        return check_hex
     if t == "int" or t == "number":
         # Every number here is bounded, so the range test also refuses inf (and NaN).
         if t == "number" and (arg.min is None or arg.max is None):
@@ -274,7 +290,9 @@ _ATTEMPT = Arg("attempt", "int", required=True, min=0, max=MAX_ATTEMPTS, doc="th
 _WORKER = Arg("worker", "str", required=True, max_len=MAX_NAME_LEN, label="worker name")
 _LEASE_MS = Arg("lease_ms", "int", min=MIN_LEASE_MS, max=MAX_LEASE_MS, doc="default: the cluster's lease_ttl_s")
 _SCHEDULE_NAME = Arg("name", "str", required=True, max_len=MAX_SCHEDULE_NAME_LEN, label="schedule name")
-_COMPLETION = (_JOB_ID, _ATTEMPT, Arg("result", "any"))
+_LEASE_TOKEN = Arg("lease_token", "hex", required=True, max_len=LEASE_TOKEN_LEN,
+                   doc="the LeasedJob's; only the lease's holder has it")
+_COMPLETION = (_JOB_ID, _ATTEMPT, _LEASE_TOKEN, Arg("result", "any"))
 
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("submit", "write", _P, (
@@ -319,15 +337,14 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("heartbeat", "write", _W, (
         _WORKER,
         Arg("leases", "list", required=True, max=MAX_HEARTBEAT_LEASES, item=(
-            _JOB_ID, _ATTEMPT, Arg("progress", "list", min=2, max=2, doc="[fraction, message]"))),
+            _JOB_ID, _ATTEMPT, _LEASE_TOKEN, Arg("progress", "list", min=2, max=2, doc="[fraction, message]"))),
         _LEASE_MS,
     ), '`{"lost", "cancel"}`'),
     Op("complete", "write", _W, _COMPLETION, '`{"state"}`', direct=True),
     Op("complete_many", "write", _W, (
         Arg("items", "list", required=True, min=1, max=MAX_COMPLETE_BATCH, item=_COMPLETION),
     ), '`{"results": [{"state"} or {"error", "message"}]}` (a worker\'s batched outbox)'),
-    Op("fail", "write", _W, (
-        _JOB_ID, _ATTEMPT,
+ArgType = Literal["str", "text", "hex", "int", "number", "bool", "map", "list", "any"]
         Arg("error", "text", required=True),
         Arg("retryable", "bool", default=True),
     ), '`{"state"}`', direct=True),

@@ -36,6 +36,7 @@ import asyncio
 import functools
 import logging
 import resource
+import secrets
 import signal
 import time
 from typing import Any, Awaitable, Callable
@@ -53,7 +54,7 @@ from cluster.tls import asks_client_certificates
 from cluster.roles import Access, Credentials, scope_refusal
 from cluster.waiters import Waiters
 from replication.machine import JobMachine
-from replication.model import FINAL_STATES, MAX_REQUEUE_BATCH, validate_schedule
+from replication.model import FINAL_STATES, LEASE_NONCE_BYTES, MAX_REQUEUE_BATCH, validate_schedule
 from replication.raft import RaftConfig, RaftNode
 from replication.replica import Replica, ReplicaFactory
 
@@ -245,6 +246,7 @@ class Node:
         args (the result size cap follows), and the machine fences and answers
         each one on its own ({"results": [{"state"} | {"error", "message"}]})."""
         return {"op": "complete_many", "items": [{"id": item["id"], "attempt": item["attempt"],
+                                                   "lease_token": item["lease_token"],
                                                    "result": item.get("result")} for item in a["items"]]}
 
     def start_write(self, op: str, args: dict[str, Any]) -> asyncio.Future[dict[str, Any]] | None:
@@ -390,6 +392,9 @@ class Node:
                 # queue limits included; a rate limit says how long until a token
                 wait_ms = self.machine.lease_wait_ms(queues, int(time.time() * 1000))
             if wait_ms == 0:
+                # A fresh nonce per proposal: the machine derives each granted
+                # job's lease token from it (replication/state/leasing.py).
+                cmd["nonce"] = secrets.token_bytes(LEASE_NONCE_BYTES)
                 result = await self._commit(cmd)
                 if result.get("jobs"):
                     return result

@@ -102,7 +102,7 @@ async def _drain_worker(addrs: list[str], token: str, max_jobs: int, state: dict
                 continue
             if state["first"] is None:
                 state["first"] = time.time()
-            await asyncio.gather(*(c.complete(j["id"], j["attempt"], None) for j in jobs))
+            await asyncio.gather(*(c.complete(j["id"], j["attempt"], None, lease_token=j["lease_token"]) for j in jobs))
             state["completed"] += len(jobs)
             state["last"] = time.time()
 

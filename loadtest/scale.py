@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import secrets
 import statistics
 import time
 
 from replication.machine import JobMachine
+from replication.model import LEASE_NONCE_BYTES
 
 BATCH = 100
 
@@ -49,10 +51,12 @@ def _measure(machine: JobMachine, now_ms: int, tag: str, jobs: int) -> tuple[flo
     while done < jobs:
         now_ms += 1
         leased = machine.apply_entry({"v": 1, "now_ms": now_ms, "cmds": [
-            {"op": "lease", "worker": "bench", "queues": ["work"], "max": BATCH, "lease_ms": 60_000}]})[0]["jobs"]
+            {"op": "lease", "worker": "bench", "queues": ["work"], "max": BATCH, "lease_ms": 60_000,
+             "nonce": secrets.token_bytes(LEASE_NONCE_BYTES)}]})[0]["jobs"]
         now_ms += 1
         machine.apply_entry({"v": 1, "now_ms": now_ms, "cmds": [
-            {"op": "complete", "id": j["id"], "attempt": j["attempt"], "result": None} for j in leased]})
+            {"op": "complete", "id": j["id"], "attempt": j["attempt"], "lease_token": j["lease_token"],
+             "result": None} for j in leased]})
         done += len(leased)
     lease_rate = jobs / (time.perf_counter() - t0)
     return submit_rate, lease_rate, now_ms

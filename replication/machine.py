@@ -22,7 +22,8 @@ part's module docstring lists its rows, indexes and invariants:
   in O(1));
 - lifecycle (`Lifecycle`): `ready[queue]` heaps (FIFO within priority),
   the `scheduled` heap, `dependents` (pending children of live parents);
-- leasing (`Leasing`): the `leases` heap of deadlines; fencing by `attempts`;
+- leasing (`Leasing`): the `leases` heap of deadlines; fencing by `attempts`
+  and each lease's `lease_token`;
 - limits (`QueueLimits`, primary data): per-queue max_running and a token
   bucket refilled in log time;
 - schedules (`Schedules`, primary data): cron/interval schedules and their
@@ -71,13 +72,16 @@ class JobMachine:
     def __init__(self) -> None:
         self._state = MachineState.empty(self._holds_lease)
 
-    def _holds_lease(self, job: Job, attempt: Any, worker: str | None = None) -> bool:
-        """Fencing: is `attempt` (of `worker`, when a heartbeat names one) the
-        token of `job`'s current lease? Every token check (complete, fail,
-        heartbeat) goes through here, so the fault suite can break fencing on
-        purpose (tests/fault/buggy_node.py overrides it); it must stay
-        deterministic like everything the machine does."""
-        return job.attempts == attempt and (worker is None or job.worker == worker)
+    def _holds_lease(self, job: Job, attempt: Any, worker: str | None = None,
+                     lease_token: str | None = None) -> bool:
+        """Fencing: are `attempt` (of `worker`, when a heartbeat names one) and
+        `lease_token` those of `job`'s current (or, once succeeded, last) lease?
+        A lease granted without a token (an old log's) is fenced by attempt
+        only. Every check (complete, fail, heartbeat) goes through here, so the
+        fault suite can break fencing on purpose (tests/fault/buggy_node.py
+        overrides it); it must stay deterministic like everything the machine does."""
+        return (job.attempts == attempt and (worker is None or job.worker == worker)
+                and (job.lease_token is None or job.lease_token == lease_token))
 
     # ------------------------------------------------------------------ apply
 

@@ -50,6 +50,10 @@ MAX_LEASE_BATCH = 1_000     # jobs per lease command (`max`)
 MAX_LEASE_QUEUES = 100      # queues named in one lease command
 MAX_HEARTBEAT_LEASES = 10_000
 MAX_COMPLETE_BATCH = 1_000   # items per complete_many
+# A lease token: 16 bytes as lowercase hex, derived on apply from the 16-byte
+# nonce the leader stamps on each lease command (replication/state/leasing.py).
+LEASE_NONCE_BYTES = 16
+LEASE_TOKEN_LEN = 32
 # A lease a request may ask for (lease, heartbeat): shorter than a network
 # round trip plus a heartbeat interval, a lease would expire while granted.
 MIN_LEASE_MS = 100
@@ -106,6 +110,9 @@ class Job:
     `seq` orders the job FIFO within its priority; the machine assigns it at
     submit and again at `retry`, and keeps it across requeues.
     `attempts` is the fencing token: `lease` increments it.
+    `lease_token` is the secret of the current (or last) lease, derived when it
+    is granted; only its holder may report on or renew that lease. None for a
+    lease granted by a command without a nonce (fenced by attempt only).
     `worker`, `lease_deadline_ms` are set while `running`; a job cancelled while
     running keeps `worker` and `attempts` so that worker's next heartbeat is
     told to cancel.
@@ -143,6 +150,9 @@ class Job:
     schedule: str | None = None
     resources: list[int] | None = None
     max_lease_expiries: int = DEFAULT_MAX_LEASE_EXPIRIES
+    # An optional trailing snapshot row field (not in JOB_FIELDS): a row holds it
+    # only when it is not None, so snapshots without tokens keep their bytes.
+    lease_token: str | None = None
     # Derived, never in a snapshot row (rebuilt by restore): the sizes of the
     # msgpack encodings of `args` and of `result` + `error`, for admission.
     args_bytes: int = 0
@@ -159,21 +169,30 @@ JOB_FIELDS_V1: tuple[str, ...] = (
     "lease_deadline_ms", "progress", "lease_expiries",
 )
 JOB_FIELDS: tuple[str, ...] = JOB_FIELDS_V1 + ("depends_on", "schedule", "resources", "max_lease_expiries")
+# A format 2 row may hold one more field after JOB_FIELDS: the job's lease
+# token, present only when set (`Job.lease_token`).
 
 
 _row_getter = attrgetter(*JOB_FIELDS)
 
 
 def job_to_row(job: Job) -> list[Any]:
-    return list(_row_getter(job))
+    row = list(_row_getter(job))
+    if job.lease_token is not None:
+        row.append(job.lease_token)
+    return row
 
 
 def job_from_row(row: list[Any], n_fields: int = len(JOB_FIELDS)) -> Job:
-    """A Job from a snapshot row of `n_fields` fields (a prefix of JOB_FIELDS);
-    its derived sizes are left for the caller to set."""
-    if not isinstance(row, (list, tuple)) or len(row) != n_fields:
+    """A Job from a snapshot row of `n_fields` fields (a prefix of JOB_FIELDS),
+    plus the lease token when `n_fields` is all of them; its derived sizes are
+    left for the caller to set."""
+    with_token = n_fields == len(JOB_FIELDS)
+    if not isinstance(row, (list, tuple)) or not (len(row) == n_fields or (with_token and len(row) == n_fields + 1)):
         raise ValueError(f"snapshot job row must have {n_fields} fields")
     job = Job(*row)
+    if job.lease_token is not None and not isinstance(job.lease_token, str):
+        raise ValueError(f"snapshot job {job.id!r}: lease token must be a string")
     if job.progress is not None:
         job.progress = list(job.progress)
     if job.depends_on is not None:
@@ -229,10 +248,14 @@ def to_milli(value: int | float) -> int:
 
 
 def leased_view(job: Job) -> dict[str, Any]:
-    """A LeasedJob: the JobView plus the fencing token and the lease deadline."""
+    """A LeasedJob: the JobView plus the fencing token (attempt), the lease
+    deadline and the lease token (absent for a lease granted without one).
+    The only view that carries the token: it goes to the lease's holder alone."""
     view = job_view(job)
     view["attempt"] = job.attempts
     view["lease_deadline_at"] = _sec(job.lease_deadline_ms)
+    if job.lease_token is not None:
+        view["lease_token"] = job.lease_token
     return view
 
 
@@ -485,6 +508,14 @@ def _check_progress(progress: Any) -> str | None:
     return None
 
 
+def _check_nonce(nonce: Any) -> str | None:
+    """A lease command's nonce: absent (logged before leases had tokens) or
+    LEASE_NONCE_BYTES bytes."""
+    if nonce is None or (isinstance(nonce, bytes) and len(nonce) == LEASE_NONCE_BYTES):
+        return None
+    return f"'nonce' must be {LEASE_NONCE_BYTES} bytes"
+
+
 def _check_str_list(obj: dict[str, Any], key: str, max_items: int) -> str | None:
     value = obj.get(key)
     if not isinstance(value, (list, tuple)) or not value:
@@ -509,8 +540,11 @@ def _check_batch(cmd: dict[str, Any], key: str, limit: int, noun: str, *,
 
 
 def _check_attempt_ref(obj: dict[str, Any]) -> str | None:
-    """The job id and attempt that name one lease (heartbeat items, complete, fail)."""
-    return _check_str(obj, "id", max_len=MAX_ID_LEN) or _check_int(obj, "attempt", 0, MAX_ATTEMPTS)
+    """The job id, attempt and lease token that name one lease (heartbeat items,
+    complete, fail). The token is optional here: commands logged before leases
+    had tokens carry none (a missing or wrong one is LEASE_LOST on apply)."""
+    return (_check_str(obj, "id", max_len=MAX_ID_LEN) or _check_int(obj, "attempt", 0, MAX_ATTEMPTS)
+            or _check_str(obj, "lease_token", max_len=LEASE_TOKEN_LEN, optional=True))
 
 
 def _check_completion(obj: dict[str, Any]) -> str | None:
@@ -550,7 +584,8 @@ def validate_command(cmd: Any) -> str | None:
                 or _check_str_list(cmd, "queues", MAX_LEASE_QUEUES)
                 or _check_int(cmd, "max", 1, MAX_LEASE_BATCH)
                 or _check_int(cmd, "lease_ms", MIN_COMMAND_LEASE_MS, MAX_LEASE_MS)
-                or (None if cmd.get("capacity") is None else check_capacity(cmd["capacity"], "capacity")))
+                or (None if cmd.get("capacity") is None else check_capacity(cmd["capacity"], "capacity"))
+                or _check_nonce(cmd.get("nonce")))
     if op == "heartbeat":
         msg = _check_str(cmd, "worker") or _check_int(cmd, "lease_ms", MIN_COMMAND_LEASE_MS, MAX_LEASE_MS)
         if msg:

@@ -62,6 +62,7 @@ class Attempt:
     job: dict
     id: str
     attempt: int
+    lease_token: str  # presented with every report and heartbeat of this lease
     type: str
     ctx: JobContext
     timeout_s: float | None

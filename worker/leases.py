@@ -17,8 +17,7 @@ import asyncio
 import logging
 from typing import Any, Callable, Iterator
 
-from worker.attempt import brief
-from worker.context import JobContext
+from worker.attempt import Attempt, brief
 from worker.hooks import WorkerHooks
 
 log = logging.getLogger("raftq.worker")
@@ -27,15 +26,16 @@ Key = tuple[str, int]  # (job id, attempt)
 
 
 class LeaseBook:
-    """Invariant: holds exactly the (id, attempt) pairs we may still heartbeat."""
+    """Invariant: holds exactly the (id, attempt) pairs we may still heartbeat,
+    each with its attempt (for its lease token and latest progress)."""
 
     def __init__(self, hooks: WorkerHooks, on_gone: Callable[[Key, str], None]) -> None:
-        self._held: dict[Key, JobContext] = {}
+        self._held: dict[Key, Attempt] = {}
         self._hooks = hooks
         self._on_gone = on_gone
 
-    def hold(self, key: Key, ctx: JobContext) -> None:
-        self._held[key] = ctx
+    def hold(self, att: Attempt) -> None:
+        self._held[att.key] = att
 
     def release(self, key: Key) -> None:
         self._held.pop(key, None)
@@ -54,9 +54,9 @@ class LeaseBook:
         if not self._held:
             return
         payload = []
-        for (jid, attempt), ctx in list(self._held.items()):
-            entry: dict[str, Any] = {"id": jid, "attempt": attempt}
-            progress = ctx.last_progress
+        for (jid, attempt), att in list(self._held.items()):
+            entry: dict[str, Any] = {"id": jid, "attempt": attempt, "lease_token": att.lease_token}
+            progress = att.ctx.last_progress
             if progress is not None:
                 entry["progress"] = [progress[0], progress[1]]
             payload.append(entry)

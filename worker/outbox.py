@@ -155,12 +155,14 @@ class Outbox:
                     if outcome.ok:
                         result = outcome.result
                         state = await self._until_answered(
-                            lambda: self.client.complete(att.id, att.attempt, result), what)
+                            lambda: self.client.complete(att.id, att.attempt, result,
+                                                         lease_token=att.lease_token), what)
                     else:
                         failed = outcome
                         state = await self._until_answered(
                             lambda: self.client.fail(att.id, att.attempt, failed.error,
-                                                      retryable=failed.retryable), what)
+                                                      retryable=failed.retryable,
+                                                      lease_token=att.lease_token), what)
                     self._acknowledged(att, outcome.ok, state)
                     finished = True
                     return
@@ -220,7 +222,8 @@ class Outbox:
     async def _deliver_batch(self, items: dict[Key, tuple[Attempt, Outcome]]) -> None:
         """Every item answered for: acknowledged, fenced (dropped), or handed to
         a one-by-one delivery with the full error handling (refused or not answered)."""
-        payload = [{"id": att.id, "attempt": att.attempt, "result": out.result} for att, out in items.values()]
+        payload = [{"id": att.id, "attempt": att.attempt, "lease_token": att.lease_token, "result": out.result}
+                   for att, out in items.values()]
 
         async def send() -> list:
             answers = await self.client.complete_many(payload)

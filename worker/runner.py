@@ -320,6 +320,7 @@ class Worker:
     def _start(self, job: Any) -> None:
         try:
             jid, attempt, jtype = job["id"], int(job["attempt"]), str(job.get("type", ""))
+            lease_token = job["lease_token"]
         except (TypeError, KeyError, ValueError):
             log.error("ignoring malformed leased job from the cluster: %r", job)
             return
@@ -334,8 +335,8 @@ class Worker:
             timeout = jt.timeout_s if jt is not None else None
         ctx = JobContext(jid, attempt, job.get("args"), self._workdir(jid, attempt), type=jtype,
                          settings=self._settings)
-        att = Attempt(job, jid, attempt, jtype, ctx, float(timeout) if timeout else None)
-        self.leases.hold(att.key, ctx)
+        att = Attempt(job, jid, attempt, lease_token, jtype, ctx, float(timeout) if timeout else None)
+        self.leases.hold(att)
         if self._stopping:
             # Leased by a long poll that was in flight when stop was requested.
             self._runs[att.key] = att

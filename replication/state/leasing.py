@@ -9,7 +9,18 @@ a worker and a deadline, any other has no deadline.
 
 `attempts` is the fencing token: `lease` increments it, and complete, fail and
 heartbeat are accepted only for the current attempt (the decision is the
-`holds` callable the machine passes in: `JobMachine._holds_lease`). Leases end
+`holds` callable the machine passes in: `JobMachine._holds_lease`).
+
+Lease tokens make a lease its worker's own: the attempt number is no secret
+(any read shows it), so each grant also derives `job.lease_token` =
+blake2b(key=nonce, "id:attempt") from the random nonce the leader stamped on
+the lease command (apply stays deterministic: the randomness is in the log).
+Only the LeasedJob answer carries the token; a report or heartbeat presenting
+another (or none) is LEASE_LOST, so nobody else can complete, fail, extend or
+shorten the lease. The token stays on the job after the lease ends, so a
+repeat of an accepted completion is recognised as a duplicate only with it. A
+lease command without a nonce (logged before tokens existed) grants no token,
+and such a lease is fenced by attempt only. Leases end
 only through an explicit command or `tick`: a report presenting the current
 attempt of a `running` job is accepted even if its deadline has passed but no
 tick has expired it yet (nobody else can hold the job in between, so fencing
@@ -18,7 +29,7 @@ worker most likely died) and counts `lease_expiries` apart from handler
 failures; reaching `max_lease_expiries` quarantines the job (`failed`).
 
 Commands: lease, heartbeat, complete, complete_many, fail. No snapshot section
-of its own (deadlines and tokens are job fields).
+of its own (deadlines and lease tokens are job fields).
 """
 from __future__ import annotations
 
@@ -51,8 +62,9 @@ from replication.state.workers import WorkerRegistry
 LEASE_SCAN_LIMIT = 256  # non-fitting ready jobs one lease may step over (then it stops)
 
 Result = dict[str, Any]
-# (job, attempt presented, worker presenting it or None when the command names none) -> accepted?
-LeaseCheck = Callable[[Job, Any, "str | None"], bool]
+# (job, attempt presented, worker presenting it or None when the command names
+# none, lease token presented or None) -> accepted?
+LeaseCheck = Callable[[Job, Any, "str | None", "str | None"], bool]
 
 
 def backoff_delay_ms(job_id: str, attempt: int, backoff_ms: int) -> int:
@@ -69,6 +81,12 @@ def backoff_delay_ms(job_id: str, attempt: int, backoff_ms: int) -> int:
     jitter = int.from_bytes(digest[:8], "big")  # in [0, 2^64): jitter fraction * 2^64
     # base * (0.8 + 0.4 * jitter / 2^64) == base * (8 * 2^64 + 4 * jitter) / (10 * 2^64)
     return base * (8 * (1 << 64) + 4 * jitter) // (10 * (1 << 64))
+
+
+def lease_token(nonce: bytes, job_id: str, attempt: int) -> str:
+    """The token of `job_id`'s lease `attempt`, granted by a lease command
+    carrying `nonce`: unguessable without the nonce, the same on every replica."""
+    return hashlib.blake2b(f"{job_id}:{attempt}".encode(), key=nonce, digest_size=16).hexdigest()
 
 
 class Leasing:
@@ -124,6 +142,7 @@ class Leasing:
             cpu_left = to_milli(capacity["cpu"]) if "cpu" in capacity else None
             mem_left = capacity.get("mem_mb")
         queues = sorted(set(cmd["queues"]))
+        nonce: bytes | None = cmd.get("nonce")
         holding: set[str] = self._workers.see(worker, queues, capacity, lease_ms)["running"]
         ready, limits, ready_live = self._ready, self._limits, self._lifecycle.ready_live
         allowance: dict[str, int | None] = {}
@@ -158,7 +177,7 @@ class Leasing:
             if res is not None:
                 cpu_left = None if cpu_left is None else cpu_left - res[0]
                 mem_left = None if mem_left is None else mem_left - res[1]
-            self._grant(job, worker, lease_ms, now)
+            self._grant(job, worker, lease_ms, now, nonce)
             holding.add(job.id)
             leased.append(self._leased_view(job))
             allow = allowance[queue]
@@ -174,8 +193,9 @@ class Leasing:
                 del ready[queue]
         return {"jobs": leased}
 
-    def _grant(self, job: Job, worker: str, lease_ms: int, now: int) -> None:
+    def _grant(self, job: Job, worker: str, lease_ms: int, now: int, nonce: bytes | None) -> None:
         job.attempts += 1
+        job.lease_token = None if nonce is None else lease_token(nonce, job.id, job.attempts)
         self._table.move(job, RUNNING)
         job.worker = worker
         job.started_ms = now
@@ -204,7 +224,7 @@ class Leasing:
         cancel: list[str] = []
         for lease in cmd["leases"]:
             job = jobs.get(lease["id"])
-            held = job is not None and holds(job, lease["attempt"], worker)
+            held = job is not None and holds(job, lease["attempt"], worker, lease.get("lease_token"))
             if held and job.state == RUNNING:
                 held_ids.add(job.id)
                 progress = lease.get("progress")
@@ -224,11 +244,11 @@ class Leasing:
     # --------------------------------------------------------------- outcomes
 
     def _running_job(self, cmd: dict[str, Any]) -> Job | Result:
-        """The job a complete/fail names, if `attempt` is its live lease; else an error."""
+        """The job a complete/fail names, if `attempt` and `lease_token` are its live lease; else an error."""
         job = self._jobs.get(cmd["id"])
         if job is None:
             return error(NOT_FOUND, f"no job {cmd['id']!r}")
-        if job.state != RUNNING or not self._holds(job, cmd["attempt"], None):
+        if job.state != RUNNING or not self._holds(job, cmd["attempt"], None, cmd.get("lease_token")):
             return error(LEASE_LOST, f"job {job.id!r} attempt {cmd['attempt']} no longer holds a lease "
                                      f"(state {job.state}, attempt {job.attempts})")
         return job
@@ -240,7 +260,8 @@ class Leasing:
 
     def cmd_complete(self, cmd: dict[str, Any]) -> Result:
         job = self._jobs.get(cmd["id"])
-        if job is not None and job.state == SUCCEEDED and job.attempts == cmd["attempt"]:
+        if job is not None and job.state == SUCCEEDED and self._holds(job, cmd["attempt"], None,
+                                                                       cmd.get("lease_token")):
             return {"state": SUCCEEDED, "duplicate": True}
         found = self._running_job(cmd)
         if not isinstance(found, Job):

@@ -493,7 +493,8 @@ def admission(root: Path, scale: Scale) -> Outcome:
                 sc.ack("fill", ids)
                 n += len(ids)
                 leased = c.lease("filler", ["fill"], max=100, wait_s=0)
-                c.complete_many([{"id": j["id"], "attempt": j["attempt"], "result": None} for j in leased])
+                c.complete_many([{"id": j["id"], "attempt": j["attempt"], "lease_token": j["lease_token"],
+                                  "result": None} for j in leased])
             total = held + n
             seen.append(f"fill refused at {total} held: {refusal}" if refusal else
                         f"{total} jobs held ({n} finished), never refused")

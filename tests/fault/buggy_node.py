@@ -8,7 +8,7 @@ switch for them:
 - ack_before_commit: a submit is answered "queued" as soon as it is handed to
   the log, before it commits (`EarlyAckCommitter`); a leader cut off from its
   peers then acknowledges jobs that never exist, which the checker calls lost.
-- skip_fencing: the machine takes any attempt number as the lease token
+- skip_fencing: the machine takes any attempt number and lease token as the lease's
   (`FencelessMachine`); a paused worker's late completion is accepted after a
   newer attempt started, a fencing violation.
 - lease_without_log: the leader grants leases from its own machine instead of
@@ -39,9 +39,10 @@ BUGS = ("ack_before_commit", "skip_fencing", "lease_without_log")
 
 
 class FencelessMachine(JobMachine):
-    """skip_fencing: every attempt number holds the lease."""
+    """skip_fencing: every attempt number and lease token holds the lease."""
 
-    def _holds_lease(self, job: Any, attempt: Any, worker: str | None = None) -> bool:
+    def _holds_lease(self, job: Any, attempt: Any, worker: str | None = None,
+                     lease_token: str | None = None) -> bool:
         return True
 
 

@@ -38,11 +38,14 @@ def test_ack_before_commit_answers_a_submit_its_replica_has_not_applied() -> Non
     on_node("ack_before_commit", test)
 
 
-def test_skip_fencing_accepts_a_stale_attempt() -> None:
+def test_skip_fencing_accepts_a_stale_attempt_and_a_foreign_token() -> None:
     async def test(node: Node, replica: LocalReplica) -> None:
         await node.handle("submit", {"job": {"id": "a", "type": "t"}})
-        await node.handle("lease", {"worker": "w1", "wait_s": 0})
-        assert (await node.handle("complete", {"id": "a", "attempt": 7}))["state"] == "succeeded"
+        [leased] = (await node.handle("lease", {"worker": "w1", "wait_s": 0}))["jobs"]
+        foreign = "0" * 32
+        assert leased["lease_token"] != foreign
+        answer = await node.handle("complete", {"id": "a", "attempt": 7, "lease_token": foreign})
+        assert answer["state"] == "succeeded"
     on_node("skip_fencing", test)
 
 

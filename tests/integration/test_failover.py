@@ -76,7 +76,7 @@ def test_leader_sigkill_under_concurrent_submits(make_cluster) -> None:
                     continue
                 for job in jobs:
                     try:
-                        c.complete(job["id"], job["attempt"], {"ok": True})
+                        c.complete(job["id"], job["attempt"], {"ok": True}, lease_token=job["lease_token"])
                     except LeaseLost:
                         continue
                     with lock:

@@ -39,7 +39,7 @@ def test_follower_redirects_writes_and_serves_stale_reads(cluster: LocalCluster)
     assert reply["err"][2] == {"leader": cluster.client_addrs[leader - 1]}
     for op, args in [("get", {"id": "x1"}), ("list", {}), ("stats", {}), ("cancel", {"id": "x1"}),
                      ("lease", {"worker": "w", "queues": ["default"], "wait_s": 0}),
-                     ("complete", {"id": "x1", "attempt": 1, "result": None})]:
+                     ("complete", {"id": "x1", "attempt": 1, "lease_token": "0" * 32, "result": None})]:
         assert raw_call(faddr, op, args)["err"][0] == "NOT_LEADER", op
 
     # The client library follows the redirect from any one node.

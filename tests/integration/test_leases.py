@@ -18,14 +18,15 @@ def test_expired_lease_is_granted_again_and_the_old_token_is_rejected(cluster: L
         second = wait_until(lambda: c.lease("healthy-worker", ["default"], max=1, wait_s=1), 20,
                             "the job to be leased again")
         assert second[0]["id"] == job_id and second[0]["attempt"] == 2
+        stale, healthy = first[0]["lease_token"], second[0]["lease_token"]
         with pytest.raises(LeaseLost):
-            c.complete(job_id, 1, {"from": "stale worker"})
-        assert c.complete(job_id, 2, {"from": "healthy worker"}) == "succeeded"
+            c.complete(job_id, 1, {"from": "stale worker"}, lease_token=stale)
+        assert c.complete(job_id, 2, {"from": "healthy worker"}, lease_token=healthy) == "succeeded"
         # A retry of the accepted completion (e.g. after a lost reply) is harmless...
-        assert c.complete(job_id, 2, {"from": "healthy worker"}) == "succeeded"
+        assert c.complete(job_id, 2, {"from": "healthy worker"}, lease_token=healthy) == "succeeded"
         # ...but the stale holder still cannot record an outcome.
         with pytest.raises(LeaseLost):
-            c.fail(job_id, 1, "stale failure")
+            c.fail(job_id, 1, "stale failure", lease_token=stale)
         view = c.get(job_id)
         assert view["state"] == "succeeded" and view["attempts"] == 2
         assert view["result"] == {"from": "healthy worker"}
@@ -47,7 +48,7 @@ def test_worker_killed_mid_job_is_leased_again_and_completes_once(cluster: Local
                 rescuer.stop()
             assert view["state"] == "succeeded"
             assert view["attempts"] == 2, "the job ran again only after the dead worker's lease expired"
-            with pytest.raises(LeaseLost):
-                c.complete(job_id, 1, {"late": "result from the dead worker"})
+            with pytest.raises(LeaseLost):  # whatever token it would present
+                c.complete(job_id, 1, {"late": "result from the dead worker"}, lease_token="0" * 32)
     finally:
         slow.kill()

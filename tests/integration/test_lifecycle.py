@@ -63,11 +63,11 @@ def test_dependencies_dead_letters_and_quarantine(lc: LocalCluster) -> None:
     with lc.client() as c:
         got = {j["id"]: j for j in c.lease("w-deps", ["deps"], max=5, wait_s=2)}
         assert sorted(got) == ["dep-a", "dep-b"]
-        c.complete("dep-a", got["dep-a"]["attempt"], {"from": "a"})
-        c.complete("dep-b", got["dep-b"]["attempt"], {"from": "b"})
+        c.complete("dep-a", got["dep-a"]["attempt"], {"from": "a"}, lease_token=got["dep-a"]["lease_token"])
+        c.complete("dep-b", got["dep-b"]["attempt"], {"from": "b"}, lease_token=got["dep-b"]["lease_token"])
         [child] = c.lease("w-deps", ["deps"], max=5, wait_s=2)
         assert child["id"] == "dep-c" and child["parents"] == {"dep-a": {"from": "a"}, "dep-b": {"from": "b"}}
-        c.fail("dep-c", child["attempt"], "exploded", retryable=False)
+        c.fail("dep-c", child["attempt"], "exploded", retryable=False, lease_token=child["lease_token"])
     assert rjson(lc, "status", "dep-d")["state"] == "cancelled"
     assert rjson(lc, "status", "dep-d")["error"].startswith("dependency dep-c failed: exploded")
 
@@ -106,7 +106,7 @@ def test_queue_limits_capacity_and_submit_options(lc: LocalCluster) -> None:
     with lc.client() as c1, lc.client() as c2:
         [first] = c1.lease("w-lim-1", ["lim"], max=3, wait_s=1)
         assert c2.lease("w-lim-2", ["lim"], max=3, wait_s=0.5) == []  # the limit holds across workers
-        c1.complete(first["id"], first["attempt"], None)
+        c1.complete(first["id"], first["attempt"], None, lease_token=first["lease_token"])
         assert [j["id"] for j in c2.lease("w-lim-2", ["lim"], max=3, wait_s=2)] == ["lim-1"]
 
         burst = c1.lease("w-rate", ["rate"], max=5, wait_s=0)
@@ -126,7 +126,7 @@ def test_queue_limits_capacity_and_submit_options(lc: LocalCluster) -> None:
         assert [j["id"] for j in got] == ["cap-small"]
         # results over the cap are refused before they reach the log
         with pytest.raises(TooLarge):
-            c.complete("cap-small", got[0]["attempt"], "x" * (1024 * 1024 + 10))
+            c.complete("cap-small", got[0]["attempt"], "x" * (1024 * 1024 + 10), lease_token=got[0]["lease_token"])
         assert c.get("cap-small")["state"] == "running"
     workers = {w["name"]: w for w in rjson(lc, "workers")}
     assert workers["w-cap"]["capacity"] == {"cpu": 2, "mem_mb": 1000}

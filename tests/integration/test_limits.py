@@ -117,8 +117,8 @@ def test_args_and_results_over_their_caps_are_too_large(lc: LocalCluster) -> Non
         assert c.submit("t", {"blob": "x" * (ARGS_CAP - 100)}, id="args-under-cap", queue="results") == "args-under-cap"
         [job] = c.lease("w", ["results"], max=1, wait_s=5)
         with pytest.raises(TooLarge, match="max_result_bytes limit of 16384"):
-            c.complete(job["id"], job["attempt"], "r" * RESULT_CAP)
-        assert c.complete(job["id"], job["attempt"], "r" * 100) == "succeeded"
+            c.complete(job["id"], job["attempt"], "r" * RESULT_CAP, lease_token=job["lease_token"])
+        assert c.complete(job["id"], job["attempt"], "r" * 100, lease_token=job["lease_token"]) == "succeeded"
         for missing in ("big-args", "m0", "m1"):
             with pytest.raises(NotFound):
                 c.get(missing)

@@ -15,7 +15,8 @@ def test_whole_cluster_sigkill_and_restart(make_cluster) -> None:
         leased = c.lease("w-before", ["default"], max=10, wait_s=1)
         assert len(leased) == 10
         done_before = leased[0]
-        c.complete(done_before["id"], done_before["attempt"], {"before": True})
+        c.complete(done_before["id"], done_before["attempt"], {"before": True},
+                   lease_token=done_before["lease_token"])
 
     for i in range(1, 4):
         cluster.kill(i, signal.SIGKILL)
@@ -34,7 +35,7 @@ def test_whole_cluster_sigkill_and_restart(make_cluster) -> None:
 
         def drain() -> bool:
             for job in c.lease("w-after", ["default"], max=100, wait_s=0.2):
-                c.complete(job["id"], job["attempt"], {"after": True})
+                c.complete(job["id"], job["attempt"], {"after": True}, lease_token=job["lease_token"])
                 finished.add(job["id"])
             return len(finished) >= len(ids) - 9
 

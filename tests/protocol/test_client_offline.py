@@ -43,6 +43,7 @@ class Err:
 CLOSE = object()  # drop the connection without answering
 SILENT = object()  # never answer
 DEFER = object()  # hold the answer; see FakeNode.flush_at
+TOKEN = "ab" * 16  # a lease token as a node hands it out
 
 Handler = Callable[[str, dict[str, Any], int], Any]  # (op, args, nth call of this op) -> reply
 
@@ -206,20 +207,22 @@ def test_submit_sends_hello_and_spec(nodes: Any) -> None:
 
 def test_worker_role_and_calls(nodes: Any) -> None:
     node = nodes({
-        "lease": lambda op, a, n: {"jobs": [{"id": "j", "attempt": 1}]},
+        "lease": lambda op, a, n: {"jobs": [{"id": "j", "attempt": 1, "lease_token": TOKEN}]},
         "heartbeat": lambda op, a, n: {"lost": [], "cancel": ["j"]},
         "complete": lambda op, a, n: {"state": "succeeded"},
         "fail": lambda op, a, n: {"state": "scheduled"},
     })
     with Client([node.addr], role="worker") as c:
-        assert c.lease("w1", "a,b", max=2, wait_s=0.1) == [{"id": "j", "attempt": 1}]
-        assert c.heartbeat("w1", [{"id": "j", "attempt": 1, "progress": [0.5, "half"]}]) == {"lost": [], "cancel": ["j"]}
-        assert c.complete("j", 1, {"words": 2}) == "succeeded"
-        assert c.fail("j", 1, "boom", retryable=False) == "scheduled"
+        assert c.lease("w1", "a,b", max=2, wait_s=0.1) == [{"id": "j", "attempt": 1, "lease_token": TOKEN}]
+        assert c.heartbeat("w1", [{"id": "j", "attempt": 1, "lease_token": TOKEN, "progress": [0.5, "half"]}]) \
+            == {"lost": [], "cancel": ["j"]}
+        assert c.complete("j", 1, {"words": 2}, lease_token=TOKEN) == "succeeded"
+        assert c.fail("j", 1, "boom", retryable=False, lease_token=TOKEN) == "scheduled"
     assert node.hellos[0]["role"] == "worker"
     assert node.args_of("lease") == [{"worker": "w1", "queues": ["a", "b"], "max": 2, "wait_s": 0.1}]
-    assert node.args_of("complete") == [{"id": "j", "attempt": 1, "result": {"words": 2}}]
-    assert node.args_of("fail") == [{"id": "j", "attempt": 1, "error": "boom", "retryable": False}]
+    assert node.args_of("complete") == [{"id": "j", "attempt": 1, "lease_token": TOKEN, "result": {"words": 2}}]
+    assert node.args_of("fail") == [{"id": "j", "attempt": 1, "lease_token": TOKEN, "error": "boom",
+                                     "retryable": False}]
 
 
 def test_not_leader_redirects_to_the_leader_with_the_same_job_id(nodes: Any) -> None:
@@ -249,8 +252,8 @@ def test_no_leader_backs_off_then_succeeds(nodes: Any) -> None:
 def test_server_timeout_on_a_write_is_retried(nodes: Any) -> None:
     node = nodes({"complete": lambda op, a, n: Err("TIMEOUT", "leader changed") if n == 0 else {"state": "succeeded"}})
     with Client(node.addr) as c:
-        assert c.complete("j", 2, "r") == "succeeded"
-    assert node.args_of("complete") == [{"id": "j", "attempt": 2, "result": "r"}] * 2
+        assert c.complete("j", 2, "r", lease_token=TOKEN) == "succeeded"
+    assert node.args_of("complete") == [{"id": "j", "attempt": 2, "lease_token": TOKEN, "result": "r"}] * 2
 
 
 def test_refused_first_seed_then_second_works(nodes: Any) -> None:

@@ -13,7 +13,8 @@ from replication.model import Job
 class AnyTokenMachine(JobMachine):
     """The shape of the fault suite's injected fencing bug: every token holds."""
 
-    def _holds_lease(self, job: Job, attempt: Any, worker: str | None = None) -> bool:
+    def _holds_lease(self, job: Job, attempt: Any, worker: str | None = None,
+                     lease_token: str | None = None) -> bool:
         return True
 
 

@@ -9,10 +9,15 @@ where the machine acts only on the parents that just finished. The reference
 shares no logic with the machine but `backoff_delay_ms` (a pure function
 covered by its own table test); of its constants, only FINAL_STATES (the one
 definition of which states are final).
+
+Leases are granted with a nonce or without one (a log written before lease
+tokens); reports and heartbeats present the lease's own token, none, or a
+foreign one, and the reference fences on the token it derives itself.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +31,8 @@ from replication.model import FINAL_STATES
 IDS = ["a", "b", "c", "d", "e", "f"]
 QUEUES = ["q1", "q2"]
 WORKERS = ["w1", "w2"]
+FOREIGN_TOKEN = "f" * 32
+TOKEN_CHOICES = ["own", "own", "own", "none", "foreign"]
 
 
 @dataclass
@@ -44,6 +51,7 @@ class RefJob:
     deadline: int | None = None
     finished: int | None = None
     deps: tuple[str, ...] = ()
+    token: str | None = None  # the last lease's token (None: granted without a nonce)
 
 
 class Reference:
@@ -120,13 +128,20 @@ class Reference:
                 return {"error": "BAD_REQUEST"}  # a cycle (nothing was submitted: checked first below)
         return {"results": results}
 
-    def lease(self, worker: str, queues: list[str], n: int, lease_ms: int) -> list[tuple[str, int]]:
+    def lease(self, worker: str, queues: list[str], n: int, lease_ms: int,
+              nonce: bytes | None) -> list[tuple[str, int, str | None]]:
         ready = sorted((j for j in self.jobs if j.state == "queued" and j.queue in queues),
                        key=lambda j: (-j.priority, j.seq))[:n]
         for j in ready:
             j.attempts += 1
             j.state, j.worker, j.deadline = "running", worker, self.clock + lease_ms
-        return [(j.id, j.attempts) for j in ready]
+            j.token = None if nonce is None else hashlib.blake2b(
+                f"{j.id}:{j.attempts}".encode(), key=nonce, digest_size=16).hexdigest()
+        return [(j.id, j.attempts, j.token) for j in ready]
+
+    @staticmethod
+    def holds(job: RefJob, attempt: int, token: str | None) -> bool:
+        return job.attempts == attempt and (job.token is None or job.token == token)
 
     def _finish(self, job: RefJob, state: str) -> None:
         job.state, job.finished, job.deadline = state, self.clock, None
@@ -138,22 +153,22 @@ class Reference:
         else:
             job.state = "queued"
 
-    def complete(self, job_id: str, attempt: int) -> dict[str, Any]:
+    def complete(self, job_id: str, attempt: int, token: str | None) -> dict[str, Any]:
         job = self.find(job_id)
         if job is None:
             return {"error": "NOT_FOUND"}
-        if job.state == "succeeded" and job.attempts == attempt:
+        if job.state == "succeeded" and self.holds(job, attempt, token):
             return {"state": "succeeded", "duplicate": True}
-        if job.state != "running" or job.attempts != attempt:
+        if job.state != "running" or not self.holds(job, attempt, token):
             return {"error": "LEASE_LOST"}
         self._finish(job, "succeeded")
         return {"state": "succeeded"}
 
-    def fail(self, job_id: str, attempt: int, retryable: bool) -> dict[str, Any]:
+    def fail(self, job_id: str, attempt: int, token: str | None, retryable: bool) -> dict[str, Any]:
         job = self.find(job_id)
         if job is None:
             return {"error": "NOT_FOUND"}
-        if job.state != "running" or job.attempts != attempt:
+        if job.state != "running" or not self.holds(job, attempt, token):
             return {"error": "LEASE_LOST"}
         if retryable and job.attempts < job.max_attempts:
             delay = backoff_delay_ms(job.id, job.attempts, job.backoff_ms)
@@ -187,11 +202,11 @@ class Reference:
         self._enter(job)
         return {"state": job.state}
 
-    def heartbeat(self, worker: str, lease_ms: int, leases: list[tuple[str, int]]) -> dict[str, Any]:
+    def heartbeat(self, worker: str, lease_ms: int, leases: list[tuple[str, int, str | None]]) -> dict[str, Any]:
         lost, cancel = [], []
-        for job_id, attempt in leases:
+        for job_id, attempt, token in leases:
             job = self.find(job_id)
-            held = job is not None and job.attempts == attempt and job.worker == worker
+            held = job is not None and self.holds(job, attempt, token) and job.worker == worker
             if held and job.state == "running":
                 job.deadline = self.clock + lease_ms
             elif held and job.state == "cancelled":
@@ -230,16 +245,26 @@ class MachineVsReference(RuleBasedStateMachine):
         self.machine = JobMachine()
         self.ref = Reference()
         self.now = 1_000
+        self.nonces = 0  # each lease's nonce: a counter (any 16 bytes do)
 
     def apply(self, cmd: dict[str, Any]) -> dict[str, Any]:
         [result] = self.machine.apply_entry({"v": 1, "now_ms": self.now, "cmds": [cmd]})
         self.ref.clock = max(self.ref.clock, self.now)
         return result
 
-
     def token(self, job_id: str, delta: int) -> int:
+        """The attempt number to present (the current one moved by `delta`)."""
         job = self.ref.find(job_id)
         return max((job.attempts if job else 1) + delta, 0)
+
+    def lease_token(self, job_id: str, choice: str) -> str | None:
+        """The lease token to present: the job's own (if any), none, or a foreign one."""
+        job = self.ref.find(job_id)
+        return {"own": job.token if job else None, "none": None, "foreign": FOREIGN_TOKEN}[choice]
+
+    @staticmethod
+    def with_token(cmd: dict[str, Any], token: str | None) -> dict[str, Any]:
+        return cmd if token is None else {**cmd, "lease_token": token}
 
     @rule(job_id=st.sampled_from(IDS), queue=st.sampled_from(QUEUES), priority=st.sampled_from([0, 0, 1, 3]),
           delay=st.sampled_from([0, 0, 100, 1500]), max_attempts=st.integers(1, 3),
@@ -275,39 +300,51 @@ class MachineVsReference(RuleBasedStateMachine):
         assert (_strip(got) if "error" in got else {"results": [_strip(r) for r in got["results"]]}) == want
         self.ref.settle()
 
-    @rule(pick=st.integers(0, 5), ok=st.booleans())
-    def finish_running(self, pick: int, ok: bool) -> None:
-        """Complete or fatally fail one running job (drives dependency chains forward)."""
+    @rule(pick=st.integers(0, 5), ok=st.booleans(), choice=st.sampled_from(TOKEN_CHOICES))
+    def finish_running(self, pick: int, ok: bool, choice: str) -> None:
+        """Complete or fatally fail one running job (drives dependency chains
+        forward), mostly with its own lease token."""
         running = sorted(j.id for j in self.ref.jobs if j.state == "running")
         if not running:
             return
         job_id = running[pick % len(running)]
-        attempt = self.token(job_id, 0)
+        attempt, token = self.token(job_id, 0), self.lease_token(job_id, choice)
         if ok:
-            assert self.apply({"op": "complete", "id": job_id, "attempt": attempt}) == self.ref.complete(job_id, attempt)
+            got = self.apply(self.with_token({"op": "complete", "id": job_id, "attempt": attempt}, token))
+            assert _strip(got) == self.ref.complete(job_id, attempt, token)
         else:
-            got = self.apply({"op": "fail", "id": job_id, "attempt": attempt, "error": "x", "retryable": False})
-            assert got == self.ref.fail(job_id, attempt, False)
+            got = self.apply(self.with_token({"op": "fail", "id": job_id, "attempt": attempt, "error": "x",
+                                              "retryable": False}, token))
+            assert _strip(got) == self.ref.fail(job_id, attempt, token, False)
         self.ref.settle()
 
     @rule(worker=st.sampled_from(WORKERS), queues=st.sampled_from([["q1"], ["q2"], ["q1", "q2"], ["q2", "q1"]]),
-          n=st.integers(1, 3), lease_ms=st.sampled_from([100, 1000]))
-    def lease(self, worker: str, queues: list[str], n: int, lease_ms: int) -> None:
-        got = self.apply({"op": "lease", "worker": worker, "queues": queues, "max": n, "lease_ms": lease_ms})
-        assert [(j["id"], j["attempt"]) for j in got["jobs"]] == self.ref.lease(worker, queues, n, lease_ms)
+          n=st.integers(1, 3), lease_ms=st.sampled_from([100, 1000]),
+          with_nonce=st.sampled_from([True, True, False]))
+    def lease(self, worker: str, queues: list[str], n: int, lease_ms: int, with_nonce: bool) -> None:
+        cmd: dict[str, Any] = {"op": "lease", "worker": worker, "queues": queues, "max": n, "lease_ms": lease_ms}
+        nonce = None
+        if with_nonce:
+            self.nonces += 1
+            nonce = cmd["nonce"] = self.nonces.to_bytes(16, "big")
+        got = self.apply(cmd)
+        assert ([(j["id"], j["attempt"], j.get("lease_token")) for j in got["jobs"]]
+                == self.ref.lease(worker, queues, n, lease_ms, nonce))
 
-    @rule(job_id=st.sampled_from(IDS), delta=st.sampled_from([0, 0, 0, -1, 1]))
-    def complete(self, job_id: str, delta: int) -> None:
-        attempt = self.token(job_id, delta)
-        got = self.apply({"op": "complete", "id": job_id, "attempt": attempt, "result": job_id})
-        assert _strip(got) == self.ref.complete(job_id, attempt)
+    @rule(job_id=st.sampled_from(IDS), delta=st.sampled_from([0, 0, 0, -1, 1]), choice=st.sampled_from(TOKEN_CHOICES))
+    def complete(self, job_id: str, delta: int, choice: str) -> None:
+        attempt, token = self.token(job_id, delta), self.lease_token(job_id, choice)
+        got = self.apply(self.with_token({"op": "complete", "id": job_id, "attempt": attempt, "result": job_id}, token))
+        assert _strip(got) == self.ref.complete(job_id, attempt, token)
         self.ref.settle()
 
-    @rule(job_id=st.sampled_from(IDS), delta=st.sampled_from([0, 0, 0, -1]), retryable=st.booleans())
-    def fail(self, job_id: str, delta: int, retryable: bool) -> None:
-        attempt = self.token(job_id, delta)
-        got = self.apply({"op": "fail", "id": job_id, "attempt": attempt, "error": "x", "retryable": retryable})
-        assert _strip(got) == self.ref.fail(job_id, attempt, retryable)
+    @rule(job_id=st.sampled_from(IDS), delta=st.sampled_from([0, 0, 0, -1]), retryable=st.booleans(),
+          choice=st.sampled_from(TOKEN_CHOICES))
+    def fail(self, job_id: str, delta: int, retryable: bool, choice: str) -> None:
+        attempt, token = self.token(job_id, delta), self.lease_token(job_id, choice)
+        got = self.apply(self.with_token({"op": "fail", "id": job_id, "attempt": attempt, "error": "x",
+                                          "retryable": retryable}, token))
+        assert _strip(got) == self.ref.fail(job_id, attempt, token, retryable)
         self.ref.settle()
 
     @rule(job_id=st.sampled_from(IDS))
@@ -321,11 +358,12 @@ class MachineVsReference(RuleBasedStateMachine):
         self.ref.settle()
 
     @rule(worker=st.sampled_from(WORKERS), ids=st.lists(st.sampled_from(IDS), max_size=3),
-          delta=st.sampled_from([0, 0, -1]), lease_ms=st.sampled_from([100, 1000]))
-    def heartbeat(self, worker: str, ids: list[str], delta: int, lease_ms: int) -> None:
-        leases = [(i, self.token(i, delta)) for i in ids]
+          delta=st.sampled_from([0, 0, -1]), lease_ms=st.sampled_from([100, 1000]),
+          choice=st.sampled_from(TOKEN_CHOICES))
+    def heartbeat(self, worker: str, ids: list[str], delta: int, lease_ms: int, choice: str) -> None:
+        leases = [(i, self.token(i, delta), self.lease_token(i, choice)) for i in ids]
         got = self.apply({"op": "heartbeat", "worker": worker, "lease_ms": lease_ms,
-                          "leases": [{"id": i, "attempt": a} for i, a in leases]})
+                          "leases": [self.with_token({"id": i, "attempt": a}, t) for i, a, t in leases]})
         assert got == self.ref.heartbeat(worker, lease_ms, leases)
 
     @rule(retention_ms=st.sampled_from([0, 500, 100_000]))
@@ -369,6 +407,7 @@ class MachineVsReference(RuleBasedStateMachine):
         restored = JobMachine()
         restored.restore(m.to_snapshot())  # the held-bytes counter is rebuilt, not stored
         assert restored.held_bytes() == m.held_bytes()
+        assert restored.digest() == m.digest()  # lease tokens included
         dues = [j.run_at for j in self.ref.jobs if j.state == "scheduled"]
         dues += [j.deadline for j in self.ref.jobs if j.state == "running"]
         assert m.next_due_ms() == (min(dues) if dues else None)

@@ -90,8 +90,11 @@ def test_check_fills_defaults_and_keeps_values() -> None:
     ("heartbeat", {"worker": "w", "leases": [], "lease_ms": 1}, "'lease_ms' must be an integer in 100"),
     ("complete", {"id": "a", "attempt": "one"}, "'attempt' must be an integer"),
     ("complete_many", {"items": []}, "'items' must be a list of 1..1000"),
-    ("complete_many", {"items": [7]}, r"items\[0\]: must be a map \{id, attempt, result\}"),
-    ("fail", {"id": "a", "attempt": 1}, "fail needs 'error'"),
+    ("complete", {"id": "a", "attempt": 1}, "complete needs 'lease_token': 32 lowercase hex digits"),
+    ("complete", {"id": "a", "attempt": 1, "lease_token": "g" * 32}, "'lease_token' must be 32 lowercase hex"),
+    ("complete_many", {"items": [7]}, r"items\[0\]: must be a map \{id, attempt, lease_token, result\}"),
+    ("fail", {"id": "a", "attempt": 1}, "fail needs 'lease_token'"),
+    ("fail", {"id": "a", "attempt": 1, "lease_token": "0" * 32}, "fail needs 'error'"),
     ("list", {"limit": 1001}, "'limit' must be an integer in 1..1000"),
     ("list", {"state": "sleeping"}, "'state' must be one of pending"),
     ("list", {"cursor": "abc"}, "'cursor' must be an integer"),
@@ -113,7 +116,12 @@ def test_clients_run_the_same_check_before_any_io() -> None:
         (lambda: c.list(limit=5000), "'limit' must be an integer in 1..1000"),
         (lambda: c.complete_many([{"id": "a", "attempt": -1}]), r"items\[0\]: 'attempt' must be"),
         (lambda: c.requeue_failed(), "requeue_failed needs one of"),
-        (lambda: c.fail("a", 1, None), "fail needs 'error'"),  # type: ignore[arg-type]
+        (lambda: c.fail("a", 1, None, lease_token="0" * 32), "fail needs 'error'"),  # type: ignore[arg-type]
+        (lambda: c.complete("a", 1, lease_token=None), "complete needs 'lease_token'"),  # type: ignore[arg-type]
+        (lambda: c.complete("a", 1, lease_token="A" * 32), "'lease_token' must be 32 lowercase hex digits"),
+        (lambda: c.heartbeat("w", [{"id": "a", "attempt": 1, "lease_token": "ab"}]),
+         r"leases\[0\]: 'lease_token' must be 32 lowercase hex digits"),
+        (lambda: c.complete_many([{"id": "a", "attempt": 1}]), r"items\[0\]: 'lease_token' is required"),
     ]:
         with pytest.raises(BadRequest, match=message):
             call()

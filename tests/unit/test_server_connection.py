@@ -215,7 +215,8 @@ def test_submit_lease_complete_round_trip() -> None:
         leased = await c.call("lease", {"worker": "w1", "queues": ["default"], "wait_s": 0})
         [granted] = leased["jobs"]
         assert (granted["id"], granted["attempt"], granted["args"]) == ("a", 1, {"n": 1})
-        assert await c.call("complete", {"id": "a", "attempt": 1, "result": "done"}) == {"state": "succeeded"}
+        done = {"id": "a", "attempt": 1, "lease_token": granted["lease_token"], "result": "done"}
+        assert await c.call("complete", done) == {"state": "succeeded"}
         view = await c.call("get", {"id": "a"})
         assert (view["state"], view["result"], view["attempts"]) == ("succeeded", "done", 1)
         # Every write went through the replica's log and nothing else.
@@ -240,9 +241,9 @@ def test_wait_answers_when_the_job_finishes() -> None:
         await c.hello()
         await c.call("submit", job("a"))
         waiting = c.send("wait", {"id": "a", "timeout_s": 60})
-        await c.call("lease", {"worker": "w1", "wait_s": 0})
+        [leased] = (await c.call("lease", {"worker": "w1", "wait_s": 0}))["jobs"]
         assert not [f for f in c.read() if f.get("id") == waiting]  # still queued/running
-        await c.call("complete", {"id": "a", "attempt": 1})
+        await c.call("complete", {"id": "a", "attempt": 1, "lease_token": leased["lease_token"]})
         assert (await c.reply(waiting))["ok"]["state"] == "succeeded"  # woken by on_applied
     served(test)
 
@@ -258,8 +259,8 @@ def test_error_codes() -> None:
         assert (await c.error("submit", {"job": {"id": "x"}}))[0] == "BAD_REQUEST"  # no type
         assert (await c.error("submit", job("big", args="x" * (node.cfg.max_args_bytes + 1))))[0] == "TOO_LARGE"
         await c.call("submit", job("a"))
-        await c.call("lease", {"worker": "w1", "wait_s": 0})
-        code, _, _ = await c.error("complete", {"id": "a", "attempt": 2})
+        [leased] = (await c.call("lease", {"worker": "w1", "wait_s": 0}))["jobs"]
+        code, _, _ = await c.error("complete", {"id": "a", "attempt": 2, "lease_token": leased["lease_token"]})
         assert code == "LEASE_LOST"
         assert node.errors["NOT_FOUND"] == 1 and node.errors["LEASE_LOST"] == 1
     served(test)

@@ -101,7 +101,8 @@ def test_a_node_on_a_local_replica_serves_the_client_library_on_loopback() -> No
                 job_id = await client.submit("t", {"n": 1})
                 [leased] = await client.lease("w1", ["default"], wait_s=0)
                 assert (leased["id"], leased["args"]) == (job_id, {"n": 1})
-                assert await client.complete(job_id, leased["attempt"], "ok") == "succeeded"
+                assert await client.complete(job_id, leased["attempt"], "ok",
+                                             lease_token=leased["lease_token"]) == "succeeded"
                 assert (await client.get(job_id))["result"] == "ok"
                 assert (await client.cluster_status())["leader"] == spec.client
         finally:
