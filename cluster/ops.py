@@ -344,7 +344,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("complete_many", "write", _W, (
         Arg("items", "list", required=True, min=1, max=MAX_COMPLETE_BATCH, item=_COMPLETION),
     ), '`{"results": [{"state"} or {"error", "message"}]}` (a worker\'s batched outbox)'),
-ArgType = Literal["str", "text", "hex", "int", "number", "bool", "map", "list", "any"]
+    Op("fail", "write", _W, (
+        _JOB_ID, _ATTEMPT, _LEASE_TOKEN,
         Arg("error", "text", required=True),
         Arg("retryable", "bool", default=True),
     ), '`{"state"}`', direct=True),

@@ -164,16 +164,19 @@ def test_a_scoped_producer_stays_inside_its_queues(roles_cluster: LocalCluster, 
         assert c.get(jobs["other"])["state"] == "queued"  # the refused cancel did nothing
 
 
+FORGED = "0" * 32  # the scope check refuses before any token is compared
+
+
 def test_a_scoped_worker_leases_and_reports_only_inside(roles_cluster: LocalCluster, jobs: dict[str, str]) -> None:
     with client(roles_cluster, "scoped-worker") as c:
         _forbidden(lambda: c.lease("scoped-w", ["mine", "other"], wait_s=0), "not 'other'")
         _forbidden(lambda: c.lease("scoped-w", ["default"], wait_s=0), "not 'default'")
         _forbidden(lambda: c.request("lease", {"worker": "scoped-w", "wait_s": 0}), "not 'default'")
-        _forbidden(lambda: c.complete(jobs["other"], 1, "forged"), "is in queue 'other'")
-        _forbidden(lambda: c.fail(jobs["other"], 1, "forged"), "is in queue 'other'")
-        _forbidden(lambda: c.complete_many([{"id": jobs["other"], "attempt": 1, "result": None}]),
-                   "is in queue 'other'")
-        _forbidden(lambda: c.heartbeat("scoped-w", [{"id": jobs["other"], "attempt": 1}]), "is in queue 'other'")
+        _forbidden(lambda: c.complete(jobs["other"], 1, "forged", lease_token=FORGED), "is in queue 'other'")
+        _forbidden(lambda: c.fail(jobs["other"], 1, "forged", lease_token=FORGED), "is in queue 'other'")
+        forged = {"id": jobs["other"], "attempt": 1, "lease_token": FORGED}
+        _forbidden(lambda: c.complete_many([{**forged, "result": None}]), "is in queue 'other'")
+        _forbidden(lambda: c.heartbeat("scoped-w", [forged]), "is in queue 'other'")
         leased = c.lease("scoped-w", ["mine"], max=10, wait_s=0)
         assert {j["id"] for j in leased} <= {"scope-mine", "scoped-in"} and leased
 
