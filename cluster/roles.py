@@ -41,9 +41,12 @@ _ALWAYS = frozenset({"hello"})
 # stats and queues stay readable: they show no job).
 _UNSCOPED_ONLY = frozenset({"schedule_list"})
 
-# Ops whose args name job ids, and where: top-level `id`, or `id` in each map of a list.
-_JOB_ID_OPS = frozenset({"get", "wait", "cancel", "retry", "complete", "fail"})
-_JOB_LIST_OPS = {"complete_many": "items", "heartbeat": "leases"}
+# Ops whose args name job ids, and where: top-level `id`, or `id` in each map
+# of a list. Derived from the op table, so that a new op naming a job is
+# scoped without an edit here.
+_JOB_ID_OPS = frozenset(name for name, op in OPS.items() if any(a.name == "id" for a in op.args))
+_JOB_LIST_OPS = {name: a.name for name, op in OPS.items() for a in op.args
+                 if isinstance(a.item, tuple) and any(f.name == "id" for f in a.item)}
 _SCHEDULE_OPS = frozenset({"schedule_remove", "schedule_pause", "schedule_resume"})
 
 
