@@ -69,28 +69,53 @@ def missing_ids(nodes: list[str], token: str, ids: list[str]) -> list[str]:
 
 
 def replicas_equal(nodes: list[str], token: str, timeout_s: float) -> bool:
-    """Every node answers `digest` for itself (no redirect). Workers finishing
-    jobs move the state on, so poll until one round shows all of them equal.
-    The applied index is not compared: entries that change no state (lease
-    ticks) keep it moving on an idle cluster."""
+    """Every node answers `digest` for itself (no redirect), all at once from
+    one thread each. Equal when one round shows every node at the same applied
+    index with the same digest. Ticks move the state every few seconds and a
+    digest of a large state takes a while, so rounds at different indexes are
+    expected and only retried; two nodes that report different digests at the
+    SAME applied index have diverged, and that fails at once."""
     deadline = time.monotonic() + timeout_s
-    last: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        current: dict[str, str] = {}
-        try:
-            for addr in nodes:
-                with Client([addr], token=token, timeout_s=15.0) as c:
-                    d = c.digest()
-                current[addr] = d["digest"]
-        except RaftqError as exc:
-            last = {"error": str(exc)}
-            time.sleep(1)
-            continue
-        if len(set(current.values())) == 1:
-            print(json.dumps({"replicas_equal": True, "digest": d["digest"]}), flush=True)
-            return True
-        last = current
-        time.sleep(0.5)
+    seen: dict[int, dict[str, str]] = {}  # applied index -> node -> digest
+    last: dict[str, object] = {}
+    clients = {addr: Client([addr], token=token, timeout_s=30.0) for addr in nodes}
+    try:
+        while time.monotonic() < deadline:
+            current: dict[str, tuple[str, int]] = {}
+            failures: dict[str, str] = {}
+
+            def ask(addr: str) -> None:
+                try:
+                    d = clients[addr].digest()
+                    current[addr] = (d["digest"], d["last_applied"])
+                except RaftqError as exc:
+                    failures[addr] = str(exc)
+
+            threads = [threading.Thread(target=ask, args=(addr,)) for addr in nodes]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if failures:
+                last = {"errors": failures}
+                time.sleep(1)
+                continue
+            for addr, (digest, index) in current.items():
+                at_index = seen.setdefault(index, {})
+                at_index[addr] = digest
+                if len(set(at_index.values())) > 1:
+                    print(json.dumps({"replicas_equal": False, "diverged_at_index": index, "digests": at_index}),
+                          flush=True)
+                    return False
+            last = {addr: {"digest": d[:16], "last_applied": i} for addr, (d, i) in current.items()}
+            if len(set(current.values())) == 1:
+                digest, index = next(iter(current.values()))
+                print(json.dumps({"replicas_equal": True, "digest": digest, "last_applied": index}), flush=True)
+                return True
+            time.sleep(0.2)
+    finally:
+        for c in clients.values():
+            c.close()
     print(json.dumps({"replicas_equal": False, "last_seen": last}), flush=True)
     return False
 
