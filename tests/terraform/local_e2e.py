@@ -52,11 +52,15 @@ class LocalEnv:
     def __init__(self, workdir: Path, prefix: str, subnet: str, run_time_s: int) -> None:
         self.workdir = workdir
         self.prefix, self.subnet = prefix, subnet
-        self.token = secrets.token_urlsafe(24)
+        # One token per role, as in production: the operator's commands below
+        # use the admin token; the checker on the load generator, the
+        # producer token that host holds.
+        self.tokens = {role: secrets.token_urlsafe(24) for role in ("producer", "worker", "admin")}
+        self.token = self.tokens["admin"]
         varfile = workdir / "run.tfvars.json"
         varfile.touch(mode=0o600)
         varfile.write_text(json.dumps({
-            "prefix": prefix, "subnet": subnet, "token": self.token, "secret": secrets.token_urlsafe(32),
+            "prefix": prefix, "subnet": subnet, "tokens": self.tokens, "secret": secrets.token_urlsafe(32),
             "load_test": {"users": 1000, "spawn_rate": 200, "run_time_s": run_time_s,
                           "slo_p95_ms": 1000, "slo_fail_ratio": 0.01, "slo_min_rps": 100},
         }))
@@ -196,7 +200,7 @@ def rolling_replacement_run(env: LocalEnv, replace_at: float, run_time_s: int) -
                               str(REPO / "tests" / "terraform" / "ack_checker.py"),
                               "--nodes", env.nodes, "--seconds", str(run_time_s))
     checker = subprocess.Popen(checker_cmd, stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(LOCAL), "RAFTQ_TOKEN": env.token})
+                               env={**os.environ, "PYTHONPATH": str(LOCAL), "RAFTQ_TOKEN": env.tokens["producer"]})
     started = time.monotonic()
     thread, result = env.load_test()
     while time.monotonic() - started < replace_at:
@@ -219,7 +223,7 @@ def rolling_replacement_run(env: LocalEnv, replace_at: float, run_time_s: int) -
         if name.startswith("worker-"):
             env.systemctl(name, "stop", "raftq-worker.service")
     converged = env.run_in("loadgen-1", f"{env.venv_bin}/python", str(REPO / "tests" / "terraform" / "ack_checker.py"),
-                           "--nodes", env.nodes, "--replicas-equal", "120", env={"RAFTQ_TOKEN": env.token},
+                           "--nodes", env.nodes, "--replicas-equal", "120", env={"RAFTQ_TOKEN": env.tokens["producer"]},
                            check=False)
     print("    replicas: " + converged.strip(), flush=True)
     if '"replicas_equal": true' not in converged:

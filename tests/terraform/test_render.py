@@ -101,17 +101,70 @@ def test_nodes_get_a_config_raftq_loads(rendered: tuple[str, dict[str, Any], Pat
         toml = root / "etc" / "raftq" / "cluster.toml"
         assert oct(toml.stat().st_mode & 0o777) == "0o600"
         if mode == "ssm":
-            # raftq-fill-secrets replaces these at boot with the SSM values;
-            # filled here by hand, the file is then a config raftq loads.
             text = toml.read_text()
             assert "@@RAFTQ_SECRET@@" in text and "example-secret" not in text
-            assert (root / "usr" / "local" / "sbin" / "raftq-fill-secrets").stat().st_mode & 0o111
-            toml.write_text(text.replace("@@RAFTQ_SECRET@@", "example-secret-0123456789abcdef")
-                            .replace("@@RAFTQ_TOKEN@@", "example-token-Qx7rT2mV9kLp4Zs8"))
+            asked = run_fill_secrets(root, toml)
+            assert asked == ["/raftq/example/secret", "/raftq/example/producer-token",
+                             "/raftq/example/worker-token", "/raftq/example/admin-token"]
         cfg = load_config(toml)
         assert [n.raft for n in cfg.nodes] == ["10.0.1.11:7800", "10.0.2.11:7800", "10.0.3.11:7800"]
         assert cfg.client_addresses() == ["10.0.1.11:7700", "10.0.2.11:7700", "10.0.3.11:7700"]
         assert cfg.secret == "example-secret-0123456789abcdef" and cfg.durability == "fsync"
+        assert {c.name: (c.token, c.roles) for c in cfg.credentials} == {
+            "producer": (SSM_VALUES["/raftq/example/producer-token"], ("producer",)),
+            "worker": (SSM_VALUES["/raftq/example/worker-token"], ("worker",)),
+            "admin": (SSM_VALUES["/raftq/example/admin-token"], ("admin", "producer")),
+        } if mode == "ssm" else {c.name for c in cfg.credentials} == {"producer", "worker", "admin"}
+
+
+# What the stand-in `aws` answers for `ssm get-parameter --name N`: the inline
+# example's values, so that both modes must end in the same files.
+SSM_VALUES = {
+    "/raftq/example/secret": "example-secret-0123456789abcdef",
+    "/raftq/example/producer-token": "example-producer-Qx7rT2mV9kLp4Zs8",
+    "/raftq/example/worker-token": "example-worker-Vn3cH8yK1dRt6Fg2",
+    "/raftq/example/admin-token": "example-admin-Lw9sE4bN7pXj2Uq5",
+}
+
+
+def run_fill_secrets(root: Path, *files: Path) -> list[str]:
+    """Run the host's rendered raftq-fill-secrets on `files` with an `aws` on
+    PATH that answers from SSM_VALUES (no AWS API here) and logs each name it
+    was asked for; the names, in order."""
+    bin_dir = root / "fake-bin"
+    bin_dir.mkdir()
+    log = root / "aws-asked"
+    values = "\n".join(f'  {name}) echo "{value}" ;;' for name, value in SSM_VALUES.items())
+    (bin_dir / "aws").write_text(f"""#!/bin/sh
+while [ "$1" != "--name" ]; do shift; done
+echo "$2" >> {log}
+case "$2" in
+{values}
+  *) exit 255 ;;
+esac
+""")
+    (bin_dir / "aws").chmod(0o755)
+    script = root / "usr" / "local" / "sbin" / "raftq-fill-secrets"
+    proc = subprocess.run(["/bin/sh", str(script), *map(str, files)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr
+    return log.read_text().split() if log.exists() else []
+
+
+def test_each_host_reads_only_its_own_parameters(rendered: tuple[str, dict[str, Any], Path], tmp_path: Path) -> None:
+    mode, hosts, docs = rendered
+    if mode != "ssm":
+        pytest.skip("inline mode reads no parameters")
+    root = tmp_path / "worker-1"
+    write_files(docs / "worker-1", root)
+    env_file = root / "etc" / "raftq" / "worker.env"
+    assert run_fill_secrets(root, env_file) == ["/raftq/example/worker-token"]
+    assert "RAFTQ_TOKEN=example-worker-Vn3cH8yK1dRt6Fg2" in env_file.read_text().splitlines()
+    root = tmp_path / "loadgen-1"
+    write_files(docs / "loadgen-1", root)
+    conf = root / "etc" / "raftq" / "loadtest.conf"
+    assert run_fill_secrets(root, conf) == ["/raftq/example/producer-token"]
+    assert "example-producer-Qx7rT2mV9kLp4Zs8" in conf.read_text() and "@@" not in conf.read_text()
 
 
 @pytest.mark.skipif(missing_image_python() is not None, reason=missing_image_python() or "")

@@ -39,9 +39,11 @@ module "render" {
   durability      = var.durability
   secret_source   = "ssm"
   ssm_parameters = {
-    secret = local.secret_parameter
-    token  = local.token_parameter
-    region = var.region
+    secret         = local.secret_parameter
+    producer_token = local.token_parameters.producer
+    worker_token   = local.token_parameters.worker
+    admin_token    = local.token_parameters.admin
+    region         = var.region
   }
   # Amazon Linux 2023: Python 3.11 (raftq needs tomllib); the AWS CLI is in the image.
   packages = ["python3.11"]
@@ -57,21 +59,17 @@ module "render" {
 
 locals {
   hosts = module.render.hosts
-  instance_common = {
-    ami                  = local.ami
-    iam_instance_profile = aws_iam_instance_profile.host.name
-  }
 }
 
 resource "aws_instance" "node" {
   for_each = local.node_placement
 
-  ami                         = local.instance_common.ami
+  ami                         = local.ami
   instance_type               = var.node_instance_type
   subnet_id                   = aws_subnet.private[each.value.subnet].id
   private_ip                  = each.value.address
   vpc_security_group_ids      = [aws_security_group.node.id]
-  iam_instance_profile        = local.instance_common.iam_instance_profile
+  iam_instance_profile        = aws_iam_instance_profile.host["node"].name
   associate_public_ip_address = false
   ebs_optimized               = true
   monitoring                  = true
@@ -102,11 +100,11 @@ resource "aws_instance" "node" {
 resource "aws_instance" "worker" {
   count = var.worker_count
 
-  ami                         = local.instance_common.ami
+  ami                         = local.ami
   instance_type               = var.worker_instance_type
   subnet_id                   = aws_subnet.private[count.index % length(local.azs)].id
   vpc_security_group_ids      = [aws_security_group.worker.id]
-  iam_instance_profile        = local.instance_common.iam_instance_profile
+  iam_instance_profile        = aws_iam_instance_profile.host["worker"].name
   associate_public_ip_address = false
   ebs_optimized               = true
   monitoring                  = true
@@ -135,12 +133,12 @@ resource "aws_instance" "worker" {
 resource "aws_instance" "loadgen" {
   for_each = local.loadgen_placement
 
-  ami                         = local.instance_common.ami
+  ami                         = local.ami
   instance_type               = var.load_generator_instance_type
   subnet_id                   = aws_subnet.private[each.value.subnet].id
   private_ip                  = each.value.address
   vpc_security_group_ids      = [aws_security_group.loadgen.id]
-  iam_instance_profile        = local.instance_common.iam_instance_profile
+  iam_instance_profile        = aws_iam_instance_profile.host["loadgen"].name
   associate_public_ip_address = false
   ebs_optimized               = true
   monitoring                  = true

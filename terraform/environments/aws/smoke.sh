@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command smoke test against a real AWS account (costs ~1 USD):
 #   AWS_REGION=eu-west-1 terraform/environments/aws/smoke.sh    (or: make terraform-aws-smoke)
-# Builds the wheel, creates the two SecureString parameters if missing, applies
+# Builds the wheel, creates the four SecureString parameters (secret, one token per role) if missing, applies
 # the environment, runs the Locust load test on the master through SSM, prints
 # its SLO summary, and destroys everything (also on failure or Ctrl-C).
 # Needs: terraform, the AWS CLI with credentials, network access to the registry.
@@ -17,7 +17,7 @@ esac
 (cd "$repo" && rm -rf dist && python3 -m pip wheel -q --no-deps -w dist . && rm -rf build)
 wheel=$(ls "$repo"/dist/raftq-*.whl)
 
-for p in secret token; do
+for p in secret producer-token worker-token admin-token; do
   if ! aws ssm get-parameter --region "$region" --name "/$name/$p" >/dev/null 2>&1; then
     aws ssm put-parameter --region "$region" --name "/$name/$p" --type SecureString \
       --value "$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')" >/dev/null

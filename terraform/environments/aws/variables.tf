@@ -89,14 +89,26 @@ variable "secret_parameter" {
   default     = null
 }
 
-variable "token_parameter" {
-  description = "SSM SecureString parameter holding the client token. null = /<name>/token."
+variable "producer_token_parameter" {
+  description = "SSM SecureString parameter holding the producer token (submit and read; read by the load generators). null = /<name>/producer-token."
+  type        = string
+  default     = null
+}
+
+variable "worker_token_parameter" {
+  description = "SSM SecureString parameter holding the worker token (lease and report; read by the worker hosts). null = /<name>/worker-token."
+  type        = string
+  default     = null
+}
+
+variable "admin_token_parameter" {
+  description = "SSM SecureString parameter holding the admin token (every op; read by the nodes only, for the cluster TOML). null = /<name>/admin-token."
   type        = string
   default     = null
 }
 
 variable "parameters_kms_key_arn" {
-  description = "KMS key of the two SecureString parameters if not the AWS managed aws/ssm key (the instance role is then allowed to decrypt with it)."
+  description = "KMS key of the SecureString parameters if not the AWS managed aws/ssm key (the instance role is then allowed to decrypt with it)."
   type        = string
   default     = null
 }

@@ -47,7 +47,7 @@ module "render" {
   worker_count    = var.worker_count
   load_generators = local.loadgen_addresses
   secret          = var.secret
-  token           = var.token
+  tokens          = var.tokens
   venv_dir        = "${local.run_dir}/venv"
   # The venv is the machine image's here; check it instead of installing.
   install_commands = ["test -x ${local.run_dir}/venv/bin/raftq"]

@@ -43,11 +43,19 @@ variable "load_generator_count" {
   default     = 1
 }
 
-variable "token" {
-  description = "Client token (the tests set their own; the default is for trying it out)."
-  type        = string
-  default     = "local-token-Mz3kV8qT1wNc5Rf7"
-  sensitive   = true
+variable "tokens" {
+  description = "The producer, worker and admin tokens (the tests set their own; the defaults are for trying it out)."
+  type = object({
+    producer = string
+    worker   = string
+    admin    = string
+  })
+  default = {
+    producer = "local-producer-Mz3kV8qT1wNc5Rf7"
+    worker   = "local-worker-Hd6pL2sX9gBv4Qe1"
+    admin    = "local-admin-Tc8yN5jW3kRz7Mu0"
+  }
+  sensitive = true
 }
 
 variable "secret" {

@@ -8,8 +8,20 @@ locals {
   # at boot with the values read from SSM Parameter Store.
   # (A missing inline value renders as "-" and is refused by the precondition
   # of output.hosts, with a message that says what is missing.)
-  secret = local.inline ? coalesce(var.secret, "-") : "@@RAFTQ_SECRET@@"
-  token  = local.inline ? coalesce(var.token, "-") : "@@RAFTQ_TOKEN@@"
+  placeholders = {
+    secret   = "@@RAFTQ_SECRET@@"
+    producer = "@@RAFTQ_PRODUCER_TOKEN@@"
+    worker   = "@@RAFTQ_WORKER_TOKEN@@"
+    admin    = "@@RAFTQ_ADMIN_TOKEN@@"
+  }
+  # Which var.ssm_parameters attribute names the parameter of each value.
+  ssm_keys = { secret = "secret", producer = "producer_token", worker = "worker_token", admin = "admin_token" }
+  secret   = local.inline ? coalesce(var.secret, "-") : local.placeholders.secret
+  tokens = local.inline ? (var.tokens != null ? var.tokens : { producer = "-", worker = "-", admin = "-" }) : {
+    producer = local.placeholders.producer
+    worker   = local.placeholders.worker
+    admin    = local.placeholders.admin
+  }
 
   node_clients = [for n in var.nodes : "${n.address}:${var.client_port}"]
   worker_state = "/var/lib/raftq-worker"
@@ -21,11 +33,11 @@ locals {
     nofile = var.nofile_limit
   })
 
-  # The single cluster TOML: nodes, secret, token, storage. Extend the
+  # The single cluster TOML: nodes, secret, credentials, storage. Extend the
   # template (not this module's callers) when the config gains keys.
   cluster_toml = templatefile("${path.module}/templates/cluster.toml.tftpl", {
     secret      = local.secret
-    token       = local.token
+    tokens      = local.tokens
     data_dir    = var.data_dir
     durability  = var.durability
     nodes       = var.nodes
@@ -35,7 +47,7 @@ locals {
 
   worker_env = join("\n", [
     "RAFTQ_CLUSTER=${join(",", local.node_clients)}",
-    "RAFTQ_TOKEN=${local.token}",
+    "RAFTQ_TOKEN=${local.tokens.worker}",
     "RAFTQ_QUEUES=${var.worker_queues}",
     "RAFTQ_THREADS=${var.worker_threads}",
     "RAFTQ_WORKDIR=${local.worker_state}/scratch",
@@ -54,7 +66,7 @@ locals {
     spawn_rate     = var.load_test.spawn_rate
     run_time_s     = var.load_test.run_time_s
     nodes          = join(",", local.node_clients)
-    token          = local.token
+    token          = local.tokens.producer
     slo_p95_ms     = var.load_test.slo_p95_ms
     slo_fail_ratio = var.load_test.slo_fail_ratio
     slo_min_rps    = var.load_test.slo_min_rps
@@ -72,13 +84,6 @@ locals {
 
   # Every entry has the same keys, so the lists of them are one type.
   unit_file = { permissions = "0644", owner = "root:root", defer = false }
-
-  fill_secrets_script = local.inline || var.ssm_parameters == null ? null : templatefile("${path.module}/templates/fill-secrets.sh.tftpl", {
-    region           = var.ssm_parameters.region
-    secret_parameter = var.ssm_parameters.secret
-    token_parameter  = var.ssm_parameters.token
-    files            = "$*"
-  })
 
   # -- hosts -------------------------------------------------------------------
 
@@ -108,6 +113,7 @@ locals {
         }),
       ]
       secret_files = ["${var.config_dir}/cluster.toml"]
+      secrets      = ["secret", "producer", "worker", "admin"]
       state_dirs   = [var.data_dir]
       start_cmds = [
         "${var.venv_dir}/bin/python /usr/local/lib/raftq/node-flags.py",
@@ -133,6 +139,7 @@ locals {
         }),
       ]
       secret_files = ["${var.config_dir}/worker.env"]
+      secrets      = ["worker"]
       state_dirs   = [local.worker_state, "${local.worker_state}/scratch", "${local.worker_state}/data"]
       start_cmds   = ["systemctl enable --now raftq-worker.service"]
     }
@@ -171,12 +178,21 @@ locals {
         ],
       )
       secret_files = i == 0 ? ["${var.config_dir}/loadtest.conf"] : []
+      secrets      = i == 0 ? ["producer"] : []
       state_dirs   = [local.locust_state]
       start_cmds   = ["systemctl enable --now ${join(" ", local.locust_instances)}"]
     }
   }
 
   hosts = merge(local.node_hosts, local.worker_hosts, local.loadgen_hosts)
+
+  # ssm mode: the SSM parameters each host reads at boot (only those of the
+  # values its own files hold: a worker host never reads the admin token).
+  host_parameters = {
+    for name, h in local.hosts : name => local.inline || var.ssm_parameters == null ? [] : [
+      for k in h.secrets : { placeholder = local.placeholders[k], name = var.ssm_parameters[local.ssm_keys[k]] }
+    ]
+  }
 
   documents = {
     for name, h in local.hosts : name => merge(
@@ -191,16 +207,19 @@ locals {
         }]
         write_files = concat(
           h.files,
-          local.inline || length(h.secret_files) == 0 ? [] : [merge(local.unit_file, {
+          length(local.host_parameters[name]) == 0 ? [] : [merge(local.unit_file, {
             path        = "/usr/local/sbin/raftq-fill-secrets"
             permissions = "0755"
-            content     = local.fill_secrets_script
+            content = templatefile("${path.module}/templates/fill-secrets.sh.tftpl", {
+              region     = var.ssm_parameters.region
+              parameters = local.host_parameters[name]
+            })
           })],
         )
         runcmd = concat(
           var.install_commands,
           [for d in h.state_dirs : "install -d -o ${var.service_user} -g ${var.service_user} -m 0700 ${d}"],
-          local.inline || length(h.secret_files) == 0 ? [] : ["/usr/local/sbin/raftq-fill-secrets ${join(" ", h.secret_files)}"],
+          length(local.host_parameters[name]) == 0 ? [] : ["/usr/local/sbin/raftq-fill-secrets ${join(" ", h.secret_files)}"],
           ["systemctl daemon-reload"],
           h.start_cmds,
         )

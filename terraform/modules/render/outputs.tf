@@ -1,17 +1,18 @@
 output "hosts" {
-  description = "Every host: its role (node, worker, loadgen-master, loadgen), its static address (null for workers) and its cloud-init user_data."
+  description = "Every host: its role (node, worker, loadgen-master, loadgen), its static address (null for workers), its cloud-init user_data and (ssm mode) the SSM parameters it reads at boot, for a least-privilege instance role."
   sensitive   = true
 
   precondition {
-    condition     = var.secret_source == "ssm" ? var.ssm_parameters != null : (var.secret != null && var.token != null)
-    error_message = "secret_source = \"inline\" needs secret and token; \"ssm\" needs ssm_parameters."
+    condition     = var.secret_source == "ssm" ? var.ssm_parameters != null : (var.secret != null && var.tokens != null)
+    error_message = "secret_source = \"inline\" needs secret and tokens; \"ssm\" needs ssm_parameters."
   }
 
   value = {
     for name, h in local.hosts : name => {
-      role      = h.role
-      address   = h.address
-      user_data = "#cloud-config\n${yamlencode(local.documents[name])}"
+      role           = h.role
+      address        = h.address
+      user_data      = "#cloud-config\n${yamlencode(local.documents[name])}"
+      ssm_parameters = [for p in local.host_parameters[name] : p.name]
     }
   }
 }

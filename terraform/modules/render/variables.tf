@@ -63,7 +63,7 @@ variable "locust_master_port" {
 }
 
 variable "secret_source" {
-  description = "\"inline\": secret and token are written into the 0600 files by user_data itself (tests, the local environment). \"ssm\": user_data holds only the SSM parameter names; a boot script reads the values with the instance role and fills the 0600 files."
+  description = "\"inline\": the secret and tokens are written into the 0600 files by user_data itself (tests, the local environment). \"ssm\": user_data holds only the SSM parameter names; a boot script reads the values with the instance role and fills the 0600 files."
   type        = string
   default     = "inline"
 
@@ -86,24 +86,35 @@ variable "secret" {
   }
 }
 
-variable "token" {
-  description = "Client token of the cluster (the legacy all-roles credential; raftq refuses one under 128 random bits: python -c 'import secrets; print(secrets.token_urlsafe(24))'). Used when secret_source = \"inline\"."
-  type        = string
-  default     = null
-  sensitive   = true
+variable "tokens" {
+  description = "The three client credentials, one per raftq role (used when secret_source = \"inline\"): producer (submit and read: the load generators), worker (lease and report: the worker hosts), admin (everything: only in the nodes' TOML, for operators). Each host gets only the one it needs. raftq refuses a token under 128 random bits: python -c 'import secrets; print(secrets.token_urlsafe(24))'."
+  type = object({
+    producer = string
+    worker   = string
+    admin    = string
+  })
+  default   = null
+  sensitive = true
 
   validation {
-    condition     = var.token == null ? true : (can(regex("^[A-Za-z0-9_.+/=-]{8,}$", var.token)) && length(var.token) <= 1024)
-    error_message = "token: 8 to 1024 characters of A-Z a-z 0-9 _ . + / = -."
+    condition     = var.tokens == null ? true : alltrue([for t in values(var.tokens) : can(regex("^[A-Za-z0-9_.+/=-]{16,}$", t)) && length(t) <= 1024])
+    error_message = "tokens: each 16 to 1024 characters of A-Z a-z 0-9 _ . + / = -."
+  }
+  validation {
+    # The same token twice would resolve to one credential's roles on the nodes.
+    condition     = var.tokens == null ? true : length(distinct(values(var.tokens))) == 3
+    error_message = "tokens: producer, worker and admin must be three different tokens."
   }
 }
 
 variable "ssm_parameters" {
-  description = "SSM parameter names of the secret and the token, and the region to read them in (secret_source = \"ssm\")."
+  description = "SSM parameter names of the secret and the three tokens, and the region to read them in (secret_source = \"ssm\"). Each host reads only the parameters its own files need (output hosts[*].ssm_parameters)."
   type = object({
-    secret = string
-    token  = string
-    region = string
+    secret         = string
+    producer_token = string
+    worker_token   = string
+    admin_token    = string
+    region         = string
   })
   default = null
 }

@@ -84,8 +84,26 @@ run "deployment" {
     error_message = "no public address and no SSH key on any instance"
   }
   assert {
-    condition     = aws_iam_role_policy_attachment.ssm_core.policy_arn == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+    condition     = alltrue([for a in aws_iam_role_policy_attachment.ssm_core : a.policy_arn == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"])
     error_message = "instances are reached through SSM"
+  }
+  assert {
+    condition = (
+      # jsonencode: == compares types too, and a list is not a tuple
+      jsonencode([for s in data.aws_iam_policy_document.host["worker"].statement : s.resources if s.sid == "ReadItsOwnSecrets"]) == jsonencode([["arn:aws:ssm:eu-west-1:123456789012:parameter/raftq/worker-token"]])
+      && jsonencode([for s in data.aws_iam_policy_document.host["loadgen"].statement : s.resources if s.sid == "ReadItsOwnSecrets"]) == jsonencode([["arn:aws:ssm:eu-west-1:123456789012:parameter/raftq/producer-token"]])
+      && length(one([for s in data.aws_iam_policy_document.host["node"].statement : s.resources if s.sid == "ReadItsOwnSecrets"])) == 4
+    )
+    error_message = "each kind of host may read only its own secrets: workers the worker token, load generators the producer token"
+  }
+  assert {
+    condition = (
+      alltrue([for k, i in aws_instance.node : i.iam_instance_profile == aws_iam_instance_profile.host["node"].name])
+      && alltrue([for i in aws_instance.worker : i.iam_instance_profile == aws_iam_instance_profile.host["worker"].name])
+      && alltrue([for k, i in aws_instance.loadgen : i.iam_instance_profile == aws_iam_instance_profile.host["loadgen"].name])
+      && length(distinct([for p in aws_iam_instance_profile.host : p.role])) == 3
+    )
+    error_message = "every kind of host runs with its own instance role"
   }
 
   assert {

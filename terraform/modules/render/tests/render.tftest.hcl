@@ -9,8 +9,12 @@ variables {
   worker_count    = 2
   load_generators = ["10.0.1.31", "10.0.2.31"]
   secret          = "test-secret-0123456789abcdef"
-  token           = "test-token-Hb4nW8cJ2pXr6Ty1"
-  locustfile      = "# locustfile"
+  tokens = {
+    producer = "test-producer-Hb4nW8cJ2pXr6Ty1"
+    worker   = "test-worker-Kq5mZ1vB7nLs3Wd8"
+    admin    = "test-admin-Pf2xR9hT4cMj6Ya0"
+  }
+  locustfile = "# locustfile"
 }
 
 run "one_document_per_host" {
@@ -53,8 +57,8 @@ run "units_are_hardened_and_secrets_0600" {
   }
   assert {
     condition = alltrue(flatten([for h in local.hosts : [for f in h.files : f.permissions == "0600"
-    if strcontains(f.content, var.token)]]))
-    error_message = "every file holding the token is 0600"
+    if anytrue([for t in values(var.tokens) : strcontains(f.content, t)])]]))
+    error_message = "every file holding a token is 0600"
   }
   assert {
     condition = alltrue(flatten([for h in local.hosts : [for f in h.files : alltrue([
@@ -73,23 +77,54 @@ run "units_are_hardened_and_secrets_0600" {
   }
 }
 
+run "each_host_holds_only_its_own_credential" {
+  command = plan
+
+  assert {
+    condition     = alltrue([for t in values(var.tokens) : strcontains(output.cluster_toml, t)]) && length(regexall("\\[\\[credentials\\]\\]", output.cluster_toml)) == 3
+    error_message = "the nodes' TOML has one credential per role"
+  }
+  assert {
+    condition     = strcontains(output.hosts["worker-1"].user_data, var.tokens.worker) && !strcontains(output.hosts["worker-1"].user_data, var.tokens.admin) && !strcontains(output.hosts["worker-1"].user_data, var.tokens.producer)
+    error_message = "a worker host holds the worker token and no other"
+  }
+  assert {
+    condition     = strcontains(output.hosts["loadgen-1"].user_data, var.tokens.producer) && !strcontains(output.hosts["loadgen-1"].user_data, var.tokens.admin) && !strcontains(output.hosts["loadgen-1"].user_data, var.tokens.worker)
+    error_message = "the Locust master holds the producer token and no other"
+  }
+  assert {
+    condition     = !anytrue([for t in values(var.tokens) : strcontains(output.hosts["loadgen-2"].user_data, t)])
+    error_message = "a Locust worker host holds no token (the master hands out the options)"
+  }
+}
+
 run "ssm_mode_keeps_secrets_out_of_user_data" {
   command = plan
 
   variables {
     secret        = null
-    token         = null
+    tokens        = null
     secret_source = "ssm"
     ssm_parameters = {
-      secret = "/raftq/test/secret"
-      token  = "/raftq/test/token"
-      region = "eu-west-1"
+      secret         = "/raftq/test/secret"
+      producer_token = "/raftq/test/producer-token"
+      worker_token   = "/raftq/test/worker-token"
+      admin_token    = "/raftq/test/admin-token"
+      region         = "eu-west-1"
     }
   }
 
   assert {
-    condition     = alltrue([for h in output.hosts : !strcontains(h.user_data, "test-secret") && !strcontains(h.user_data, "test-token")])
+    condition     = alltrue([for h in output.hosts : !strcontains(h.user_data, "test-secret") && !strcontains(h.user_data, "test-producer") && !strcontains(h.user_data, "test-worker") && !strcontains(h.user_data, "test-admin")])
     error_message = "no secret value in any user_data"
+  }
+  assert {
+    condition     = length(output.hosts["node-1"].ssm_parameters) == 4 && output.hosts["worker-2"].ssm_parameters == ["/raftq/test/worker-token"] && output.hosts["loadgen-1"].ssm_parameters == ["/raftq/test/producer-token"] && length(output.hosts["loadgen-2"].ssm_parameters) == 0
+    error_message = "each host reads only the parameters of its own files"
+  }
+  assert {
+    condition     = !strcontains(output.hosts["worker-1"].user_data, "admin-token") && !strcontains(output.hosts["loadgen-2"].user_data, "raftq-fill-secrets")
+    error_message = "a worker's boot script never names the admin token; a host with no secret has no boot script"
   }
   assert {
     condition     = strcontains(output.hosts["node-2"].user_data, "/usr/local/sbin/raftq-fill-secrets /etc/raftq/cluster.toml")
@@ -135,7 +170,20 @@ run "inline_mode_needs_the_secrets" {
   command = plan
 
   variables {
-    token = null
+    tokens = null
   }
   expect_failures = [output.hosts]
+}
+
+run "one_token_for_two_roles_is_refused" {
+  command = plan
+
+  variables {
+    tokens = {
+      producer = "test-same-Hb4nW8cJ2pXr6Ty1"
+      worker   = "test-same-Hb4nW8cJ2pXr6Ty1"
+      admin    = "test-admin-Pf2xR9hT4cMj6Ya0"
+    }
+  }
+  expect_failures = [var.tokens]
 }

@@ -22,11 +22,17 @@ module "render" {
   load_generators = ["10.0.1.31", "10.0.2.31"]
   secret_source   = var.secret_source
   secret          = var.secret_source == "inline" ? "example-secret-0123456789abcdef" : null
-  token           = var.secret_source == "inline" ? "example-token-Qx7rT2mV9kLp4Zs8" : null
+  tokens = var.secret_source == "inline" ? {
+    producer = "example-producer-Qx7rT2mV9kLp4Zs8"
+    worker   = "example-worker-Vn3cH8yK1dRt6Fg2"
+    admin    = "example-admin-Lw9sE4bN7pXj2Uq5"
+  } : null
   ssm_parameters = var.secret_source == "inline" ? null : {
-    secret = "/raftq/example/secret"
-    token  = "/raftq/example/token"
-    region = "eu-west-1"
+    secret         = "/raftq/example/secret"
+    producer_token = "/raftq/example/producer-token"
+    worker_token   = "/raftq/example/worker-token"
+    admin_token    = "/raftq/example/admin-token"
+    region         = "eu-west-1"
   }
   install_commands = ["echo install raftq here"]
   locustfile       = file("${path.module}/../../../../../loadtest/locustfile.py")
