@@ -1,14 +1,17 @@
-"""HTTP `GET /health` and `GET /metrics` (Prometheus text) for one node.
+"""HTTP `GET /health`, `GET /metrics` (Prometheus text) and the web dashboard
+(`/dashboard/`, cluster/dashboard/) for one node.
 
 A deliberately tiny HTTP/1.0-style responder on asyncio: one request per
-connection, GET only. The metric values are read from the node at scrape time
-by a custom collector (prometheus_client renders the exposition format), so
-nothing is updated on the hot path.
+connection, GET only (the dashboard's actions POST a small body). The metric
+values are read from the node at scrape time by a custom collector
+(prometheus_client renders the exposition format), so nothing is updated on
+the hot path.
 
 Who may ask (docs/security.md): anyone, by default, so existing scrapers and
 probes keep working. With `http_token` in the cluster config every request
-must carry `Authorization: Bearer <http_token>` (else 401); with `http_mtls`
-the peer must present a client certificate signed by `tls_client_ca`. With
+must carry `Authorization: Bearer <http_token>` (else 401), except the
+dashboard's, which checks cluster credentials itself; with `http_mtls` the
+peer must present a client certificate signed by `tls_client_ca`. With
 `tls_cert`/`tls_key` the port speaks HTTPS only.
 
 Before any of that a peer is unknown, so every connection is bounded: at most
@@ -29,6 +32,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cluster.dashboard import routes as dashboard
 from cluster.tls import asks_client_certificates
 
 if TYPE_CHECKING:
@@ -115,12 +119,19 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
             open_connections -= 1
 
     async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        extra = ""  # header lines of the dashboard's replies
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=HEADER_TIMEOUT_S)
             request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
             parts = request_line.split()
-            refusal = _refusal(head, expected, mutual_tls and not writer.transport.get_extra_info("peercert"))
-            if refusal is not None:
+            certificate_missing = mutual_tls and not writer.transport.get_extra_info("peercert")
+            refusal = _refusal(head, expected, certificate_missing)
+            if not certificate_missing and len(parts) >= 2 and parts[1].startswith(dashboard.DASHBOARD_PATH):
+                # The dashboard checks cluster credentials itself (cluster/dashboard/routes.py).
+                peer = writer.get_extra_info("peername")
+                source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+                status, ctype, body, extra = await dashboard.serve(node, parts[0], parts[1], head, reader, source)
+            elif refusal is not None:
                 status, ctype, body = "401 Unauthorized", "text/plain", refusal
             elif len(parts) < 2 or parts[0] != "GET":
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
@@ -135,7 +146,7 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
         try:
             challenge = "WWW-Authenticate: Bearer\r\n" if status.startswith("401") else ""
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         f"{challenge}Connection: close\r\n\r\n".encode() + body)
+                         f"{challenge}{extra}Connection: close\r\n\r\n".encode() + body)
             await asyncio.wait_for(writer.drain(), timeout=WRITE_TIMEOUT_S)
         except (ConnectionError, asyncio.TimeoutError):
             writer.transport.abort()
