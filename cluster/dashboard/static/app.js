@@ -33,7 +33,7 @@ function el(tag, attrs, ...children) {
     if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : String(child));
   }
@@ -246,35 +246,34 @@ function chart(title, series) {
   const w = 300, h = 110, pad = 4;
   const all = series.flatMap(s => s.values).filter(v => v !== null && v !== undefined);
   const max = Math.max(1e-9, ...all);
-  const svg = document.createElementNS(SVG_NS, "svg");
-  svg.setAttribute("viewBox", `0 0 ${w} ${h + 12}`);
-  svg.setAttribute("preserveAspectRatio", "none");
-  const axis = document.createElementNS(SVG_NS, "line");
-  for (const [k, v] of Object.entries({x1: 0, y1: h, x2: w, y2: h, class: "axis"})) axis.setAttribute(k, v);
-  svg.append(axis);
+  const svg = svgNode("svg", {viewBox: `0 0 ${w} ${h}`});
+  svg.append(svgNode("line", {x1: 0, y1: h - 1, x2: w, y2: h - 1, class: "axis"}));
   series.forEach((s, i) => {
     const points = [];
     s.values.forEach((v, j) => {
       if (v === null || v === undefined) return;
-      const x = (w * (HISTORY_POINTS - s.values.length + j)) / (HISTORY_POINTS - 1);
-      points.push(`${x.toFixed(1)},${(h - pad - (h - 2 * pad) * (v / max)).toFixed(1)}`);
+      // The newest sample is at the right edge; older ones scroll left.
+      const x = pad + ((w - 2 * pad) * (HISTORY_POINTS - s.values.length + j)) / (HISTORY_POINTS - 1);
+      points.push([x, h - pad - (h - 2 * pad) * (v / max)]);
     });
-    const line = document.createElementNS(SVG_NS, "polyline");
-    line.setAttribute("points", points.join(" "));
-    line.setAttribute("class", `s${i}`);
-    svg.append(line);
+    svg.append(svgNode("polyline", {points: points.map(p => p.map(n => n.toFixed(1)).join(",")).join(" "), class: `s${i}`}));
+    if (points.length) {
+      const [x, y] = points[points.length - 1];
+      svg.append(svgNode("circle", {cx: x.toFixed(1), cy: y.toFixed(1), r: 2.5, class: `s${i} dot`}));
+    }
   });
-  const label = document.createElementNS(SVG_NS, "text");
-  label.setAttribute("x", 2);
-  label.setAttribute("y", h + 10);
-  label.textContent = all.length ? `max ${max.toPrecision(3)}` : "no samples yet";
-  svg.append(label);
   const last = s => { const v = s.values.filter(x => x !== null && x !== undefined); return v.length ? v[v.length - 1] : null; };
   return el("div", {class: "chart"}, el("h3", {}, title), svg,
     el("div", {class: "legend"}, series.map((s, i) => {
       const v = last(s);
       return el("span", {class: `k${i}`}, `${s.name} ${v === null ? "–" : +v.toPrecision(3)}`);
-    })));
+    }), el("span", {class: "muted"}, all.length ? `scale 0–${+max.toPrecision(3)}` : "no samples yet")));
+}
+
+function svgNode(tag, attrs) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
 }
 
 function queuesSection(data) {
