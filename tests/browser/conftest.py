@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -71,9 +70,3 @@ def screenshot(tab: Any, name: str) -> Path:
     tab.screenshot(path=str(path), full_page=True)
     return path
 
-
-def keep_for_readme(path: Path, repo: Path) -> None:
-    """RAFTQ_README_SCREENSHOT=1: refresh docs/img/dashboard.png from this run."""
-    if os.environ.get("RAFTQ_README_SCREENSHOT") == "1":
-        (repo / "docs" / "img").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, repo / "docs" / "img" / "dashboard.png")

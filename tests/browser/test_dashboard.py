@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from tests.browser.conftest import TOKENS, keep_for_readme, screenshot
+from tests.browser.conftest import TOKENS, screenshot
 from tests.integration.harness import REPO, TOKEN, LocalCluster, wait_until
 
 WAIT_MS = 20_000  # how long the page may take to show a change (it polls every 2 s)
@@ -64,7 +64,7 @@ def test_overview_shows_the_cluster_its_queues_and_workers(dash_cluster: LocalCl
     expect(queue_row.locator("td").nth(5)).to_have_text("1", timeout=WAIT_MS)
     expect(queue_row.locator("td").nth(4)).to_have_text("0")
     expect(page.locator("#charts svg")).to_have_count(3)
-    keep_for_readme(screenshot(page, "overview"), REPO)
+    screenshot(page, "overview")
 
     # A follower serves the page too, from its own replica.
     follower = next(i for i in range(1, 4) if i != leader)

@@ -6,7 +6,7 @@
 
 const TOKEN_KEY = "raftq.dashboard.token";
 const POLL_MS = 2000;
-const HISTORY_POINTS = 90;  // three minutes of polls in the charts
+const HISTORY_POINTS = 60;  // two minutes of polls in the charts
 const SVG_NS = "http://www.w3.org/2000/svg";
 const JOB_STATES = ["pending", "scheduled", "queued", "running", "succeeded", "failed", "cancelled"];
 const FINISHED = ["succeeded", "failed", "cancelled"];
@@ -280,6 +280,7 @@ function queuesSection(data) {
   const prev = history.length > 1 ? history[history.length - 2] : null;
   const cur = history[history.length - 1];
   const known = new Set(["queue", "jobs", "max_running", "rate_per_s", "oldest_ready_age_s", "paused"]);
+  const pausable = data.queues.some(q => q.paused !== undefined);  // shown once the queues op reports it
   const rows = data.queues.map(q => {
     const r = rate(prev, cur, s => s.byQueue[q.queue] || 0);
     const extra = Object.entries(q).filter(([k]) => !known.has(k));
@@ -289,13 +290,13 @@ function queuesSection(data) {
       el("td", {class: "num"}, fmtAge(q.oldest_ready_age_s)),
       el("td", {class: "num"}, r === null ? "–" : r.toFixed(2)),
       el("td", {class: "num"}, q.max_running ?? "–"), el("td", {class: "num"}, q.rate_per_s ?? "–"),
-      el("td", {}, q.paused === undefined ? "–" : q.paused ? stateBadge("paused") : "no"),
+      pausable ? el("td", {}, q.paused ? stateBadge("paused") : "no") : null,
       el("td", {class: "muted"}, extra.map(([k, v]) => `${k} ${fmtValue(v)}`).join(" · ")));
   });
   return el("section", {id: "queues"}, el("h2", {}, "Queues"),
     rows.length ? table(["queue", ...JOB_STATES.map(s => ({label: s, num: true})), {label: "oldest ready", num: true},
                          {label: "finished/s", num: true}, {label: "max running", num: true},
-                         {label: "rate limit/s", num: true}, "paused", ""], rows)
+                         {label: "rate limit/s", num: true}, ...(pausable ? ["paused"] : []), ""], rows)
                 : el("p", {class: "muted"}, "No queue has jobs or limits yet."));
 }
 
