@@ -55,6 +55,7 @@ BODY_TIMEOUT_S = 5.0         # the page sends its small body at once, like the h
 PEER_TIMEOUT_S = 1.0         # a peer's /health is answered at once; a down peer must not stall the page
 MAX_PEER_REPLY = 64 * 1024
 LIST_LIMIT = 100             # jobs per page of the search: args and results are cut to a preview
+OLDEST_AGE_QUEUES = 20       # queues (the most queued first) whose oldest ready job the overview looks up
 PREVIEW_CHARS = 200
 
 # status line, content type, body, extra header lines (each ending in \r\n)
@@ -154,9 +155,14 @@ async def _overview(call: _Call) -> dict[str, Any]:
     queues = (await call.run("queues", {"stale_ok": True}))["queues"]
     workers = (await call.run("workers", {"stale_ok": True}))["workers"]
     now = time.time()
+    # One list call each: a bounded number per poll, however many queues there are.
+    # A scoped credential sees every queue's counts but lists jobs of its own queues only.
+    visible = [q for q in queues if call.access.queues is None or q["queue"] in call.access.queues]
+    busiest = {q["queue"] for q in sorted(visible, key=lambda q: -q["jobs"].get("queued", 0))[:OLDEST_AGE_QUEUES]}
     for queue in queues:
         if "oldest_ready_age_s" not in queue:  # the queues op may report it itself one day
-            queue["oldest_ready_age_s"] = await _oldest_ready_age(call, queue, now)
+            queue["oldest_ready_age_s"] = (await _oldest_ready_age(call, queue, now)
+                                           if queue["queue"] in busiest else None)
     latencies = sorted(node.committer.latencies)
     return {
         "now": now,

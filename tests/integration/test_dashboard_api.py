@@ -98,6 +98,7 @@ def test_reads_and_actions_get_the_client_ports_role_checks(node: LocalCluster) 
         job_id = c.submit("t.fails", {"n": 1}, queue="mine", max_attempts=1)
         leased = c.lease("w", ["mine"], wait_s=5)[0]
         c.fail(job_id, leased["attempt"], "boom", retryable=False, lease_token=leased["lease_token"])
+        c.submit("t.other", {}, queue="not-mine")
     status, refusal = api(node, "requeue", PRODUCER, {"ids": [job_id]})
     assert status == 403 and "needs the admin role" in refusal["message"]
     assert api(node, f"job?id={job_id}", PRODUCER)[1]["state"] == "failed"
@@ -106,6 +107,8 @@ def test_reads_and_actions_get_the_client_ports_role_checks(node: LocalCluster) 
     status, refusal = api(node, "jobs", SCOPED)
     assert status == 403 and "limited to queues mine" in refusal["message"]
     assert api(node, "schedules", SCOPED)[0] == 403
+    status, overview = api(node, "overview", SCOPED)  # counts of every queue, ages of its own only
+    assert status == 200 and {q["queue"] for q in overview["queues"]} >= {"mine", "not-mine"}
     assert api(node, "requeue", ADMIN, {"ids": [job_id]}) == (200, {"requeued": [job_id], "skipped": []})
     assert api(node, f"job?id={job_id}", PRODUCER)[1]["state"] == "queued"
     assert api(node, "job?id=no-such-job", PRODUCER)[0] == 404
