@@ -48,7 +48,8 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def dash_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def dash_cluster(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """(Asks for the browser first: without one, no cluster is started to be skipped.)"""
     for make in clusters(tmp_path_factory.mktemp("dashboard")):
         yield make(nodes=3, extra_config=credentials_toml())
 
