@@ -136,3 +136,6 @@ def test_request_bounds(node: LocalCluster) -> None:
     assert http(node, "GET", "/dashboard/api/requeue", auth)[0] == 405
     assert http(node, "GET", "/dashboard/api/nope", auth)[0] == 404
     assert api(node, "jobs?limit=abc", ADMIN)[0] == 400
+    # The port's head cap holds here too, and a body that stops short is not waited for.
+    assert http(node, "GET", "/dashboard/api/overview", {**auth, "X-Pad": "a" * 20_000})[0] == 400
+    assert http(node, "POST", "/dashboard/api/requeue", {**auth, "Content-Length": "100"}, b'{"ids"')[0] == 400
