@@ -126,7 +126,7 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
             parts = request_line.split()
             certificate_missing = mutual_tls and not writer.transport.get_extra_info("peercert")
             refusal = _refusal(head, expected, certificate_missing)
-            if not certificate_missing and len(parts) >= 2 and parts[1].startswith(dashboard.DASHBOARD_PATH):
+            if not certificate_missing and len(parts) >= 2 and dashboard.is_dashboard(parts[1]):
                 # The dashboard checks cluster credentials itself (cluster/dashboard/routes.py).
                 peer = writer.get_extra_info("peername")
                 source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 DASHBOARD_PATH = "/dashboard"
 API_PATH = "/dashboard/api/"
 TOKEN_HEADER = "X-Raftq-Token"
-MAX_BODY_BYTES = 64 * 1024   # an action names at most a page of jobs (100 ids of <= 256 chars)
+MAX_BODY_BYTES = 64 * 1024   # an action names at most a page of jobs (100 ids of <= 200 chars)
 BODY_TIMEOUT_S = 5.0         # the page sends its small body at once, like the head
 PEER_TIMEOUT_S = 1.0         # a peer's /health is answered at once; a down peer must not stall the page
 MAX_PEER_REPLY = 64 * 1024
@@ -61,12 +61,12 @@ PREVIEW_CHARS = 200
 # status line, content type, body, extra header lines (each ending in \r\n)
 Reply = tuple[str, str, bytes, str]
 
-_PAGE_HEADERS = ("Content-Security-Policy: default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+_PAGE_HEADERS = ("Content-Security-Policy: default-src 'self'; frame-ancestors 'none'; "
                  "base-uri 'none'; form-action 'none'\r\n"
                  "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n")
 _API_HEADERS = "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+                  ".css": "text/css; charset=utf-8"}
 _HTTP_STATUS = {
     codes.BAD_REQUEST: "400 Bad Request", codes.UNAUTHORIZED: "401 Unauthorized", codes.FORBIDDEN: "403 Forbidden",
     codes.NOT_FOUND: "404 Not Found", codes.CONFLICT: "409 Conflict", codes.TOO_LARGE: "413 Payload Too Large",
@@ -89,9 +89,15 @@ def _static() -> dict[str, tuple[str, bytes]]:
     return _assets
 
 
+def is_dashboard(target: str) -> bool:
+    """Whether a request target is the dashboard's (the rest of the port is http.py's)."""
+    path = target.split("?", 1)[0]
+    return path == DASHBOARD_PATH or path.startswith(DASHBOARD_PATH + "/")
+
+
 async def serve(node: "Node", method: str, target: str, head: bytes, reader: asyncio.StreamReader,
                 source: str) -> Reply:
-    """The reply to one request whose path starts with DASHBOARD_PATH."""
+    """The reply to one request whose target `is_dashboard`."""
     path = target.split("?", 1)[0]
     if path.startswith(API_PATH):
         return await _api(node, method, target, head, reader, source)

@@ -77,6 +77,7 @@ def test_the_page_is_served_to_anyone_without_the_http_token(node: LocalCluster)
     assert http(node, "GET", "/dashboard")[:2][0] == 301
     for path in ("/dashboard/../cluster.toml", "/dashboard/static/app.js", "/dashboard/nope.js"):
         assert http(node, "GET", path)[0] == 404, path
+    assert http(node, "GET", "/dashboards")[0] == 401  # not the dashboard's: the port's rules
     assert http(node, "OPTIONS", "/dashboard/api/requeue")[0] == 405
     # The port's other paths still need the http_token.
     assert http(node, "GET", "/metrics")[0] == 401
