@@ -15,6 +15,7 @@ const history = [];   // one sample per overview poll, for the charts and rates
 let pollTimer = null;
 let busy = false;
 let again = false;  // a refresh was asked for while one ran
+let pollFailed = false;  // the notice shows a failed poll (cleared by the next good one, unlike an action's)
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -65,6 +66,7 @@ async function api(path, body) {
 }
 
 function notice(message, isError) {
+  pollFailed = false;
   const box = document.getElementById("notice");
   box.replaceChildren();
   box.hidden = !message;
@@ -139,8 +141,13 @@ async function refresh() {
   try {
     await view(arg, params);
     document.getElementById("status").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    if (pollFailed) notice(null);
+    pollFailed = false;
   } catch (e) {
-    if (!(e instanceof ApiError && e.status === 401)) notice(e, true);
+    if (!(e instanceof ApiError && e.status === 401)) {
+      notice(e, true);
+      pollFailed = true;
+    }
   } finally {
     busy = false;
   }
