@@ -6,12 +6,18 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from cluster.tls import ClientTls, make_dev_certs
 from tests.integration.conftest import clusters
 from tests.integration.harness import LocalCluster
+from tests.integration.test_tls import TlsCluster
 
 ADMIN = secrets.token_urlsafe(24)
 PRODUCER = secrets.token_urlsafe(24)
@@ -140,3 +146,31 @@ def test_request_bounds(node: LocalCluster) -> None:
     # The port's head cap holds here too, and a body that stops short is not waited for.
     assert http(node, "GET", "/dashboard/api/overview", {**auth, "X-Pad": "a" * 20_000})[0] == 400
     assert http(node, "POST", "/dashboard/api/requeue", {**auth, "Content-Length": "100"}, b'{"ids"')[0] == 400
+
+
+def test_over_mutual_tls_the_page_needs_a_client_certificate(tmp_path: Path) -> None:
+    certs = make_dev_certs(tmp_path / "pki", ["127.0.0.1"])
+    extra = f'tls_client_ca = "{certs.ca}"\nhttp_mtls = true\n{CONFIG}'
+    cluster = TlsCluster(tmp_path / "cluster", certs, ClientTls(ca=certs.ca, cert=certs.client_cert,
+                                                                key=certs.client_key), extra=extra, nodes=1)
+    cluster.start()
+    try:
+        cluster.leader_id(timeout=30)
+        url = f"https://{cluster.http_addrs[0]}/dashboard/"
+        bare = ssl.create_default_context(cafile=certs.ca)
+        with_cert = ssl.create_default_context(cafile=certs.ca)
+        with_cert.load_cert_chain(certs.client_cert, certs.client_key)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10, context=bare)
+        refused.value.close()
+        assert refused.value.code == 401
+        with urllib.request.urlopen(url, timeout=10, context=with_cert) as reply:
+            assert reply.status == 200
+        request = urllib.request.Request(url + "api/overview", headers={"X-Raftq-Token": PRODUCER})
+        with urllib.request.urlopen(request, timeout=10, context=with_cert) as reply:
+            overview = json.loads(reply.read())
+        # No peer is asked over HTTPS (the node holds no CA for them), and the page says why.
+        assert overview["peers"] == {"polled": False, "nodes": {},
+                                     "reason": "the HTTP ports speak HTTPS: peers are not polled"}
+    finally:
+        cluster.stop()
