@@ -1,18 +1,17 @@
-"""HTTP `GET /health`, `GET /metrics` (Prometheus text) and the web dashboard
-(`/dashboard/`, cluster/dashboard/) for one node.
+"""HTTP `GET /health` and `GET /metrics` (Prometheus text) for one node.
 
 A deliberately tiny HTTP/1.0-style responder on asyncio: one request per
-connection, GET only (the dashboard's actions POST a small body). The metric
-values are read from the node at scrape time by a custom collector
-(prometheus_client renders the exposition format), so nothing is updated on
-the hot path.
+connection, GET only. The metric values are read from the node at scrape time
+by a custom collector (prometheus_client renders the exposition format), so
+nothing is updated on the hot path.
 
 Who may ask (docs/security.md): anyone, by default, so existing scrapers and
 probes keep working. With `http_token` in the cluster config every request
-must carry `Authorization: Bearer <http_token>` (else 401), except the
-dashboard's, which checks cluster credentials itself; with `http_mtls` the
-peer must present a client certificate signed by `tls_client_ca`. With
-`tls_cert`/`tls_key` the port speaks HTTPS only.
+must carry `Authorization: Bearer <http_token>` (else 401); with `http_mtls`
+the peer must present a client certificate signed by `tls_client_ca`. With
+`tls_cert`/`tls_key` the port speaks HTTPS only. The web dashboard
+(`/dashboard/`, cluster/dashboard/) checks cluster credentials instead of the
+http_token, and its actions POST a small body.
 
 Before any of that a peer is unknown, so every connection is bounded: at most
 HTTP_MAX_CONNECTIONS at once (more are closed at once, unanswered), a request
@@ -124,15 +123,13 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=HEADER_TIMEOUT_S)
             request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
             parts = request_line.split()
-            certificate_missing = mutual_tls and not writer.transport.get_extra_info("peercert")
-            refusal = _refusal(head, expected, certificate_missing)
-            if not certificate_missing and len(parts) >= 2 and dashboard.is_dashboard(parts[1]):
-                # The dashboard checks cluster credentials itself (cluster/dashboard/routes.py).
+            refusal = _refusal(head, expected, mutual_tls and not writer.transport.get_extra_info("peercert"))
+            if refusal is not None:
+                status, ctype, body = "401 Unauthorized", "text/plain", refusal
+            elif len(parts) >= 2 and dashboard.is_dashboard(parts[1]):
                 peer = writer.get_extra_info("peername")
                 source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
                 status, ctype, body, extra = await dashboard.serve(node, parts[0], parts[1], head, reader, source)
-            elif refusal is not None:
-                status, ctype, body = "401 Unauthorized", "text/plain", refusal
             elif len(parts) < 2 or parts[0] != "GET":
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
             else:
@@ -161,7 +158,9 @@ def _refusal(head: bytes, expected: bytes | None, certificate_missing: bool) -> 
     """The 401 body for a request that lacks a required credential, else None."""
     if certificate_missing:
         return b"this port requires a client certificate (mutual TLS)\n"
-    if expected is None:
+    request = head.split(b"\r\n", 1)[0].split()
+    # The dashboard checks cluster credentials itself (cluster/dashboard/routes.py).
+    if expected is None or (len(request) >= 2 and dashboard.is_dashboard(request[1].decode("latin-1"))):
         return None
     for line in head.split(b"\r\n")[1:]:
         name, sep, value = line.partition(b":")
