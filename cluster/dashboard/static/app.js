@@ -95,7 +95,10 @@ function fmtAge(seconds) {
 
 function fmtValue(value) {
   if (value === null || value === undefined) return "–";
-  if (Array.isArray(value)) return value.map(fmtValue).join(", ");
+  if (Array.isArray(value)) {
+    const shown = value.slice(0, 8).map(fmtValue).join(", ");
+    return value.length > 8 ? `${shown} … (${value.length} in all)` : shown;
+  }
   if (typeof value === "object") {
     return Object.entries(value).map(([k, v]) => `${k}=${fmtValue(v)}`).join(" ");
   }
@@ -316,7 +319,7 @@ function workersSection(data) {
     el("td", {}, el("span", {class: "num"}, (w.running || []).length), " ",
       (w.running || []).slice(0, 10).map(id => [jobLink(id), " "])),
     el("td", {}, fmtAge(data.now - w.last_seen_at), " ago"),
-    el("td", {class: "muted"}, Object.entries(w).filter(([k]) => !known.has(k)).map(([k, v]) => `${k}: ${fmtValue(v)}`).join(" · "))));
+    el("td", {class: "muted"}, Object.entries(w).filter(([k]) => !known.has(k)).map(([k, v]) => el("div", {}, `${k}: ${fmtValue(v)}`)))));
   return el("section", {id: "workers"}, el("h2", {}, "Workers"),
     rows.length ? table(["worker", "queues", "capacity", "running", "last seen", ""], rows)
                 : el("p", {class: "muted"}, "No worker has leased from this cluster recently."));
