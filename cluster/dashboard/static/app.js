@@ -427,7 +427,7 @@ async function deadView(_, params) {
   show(el("section", {id: "dead"}, el("h2", {}, "Dead letters (failed jobs)"),
     rows.length ? [table(["id", "type", "queue", {label: "attempts", num: true}, "failed", "error", ""], rows),
                    el("p", {}, el("button", {type: "button", id: "requeue-all",
-                                              onclick: () => requeue(page.jobs.map(j => j.id))}, `Requeue these ${rows.length}`))]
+                                              onclick: () => requeue(page.jobs.map(j => j.id))}, `Requeue all ${rows.length} shown`))]
                 : el("p", {class: "muted"}, "No failed job.")));
 }
 
