@@ -9,7 +9,9 @@ Who may ask (docs/security.md): anyone, by default, so existing scrapers and
 probes keep working. With `http_token` in the cluster config every request
 must carry `Authorization: Bearer <http_token>` (else 401); with `http_mtls`
 the peer must present a client certificate signed by `tls_client_ca`. With
-`tls_cert`/`tls_key` the port speaks HTTPS only.
+`tls_cert`/`tls_key` the port speaks HTTPS only. The web dashboard
+(`/dashboard/`, cluster/dashboard/) checks cluster credentials instead of the
+http_token, and its actions POST a small body.
 
 Before any of that a peer is unknown, so every connection is bounded: at most
 HTTP_MAX_CONNECTIONS at once (more are closed at once, unanswered), a request
@@ -29,6 +31,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cluster.dashboard import routes as dashboard
 from cluster.tls import asks_client_certificates
 
 if TYPE_CHECKING:
@@ -115,6 +118,7 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
             open_connections -= 1
 
     async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        extra = ""  # header lines of the dashboard's replies
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=HEADER_TIMEOUT_S)
             request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
@@ -122,6 +126,10 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
             refusal = _refusal(head, expected, mutual_tls and not writer.transport.get_extra_info("peercert"))
             if refusal is not None:
                 status, ctype, body = "401 Unauthorized", "text/plain", refusal
+            elif len(parts) >= 2 and dashboard.is_dashboard(parts[1]):
+                peer = writer.get_extra_info("peername")
+                source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+                status, ctype, body, extra = await dashboard.serve(node, parts[0], parts[1], head, reader, source)
             elif len(parts) < 2 or parts[0] != "GET":
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
             else:
@@ -135,7 +143,7 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
         try:
             challenge = "WWW-Authenticate: Bearer\r\n" if status.startswith("401") else ""
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         f"{challenge}Connection: close\r\n\r\n".encode() + body)
+                         f"{challenge}{extra}Connection: close\r\n\r\n".encode() + body)
             await asyncio.wait_for(writer.drain(), timeout=WRITE_TIMEOUT_S)
         except (ConnectionError, asyncio.TimeoutError):
             writer.transport.abort()
@@ -150,7 +158,9 @@ def _refusal(head: bytes, expected: bytes | None, certificate_missing: bool) -> 
     """The 401 body for a request that lacks a required credential, else None."""
     if certificate_missing:
         return b"this port requires a client certificate (mutual TLS)\n"
-    if expected is None:
+    request = head.split(b"\r\n", 1)[0].split()
+    # The dashboard checks cluster credentials itself (cluster/dashboard/routes.py).
+    if expected is None or (len(request) >= 2 and dashboard.is_dashboard(request[1].decode("latin-1"))):
         return None
     for line in head.split(b"\r\n")[1:]:
         name, sep, value = line.partition(b":")
