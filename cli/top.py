@@ -194,7 +194,8 @@ class Collector:
             view.error = f"not answering (node {own.get('self')} answered instead)"
             return
         view.role = next((n.get("role") for n in own.get("nodes") or [] if n.get("id") == view.id), None)
-        view.term, view.commit_index, view.last_applied = own.get("term"), own.get("commit_index"), own.get("last_applied")
+        view.term, view.commit_index = own.get("term"), own.get("commit_index")
+        view.last_applied = own.get("last_applied")
 
     def _forget(self, addr: str) -> None:
         client = self._node_clients.pop(addr, None)
@@ -267,9 +268,12 @@ class _Table:
 
 def _tables(snap: Snapshot) -> list[_Table]:
     now = snap.taken_at
-    nodes = _Table("NODES", ["ID", "CLIENT", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG"], [
-        [str(n.id), n.client, n.role or "-", n.term, n.commit_index, n.last_applied, n.lag] if n.error is None
-        else [str(n.id), n.client, "unreachable", "-", "-", "-", n.error]
+    with_errors = any(n.error is not None for n in snap.nodes)
+    node_headers = ["ID", "CLIENT", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", *(["WHY"] if with_errors else [])]
+    nodes = _Table("NODES", node_headers, [
+        [str(n.id), n.client, n.role or "-", n.term, n.commit_index, n.last_applied, n.lag,
+         *([""] if with_errors else [])] if n.error is None
+        else [str(n.id), n.client, "unreachable", "-", "-", "-", "-", n.error]
         for n in snap.nodes], "no nodes known")
     queues = _Table("QUEUES", ["QUEUE", "QUEUED", "RUNNING", "WAITING", "FAILED", "IN/S", "DONE/S", "LIMITS"], [
         [q.name, q.jobs.get("queued", 0), q.jobs.get("running", 0),
@@ -296,9 +300,9 @@ def _header(snap: Snapshot, interval: float | None) -> list[str]:
     leader = snap.leader or "none (election running?)"
     live = sum(n for s, n in snap.jobs.items() if s not in FINAL_STATES)
     clock = time.strftime("%H:%M:%S", time.localtime(snap.taken_at)) if snap.taken_at else "-"
-    refresh = f", every {interval:g}s, q quits" if interval is not None else ""
-    lines = [f"raftq top  leader {leader}  term {snap.term if snap.term is not None else '-'}  "
-             f"{live} live jobs  at {clock}{refresh}"]
+    refresh = f"  (every {interval:g}s, q quits)" if interval is not None else ""
+    lines = [f"raftq top  {clock}  leader {leader}  term {snap.term if snap.term is not None else '-'}  "
+             f"{live} live jobs{refresh}"]
     if snap.error is not None:
         lines.append(f"poll failed (showing the previous data): {snap.error}")
     return lines
@@ -306,11 +310,12 @@ def _header(snap: Snapshot, interval: float | None) -> list[str]:
 
 def _fit_rows(tables: list[_Table], room: int) -> list[int]:
     """Rows per table so that all tables fit in `room` lines: take rows away
-    one at a time from the table showing the most (so small tables stay whole)."""
+    one at a time from the table showing the most (so small tables stay
+    whole), from the first table (the nodes) only when the others are empty."""
     rows = [len(t.rows) for t in tables]
     while sum(t.height(r) for t, r in zip(tables, rows)) > room and any(rows):
-        biggest = max(range(len(rows)), key=lambda i: rows[i])
-        rows[biggest] -= 1
+        others = [i for i in range(1, len(rows)) if rows[i]]
+        rows[max(others, key=lambda i: rows[i]) if others else 0] -= 1
     return rows
 
 

@@ -67,6 +67,10 @@ class PtyProcess:
         self.output += data.decode(errors="replace")
         return True
 
+    def resize(self, columns: int, lines: int) -> None:
+        """Resize the terminal: the kernel sends the child SIGWINCH."""
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+
     def type(self, text: str) -> None:
         os.write(self.fd, text.encode())
 

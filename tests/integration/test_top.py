@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import termios
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from cli.terminal import CURSOR_HOME, ENTER_ALT_SCREEN, HIDE_CURSOR, LEAVE_ALT_SCREEN, SHOW_CURSOR
+from cli.terminal import (CLEAR_TO_LINE_END, CLEAR_TO_SCREEN_END, CURSOR_HOME, ENTER_ALT_SCREEN, HIDE_CURSOR,
+                          LEAVE_ALT_SCREEN, SHOW_CURSOR)
 from tests.integration.harness import REPO, TOKEN, LocalCluster, WorkerProcess
 from tests.integration.pty_process import PtyProcess
 
@@ -46,7 +48,7 @@ def _assert_terminal_restored(proc: PtyProcess) -> None:
     assert lflag & termios.ICANON and lflag & termios.ECHO, "cbreak mode not undone"
 
 
-def test_top_draws_nodes_and_queue_depth_redraws_and_quits_on_q(module_cluster: LocalCluster,
+def test_top_draws_nodes_and_queue_depth_redraws_fits_a_resize_and_quits_on_q(module_cluster: LocalCluster,
                                                                   top: PtyProcess) -> None:
     _nodes_drawn(top, module_cluster)
     top.read_until(r"no queues yet|QUEUE\s+QUEUED", timeout=30)
@@ -58,6 +60,19 @@ def test_top_draws_nodes_and_queue_depth_redraws_and_quits_on_q(module_cluster: 
     # Redrawn in place (cursor home, not scrolled) with the new depth: QUEUED 3.
     top.read_until(r"top-depth\s+3\s+0\s+0\s+0", timeout=30)
     assert top.output.count(CURSOR_HOME) > frames_before
+
+    # Resized smaller, the terminal gets frames that fit it.
+    top.resize(columns=60, lines=20)
+    deadline, since = time.monotonic() + 30, len(top.output)
+    while True:
+        end = top.read_until(re.escape(CLEAR_TO_SCREEN_END), timeout=30, since=since).end()
+        frame = top.output[top.output.rindex(CURSOR_HOME, 0, end) + len(CURSOR_HOME):end - len(CLEAR_TO_SCREEN_END)]
+        since = end
+        rows = re.split(re.escape(CLEAR_TO_LINE_END) + r"\r*\n", frame.removesuffix(CLEAR_TO_LINE_END))
+        if len(rows) <= 20 and max(map(len, rows)) < 60:
+            break
+        assert time.monotonic() < deadline, f"no frame fitting 60x20 after the resize; the last: {rows}"
+    assert rows[0].startswith("raftq top") and "NODES" in rows and "QUEUES" in rows, rows
 
     top.type("q")
     assert top.wait(timeout=30) == 0
