@@ -112,8 +112,8 @@ class QueueRates:
         self._previous = (now, current)
 
 
-def _describe(exc: Exception) -> str:
-    return output.one_line(exc.message if isinstance(exc, RaftqError) else str(exc) or type(exc).__name__)
+def _describe(exc: RaftqError) -> str:
+    return output.one_line(exc.message)
 
 
 class Collector:
@@ -224,18 +224,25 @@ def _limits(q: QueueView) -> str:
     return ", ".join(parts) or "-"
 
 
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _amounts(values: Any) -> str:
     if not isinstance(values, dict) or not values:
         return "-"
-    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(values.items()))
+    return ",".join(f"{k}={_number(v)}" for k, v in sorted(values.items()))
 
 
 def _capacity(worker: dict[str, Any]) -> str:
-    """Free/total when the worker reports its free capacity, else what it has."""
+    """free/total of each resource (job slots included) for a worker that
+    registered them, else the capacity it last reported."""
     free, total = worker.get("free"), worker.get("capacity")
-    if isinstance(free, dict) and isinstance(total, dict):
-        return ",".join(f"{k}={free.get(k, 0):g}/{v:g}" for k, v in sorted(total.items())) or "-"
-    return _amounts(total)
+    if not isinstance(free, dict):
+        return _amounts(total)
+    totals = {**(total if isinstance(total, dict) else {}), "slots": worker.get("slots")}
+    return ",".join(f"{k}={_number(free[k])}/{_number(totals[k])}" for k in sorted(free)
+                    if totals.get(k) is not None) or "-"
 
 
 def _ago(ts: Any, now: float) -> str:
@@ -281,11 +288,11 @@ def _tables(snap: Snapshot) -> list[_Table]:
          _rate(q.in_per_s), _rate(q.done_per_s), _limits(q)]
         for q in snap.queues], "no queues yet")
     with_types = any("types" in w for w in snap.workers)
-    workers = _Table("WORKERS", ["NAME", "QUEUES", *(["TYPES"] if with_types else []), "CAPACITY", "RUNNING",
-                                 "LAST SEEN"], [
-        [w.get("name"), ",".join(w.get("queues") or []),
-         *([",".join(w.get("types") or []) or "-"] if with_types else []),
-         _capacity(w), len(w.get("running") or []), _ago(w.get("last_seen_at"), now)]
+    # Types last: a worker may run dozens, and the right edge cuts them, not the other columns.
+    worker_headers = ["NAME", "QUEUES", "CAPACITY", "RUNNING", "LAST SEEN", *(["TYPES"] if with_types else [])]
+    workers = _Table("WORKERS", worker_headers, [
+        [w.get("name"), ",".join(w.get("queues") or []), _capacity(w), len(w.get("running") or []),
+         _ago(w.get("last_seen_at"), now), *([",".join(w.get("types") or []) or "-"] if with_types else [])]
         for w in snap.workers], "no live workers")
     failed_total = snap.jobs.get("failed", 0)
     scope = "" if snap.failures_scanned_all else f", newest of the first {MAX_FAILED_PAGES * MAX_LIST_LIMIT} scanned"

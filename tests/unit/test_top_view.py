@@ -70,11 +70,12 @@ def test_queue_rates_come_from_successive_polls_and_are_never_negative() -> None
 def test_worker_types_and_free_capacity_are_shown_when_reported() -> None:
     snap = Snapshot(taken_at=1_000.0, workers=[
         {"name": "w", "queues": ["a", "b"], "types": ["math.primes", "util.sleep"],
-         "capacity": {"cpu": 4.0, "mem_mb": 512}, "free": {"cpu": 1.5, "mem_mb": 256}, "running": ["x", "y"],
+         "capacity": {"cpu": 4.0, "mem_mb": 512}, "slots": 4, "free": {"cpu": 1.5, "mem_mb": 256, "slots": 2},
+         "running": ["x", "y"],
          "last_seen_at": 998.0}])
     text = "\n".join(render(snap))
     assert "TYPES" in text and "math.primes,util.sleep" in text
-    assert "cpu=1.5/4,mem_mb=256/512" in text
+    assert "cpu=1.5/4,mem_mb=256/512,slots=2/4" in text
     assert "TYPES" not in "\n".join(render(Snapshot(taken_at=1.0, workers=[{"name": "old", "capacity": {}}])))
 
 
