@@ -25,8 +25,11 @@ from replication.model import FINAL_STATES
 if TYPE_CHECKING:
     from cluster.client import Client
 
-# How long one `wait` long poll lasts: also the redraw period on a terminal.
-POLL_S = 0.25
+# How long one `wait` long poll lasts (a job that ends is seen at once either
+# way): on a terminal, the redraw period of the spinner and clock; piped, only
+# progress changes are printed, and those come with heartbeats, seconds apart.
+TERMINAL_POLL_S = 0.25
+PIPED_POLL_S = 1.0
 SPINNER = "|/-\\"
 BAR_WIDTH = 20
 
@@ -105,12 +108,14 @@ def wait_for_final(client: Client, job_id: str, timeout: float, stream: TextIO |
     """The job's JobView once it is final, showing its progress on `stream`
     (stderr) meanwhile; Timeout if not final within `timeout` s."""
     stream = stream or sys.stderr
-    display = StatusLine(stream, job_id) if stream.isatty() else PlainLines(stream, job_id)
+    on_terminal = stream.isatty()
+    display = StatusLine(stream, job_id) if on_terminal else PlainLines(stream, job_id)
+    poll_s = TERMINAL_POLL_S if on_terminal else PIPED_POLL_S
     deadline = time.monotonic() + timeout
     try:
         while True:
             try:
-                return client.result(job_id, timeout=min(POLL_S, max(0.0, deadline - time.monotonic())))
+                return client.result(job_id, timeout=min(poll_s, max(0.0, deadline - time.monotonic())))
             except Timeout:
                 pass  # not final yet: show where it is
             view = client.get(job_id)

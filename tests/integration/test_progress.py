@@ -16,7 +16,7 @@ from tests.integration.pty_process import PtyProcess
 
 # util.sleep reports "slept Xs of Ns" as it goes; a lease TTL of 1.5 s makes
 # the worker heartbeat (and so publish that progress) every 0.5 s.
-SLEEP_S = 3
+SLEEP_S = 4
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_submit_wait_on_a_terminal_redraws_the_progress_line_then_clears_it(modu
                       columns=100)
     try:
         # The job's own message, drawn in place: carriage return, bar, percentage, message.
-        proc.read_until(r"\r. \w+ running \[#*\.*\] +\d+% slept \d\.\ds of 3s", timeout=60)
+        proc.read_until(rf"\r. \w+ running \[#*\.*\] +\d+% slept \d\.\ds of {SLEEP_S}s", timeout=60)
         assert proc.wait(timeout=60) == 0
     finally:
         proc.close()
@@ -66,7 +66,7 @@ def test_wait_piped_prints_plain_lines_on_change_and_the_unchanged_result(module
     job_id = re.match(r"submitted (\w+), waiting", out.stderr).group(1)  # type: ignore[union-attr]
     lines = out.stderr.splitlines()[1:]
     assert all(line.startswith(f"{job_id} ") for line in lines), lines
-    progress = [line for line in lines if re.fullmatch(rf"{job_id} running \d+% slept \d\.\ds of 3s", line)]
+    progress = [line for line in lines if re.fullmatch(rf"{job_id} running \d+% slept \d\.\ds of {SLEEP_S}s", line)]
     assert len(progress) >= 2, lines
     assert len(lines) == len(set(lines)), "a line repeated: printed without a change"
 
@@ -82,5 +82,5 @@ def test_result_wait_piped_shows_progress_of_a_running_job(module_cluster: Local
         job_id = client.submit("util.sleep", {"seconds": SLEEP_S})
     out = _raftq(module_cluster, "result", job_id, "--wait")
     assert out.returncode == 0, out.stderr
-    assert re.search(rf"^{job_id} running \d+% slept \d\.\ds of 3s$", out.stderr, re.M), out.stderr
+    assert re.search(rf"^{job_id} running \d+% slept \d\.\ds of {SLEEP_S}s$", out.stderr, re.M), out.stderr
     assert json.loads(out.stdout)["slept"] >= SLEEP_S
