@@ -19,6 +19,7 @@ import shutil
 import signal
 import sys
 import termios
+import threading
 import tty
 from types import FrameType, TracebackType
 from typing import Any, TextIO
@@ -37,7 +38,6 @@ class Event(enum.Enum):
     RESIZE = "resize"
     STOP = "stop"  # SIGTERM
     WAKE = "wake"  # wake() from another thread
-    TIMEOUT = "timeout"
 
 
 # Bytes written to the wake pipe, one per event kind.
@@ -61,6 +61,8 @@ class FullScreen:
         self._saved_handlers: dict[int, Any] = {}
         self._pipe_r, self._pipe_w = os.pipe()
         os.set_blocking(self._pipe_w, False)  # a signal handler must never block on a full pipe
+        self._wake_lock = threading.Lock()
+        self._closed = False
         self.pending_keys = ""
 
     def __enter__(self) -> FullScreen:
@@ -83,8 +85,10 @@ class FullScreen:
                 termios.tcsetattr(self._keys_fd, termios.TCSADRAIN, self._saved_mode)
             for signum, handler in self._saved_handlers.items():
                 signal.signal(signum, handler)
-            os.close(self._pipe_r)
-            os.close(self._pipe_w)
+            with self._wake_lock:  # a polling thread may still call wake(): never into a reused fd number
+                self._closed = True
+                os.close(self._pipe_r)
+                os.close(self._pipe_w)
 
     def _on_signal(self, byte: bytes) -> Any:
         def handler(signum: int, frame: FrameType | None) -> None:
@@ -92,14 +96,18 @@ class FullScreen:
         return handler
 
     def _poke(self, byte: bytes) -> None:
+        # No lock here: signal handlers call it on the main thread (only while
+        # installed, so before the pipe is closed), and must not wait for a lock.
         try:
             os.write(self._pipe_w, byte)
-        except (BlockingIOError, OSError):
-            pass  # the pipe already holds unread wake-ups, or is closed: nothing is lost
+        except BlockingIOError:
+            pass  # the pipe is full of unread wake-ups: one more would say nothing new
 
     def wake(self) -> None:
-        """Make `next_event` return WAKE; safe from any thread."""
-        self._poke(b"w")
+        """Make `next_event` return WAKE; safe from any thread, also after the screen is left."""
+        with self._wake_lock:
+            if not self._closed:
+                self._poke(b"w")
 
     def size(self) -> tuple[int, int]:
         """(columns, lines) of the terminal, read on every call: it may have been resized."""
@@ -108,26 +116,21 @@ class FullScreen:
         except OSError:
             return shutil.get_terminal_size()
 
-    def next_event(self, timeout: float | None) -> Event:
-        """Wait up to `timeout` s for a key, a signal or a wake-up; keys typed
-        are appended to `pending_keys`. STOP wins over everything else."""
+    def next_event(self) -> Event:
+        """Wait for a key, a signal or a wake-up; keys typed are appended to
+        `pending_keys`. When several came at once, STOP wins, then KEY."""
         fds = [self._pipe_r] if self._keys_fd is None else [self._pipe_r, self._keys_fd]
-        ready, _, _ = select.select(fds, [], [], timeout)
-        if not ready:
-            return Event.TIMEOUT
+        ready, _, _ = select.select(fds, [], [])
         events: set[Event] = set()
         if self._pipe_r in ready:
-            events.update(_PIPE_EVENTS[bytes([b])] for b in os.read(self._pipe_r, 64) if bytes([b]) in _PIPE_EVENTS)
+            events.update(_PIPE_EVENTS[bytes([b])] for b in os.read(self._pipe_r, 64))
         if self._keys_fd is not None and self._keys_fd in ready:
             data = os.read(self._keys_fd, 64)
             if not data:  # the terminal went away (hangup): nothing more to show
                 return Event.STOP
             self.pending_keys += data.decode(errors="replace")
             events.add(Event.KEY)
-        for event in (Event.STOP, Event.KEY, Event.RESIZE, Event.WAKE):
-            if event in events:
-                return event
-        return Event.TIMEOUT
+        return next((e for e in (Event.STOP, Event.KEY, Event.RESIZE) if e in events), Event.WAKE)
 
     def draw(self, lines: list[str]) -> None:
         """Replace the screen's content by `lines` (already fitted to the size)

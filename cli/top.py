@@ -383,7 +383,7 @@ def run_live(collector: Collector, interval: float) -> None:
                     screen.draw([fit_line("raftq top: connecting...", columns)])
                 else:
                     screen.draw(render(poller.latest, columns, lines, interval))
-                event = screen.next_event(timeout=None)
+                event = screen.next_event()
                 if event is Event.STOP or "q" in screen.pending_keys.lower():
                     return
                 screen.pending_keys = ""

@@ -29,7 +29,7 @@ def worker(module_cluster: LocalCluster) -> Iterator[WorkerProcess]:
 
 
 def _env(cluster: LocalCluster) -> dict[str, str]:
-    return {**os.environ, "RAFTQ_CLUSTER": cluster.client_addrs[0], "RAFTQ_TOKEN": TOKEN, "TERM": "xterm"}
+    return {**os.environ, "RAFTQ_CLUSTER": ",".join(cluster.client_addrs), "RAFTQ_TOKEN": TOKEN, "TERM": "xterm"}
 
 
 def _raftq(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from tests.integration.pty_process import PtyProcess
 
 
 def _env(cluster: LocalCluster) -> dict[str, str]:
-    return {**os.environ, "RAFTQ_CLUSTER": cluster.client_addrs[0], "RAFTQ_TOKEN": TOKEN, "TERM": "xterm"}
+    return {**os.environ, "RAFTQ_CLUSTER": ",".join(cluster.client_addrs), "RAFTQ_TOKEN": TOKEN, "TERM": "xterm"}
 
 
 @pytest.fixture
