@@ -765,7 +765,8 @@ def workers(client: Client, as_json: bool) -> None:
 @click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
               help="Seconds between refreshes.")
 @click.option("--once", is_flag=True,
-              help="Print one snapshot as plain text and exit (what it does when stdout is not a terminal).")
+              help="Print one snapshot as plain text and exit (what it does when stdout is not a terminal "
+                   "and with --json).")
 @client_options
 def top(cluster: str, token: str | None, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
         request_timeout: float, as_json: bool, interval: float, once: bool) -> None:

@@ -19,6 +19,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
+from cli.terminal import printable
 from cluster.errors import Timeout
 from replication.model import FINAL_STATES
 
@@ -38,13 +39,13 @@ def progress_of(view: dict[str, Any]) -> tuple[float, str] | None:
     """The (fraction 0..1, message) a running job last reported, if any."""
     progress = view.get("progress")
     if isinstance(progress, (list, tuple)) and len(progress) == 2 and isinstance(progress[0], (int, float)):
-        return min(1.0, max(0.0, float(progress[0]))), str(progress[1] or "")
+        return min(1.0, max(0.0, float(progress[0]))), printable(str(progress[1] or ""))
     return None
 
 
 def describe(view: dict[str, Any]) -> str:
     """`state 42% message` (the progress part only while one is reported)."""
-    state = str(view.get("state"))
+    state = printable(str(view.get("state")))
     progress = progress_of(view) if state == "running" else None
     if progress is None:
         return state
@@ -85,7 +86,7 @@ class StatusLine:
             return 80
 
     def show(self, view: dict[str, Any]) -> None:
-        state = str(view.get("state"))
+        state = printable(str(view.get("state")))
         spin = SPINNER[self._frames % len(SPINNER)]
         self._frames += 1
         progress = progress_of(view) if state == "running" else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import select
 import shutil
 import signal
@@ -42,6 +43,19 @@ class Event(enum.Enum):
 
 # Bytes written to the wake pipe, one per event kind.
 _PIPE_EVENTS = {b"r": Event.RESIZE, b"s": Event.STOP, b"w": Event.WAKE}
+
+
+# C0 and C1 control characters: ESC starts an escape sequence, and the 8-bit
+# CSI (0x9b) is one on some terminals.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character shown as `?`. Job ids, types,
+    errors and progress messages come from whoever submitted or ran the job:
+    written raw they could move the cursor, retitle or clear the operator's
+    terminal."""
+    return _CONTROL.sub("?", text)
 
 
 def fit_line(line: str, width: int) -> str:

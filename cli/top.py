@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cli import output
-from cli.terminal import Event, FullScreen, fit_line
+from cli.terminal import Event, FullScreen, fit_line, printable
 from cluster.errors import RaftqError
 from cluster.ops import MAX_LIST_LIMIT
 from replication.model import FINAL_STATES
@@ -340,6 +340,7 @@ def render(snap: Snapshot, width: int | None = None, height: int | None = None,
         lines += ["", *table.lines(rows)]
     if height is not None:
         lines = lines[:height]
+    lines = [printable(line) for line in lines]
     return lines if width is None else [fit_line(line, width) for line in lines]
 
 

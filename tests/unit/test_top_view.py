@@ -90,3 +90,14 @@ def test_piped_progress_prints_a_line_only_when_state_or_progress_changes() -> N
         lines.show(view)
     assert out.getvalue().splitlines() == ["j1 queued", "j1 running", "j1 running 25% step 1", "j1 running 50% step 2"]
     assert describe({"state": "queued", "progress": [0.5, "stale"]}) == "queued"  # progress of a running job only
+
+
+def test_job_data_cannot_drive_the_terminal() -> None:
+    hostile = "\x1b]0;pwned\x07\x1b[2J\x9b31m"
+    snap = Snapshot(taken_at=1_000.0, jobs={"failed": 1}, failures=[
+        {"id": "j" + hostile, "type": "t", "queue": "q", "finished_at": 999.0, "error": "boom" + hostile}])
+    for lines in (render(snap), render(snap, width=200, height=40)):
+        text = "\n".join(lines)
+        assert not any(c in text for c in "\x1b\x07\x9b"), text
+        assert "boom?]0;pwned??[2J?31m" in text
+    assert describe({"state": "running", "progress": [0.5, "step" + hostile]}) == "running 50% step?]0;pwned??[2J?31m"
