@@ -5,8 +5,8 @@ Three parts, one concept each:
   `stats`, `queues`, `workers`, the failed-job list) into a `Snapshot`;
   rates are differences between successive polls, so the first frame has none.
 - `render` turns a snapshot into lines fitted to a width and height: tables
-  are cut at the right edge, and when rows do not fit, every table gives up
-  rows in turn (largest first) and says how many it hides.
+  are cut at the right edge, and when rows do not fit, the tables give up
+  rows in turn (largest first, the nodes last) and say how many they hide.
 - `run_live` draws frames on the alternate screen (cli/terminal.py) while a
   daemon thread polls, so `q`, Ctrl-C and SIGTERM are answered at once even
   when a node does not reply; `print_once` prints one snapshot as plain text.
@@ -296,8 +296,8 @@ def _tables(snap: Snapshot) -> list[_Table]:
         for w in snap.workers], "no live workers")
     failed_total = snap.jobs.get("failed", 0)
     scope = "" if snap.failures_scanned_all else f", newest of the first {MAX_FAILED_PAGES * MAX_LIST_LIMIT} scanned"
-    failures = _Table(f"RECENT FAILURES (dead letters: {failed_total}{scope})", ["FAILED", "ID", "TYPE", "QUEUE",
-                                                                                "ERROR"], [
+    failures = _Table(f"RECENT FAILURES (dead letters: {failed_total}{scope})",
+                      ["FAILED", "ID", "TYPE", "QUEUE", "ERROR"], [
         [_ago(j.get("finished_at"), now), j.get("id"), j.get("type"), j.get("queue"), _first_line(j.get("error"))]
         for j in snap.failures], "none")
     return [nodes, queues, workers, failures]
