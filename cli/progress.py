@@ -107,7 +107,8 @@ class StatusLine:
 
 def wait_for_final(client: Client, job_id: str, timeout: float, stream: TextIO | None = None) -> dict[str, Any]:
     """The job's JobView once it is final, showing its progress on `stream`
-    (stderr) meanwhile; Timeout if not final within `timeout` s."""
+    (stderr) meanwhile; Timeout (its `extra`: the last JobView) if not final
+    within `timeout` s."""
     stream = stream or sys.stderr
     on_terminal = stream.isatty()
     display = StatusLine(stream, job_id) if on_terminal else PlainLines(stream, job_id)
@@ -124,6 +125,6 @@ def wait_for_final(client: Client, job_id: str, timeout: float, stream: TextIO |
                 return view
             display.show(view)
             if time.monotonic() >= deadline:
-                raise Timeout(f"job {job_id} is not finished after {timeout:g}s (state: {view.get('state')})")
+                raise Timeout(f"job {job_id} is not finished after {timeout:g}s (state: {view.get('state')})", view)
     finally:
         display.close()
