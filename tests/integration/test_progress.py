@@ -84,3 +84,13 @@ def test_result_wait_piped_shows_progress_of_a_running_job(module_cluster: Local
     assert out.returncode == 0, out.stderr
     assert re.search(rf"^{job_id} running \d+% slept \d\.\ds of {SLEEP_S}s$", out.stderr, re.M), out.stderr
     assert json.loads(out.stdout)["slept"] >= SLEEP_S
+
+
+def test_wait_that_runs_out_shows_the_state_then_one_error_line(module_cluster: LocalCluster) -> None:
+    out = _raftq(module_cluster, "submit", "util.noop", "--queue", "nobody-serves-this", "--wait",
+                 "--wait-timeout", "1")
+    assert out.returncode != 0 and out.stdout == ""
+    lines = out.stderr.splitlines()
+    job_id = re.match(r"submitted (\w+), waiting", lines[0]).group(1)  # type: ignore[union-attr]
+    assert lines[1:-1] == [f"{job_id} queued"], lines  # the state, once
+    assert lines[-1].startswith("error: ") and job_id in lines[-1] and "queued" in lines[-1], lines
