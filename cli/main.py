@@ -290,6 +290,13 @@ def _finish_with_result(view: dict[str, Any], as_json: bool) -> None:
         raise CliError(_job_line(view))
 
 
+def _wait_showing_progress(client: Client, job_id: str, timeout: float) -> dict[str, Any]:
+    """The final JobView; meanwhile the job's state and progress on stderr (cli/progress.py)."""
+    from cli.progress import wait_for_final
+
+    return wait_for_final(client, job_id, timeout)
+
+
 def _emit_state(job_id: str, state: str, as_json: bool) -> None:
     if as_json:
         output.emit_json({"id": job_id, "state": state})
@@ -404,7 +411,7 @@ def submit(client: Client, job_type: str, arg_pairs: tuple[str, ...], args_json:
             click.echo(new_id)
         return
     click.echo(f"submitted {new_id}, waiting...", err=True)
-    _finish_with_result(client.result(new_id, timeout=wait_timeout), as_json)
+    _finish_with_result(_wait_showing_progress(client, new_id, wait_timeout), as_json)
 
 
 def _job_fields(view: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -455,7 +462,7 @@ def status(client: Client, job_id: str, as_json: bool) -> None:
 @with_client
 def result(client: Client, job_id: str, wait: bool, timeout: float, as_json: bool) -> None:
     """Print a finished job's result (exit 1 if it failed or was cancelled)."""
-    view = client.result(job_id, timeout=timeout) if wait else client.get(job_id)
+    view = _wait_showing_progress(client, job_id, timeout) if wait else client.get(job_id)
     if view.get("state") not in FINAL_STATES:
         if as_json:
             output.emit_json(view)
@@ -752,6 +759,32 @@ def workers(client: Client, as_json: bool) -> None:
         [[w.get("name"), ",".join(w.get("queues") or []), cap(w.get("capacity")),
           " ".join(w.get("running") or []) or "-", _age(w.get("last_seen_at")) + " ago"] for w in data],
     )
+
+
+@raftq.command()
+@click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--once", is_flag=True,
+              help="Print one snapshot as plain text and exit (what it does when stdout is not a terminal "
+                   "and with --json).")
+@client_options
+def top(cluster: str, token: str | None, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None,
+        request_timeout: float, as_json: bool, interval: float, once: bool) -> None:
+    """Live view of nodes, queues, workers and recent failures (q or Ctrl-C quits)."""
+    from cli.top import NODE_TIMEOUT_S, Collector, print_once, run_live
+
+    _split_addresses(cluster)
+    tls = client_tls(tls_ca, tls_cert, tls_key)
+    # Each node is also asked on its own, with a short timeout, to show which are unreachable.
+    collector = Collector(make_client(cluster, token, request_timeout, tls),
+                          lambda addr: make_client(addr, token, NODE_TIMEOUT_S, tls))
+    if once or as_json or not sys.stdout.isatty():
+        try:
+            print_once(collector, as_json)
+        finally:
+            collector.close()
+    else:
+        run_live(collector, interval)  # its polling thread uses the clients until the process exits
 
 
 def _register_dev() -> None:
