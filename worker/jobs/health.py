@@ -24,9 +24,8 @@ from typing import Any
 from worker.context import JobContext
 from worker.jobs.email import _addresses, send_mail
 from worker.jobs.netguard import check_host, check_url, connect_host, http_request
-from worker.registry import BadArgument, JobError, check_keys, require
+from worker.registry import BadArgument, JobError, parse_args, require
 
-MAX_PROBES = 50
 PROBE_MAX_BYTES = 1 << 20
 
 
@@ -125,18 +124,14 @@ def _send_alerts(ctx: JobContext, alert: dict[str, Any], failing: list[dict[str,
 
 def health_check(args: dict, ctx: JobContext) -> dict:
     """Run `probes`; when any fails, alert through `alert` (webhook and/or email)."""
-    check_keys(args, ("probes", "alert", "fail_on_alert"))
-    raw = require(args, "probes", list, min=1, max=MAX_PROBES)
-    probes = [_parse_probe(i, p, ctx) for i, p in enumerate(raw)]
-    alert = require(args, "alert", dict, default={})
-    unknown = sorted(set(alert) - {"webhook", "email"})
-    if unknown:
-        raise BadArgument(f"'alert': unknown channel(s) {', '.join(map(repr, unknown))} (expected: webhook, email)")
+    a = parse_args("health.check", args)
+    probes = [_parse_probe(i, p, ctx) for i, p in enumerate(a["probes"])]
+    alert = a.get("alert", {})
     if "webhook" in alert:
         check_url(ctx.settings, alert["webhook"], "alert.webhook")
     if "email" in alert:
         _addresses(alert["email"], "alert.email", required=True)
-    fail_on_alert = require(args, "fail_on_alert", bool, default=False)
+    fail_on_alert = a["fail_on_alert"]
     results = []
     for i, p in enumerate(probes):
         ctx.check_cancelled()
