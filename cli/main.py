@@ -51,7 +51,7 @@ DEFAULT_CLUSTER = "127.0.0.1:7700"
 ARG_HELP = ("A job argument as a string, whatever VALUE looks like (text=5 is \"5\"); "
             "for a number, boolean, list or map use --arg-json. Repeatable.")
 ARG_JSON_HELP = "A job argument as a JSON value, e.g. n=5, list=true, tags='[\"a\",\"b\"]'. Repeatable."
-ARGS_JSON_HELP = "All job arguments as one JSON object (--arg and --arg-json set keys on top)."
+ARGS_JSON_HELP = "All job arguments as one JSON value, usually an object (--arg and --arg-json set keys on top)."
 
 
 def _describe(exc: BaseException) -> str:
@@ -725,7 +725,9 @@ def schedule_add(client: Client, name: str, job_type: str, cron_expr: str | None
                  priority: int, max_attempts: int,
                  timeout: float | None, tz: str, misfire: str, max_catch_up: int, paused: bool,
                  as_json: bool) -> None:
-    """Add schedule NAME firing a TYPE job (--cron EXPR or --every SECONDS)."""
+    """Add schedule NAME firing a TYPE job (--cron EXPR or --every SECONDS).
+
+    A built-in TYPE's arguments are checked when the schedule is added."""
     if (cron_expr is None) == (every is None):
         raise InputError("give exactly one of --cron EXPR and --every SECONDS")
     args = build_args(arg_pairs, arg_json_pairs, args_json)
