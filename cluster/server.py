@@ -289,10 +289,12 @@ class Node:
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
         def splice(fut: asyncio.Future[dict[str, Any]] | None) -> None:
+            # (fut.exception() first: it is then retrieved even when nobody waits)
+            failed = fut is not None and (fut.cancelled() or fut.exception() is not None or "error" in fut.result())
             if answer.done():
                 return  # cancelled: the connection is gone
-            if fut is not None and (fut.cancelled() or fut.exception() is not None or "error" in fut.result()):
-                _copy_outcome(fut, answer)  # the whole batch failed: so does the answer
+            if failed:
+                _copy_outcome(fut, answer)  # type: ignore[arg-type]  # the whole batch failed: so does the answer
                 return
             submitted = iter(fut.result()["results"] if fut is not None else ())
             answer.set_result({"results": [next(submitted) if why is None else error(BAD_REQUEST, why)

@@ -86,6 +86,13 @@ def test_submit_many_refuses_only_the_bad_items() -> None:
         results = (await client.request("submit_many", {"jobs": [specs[1], specs[3]]}))["results"]
         assert [r["error"] for r in results] == ["BAD_REQUEST", "BAD_REQUEST"]
         assert await _ids(client) == ["a", "c"]
+        # A good item depending on a refused one depends on a job that will
+        # never exist: the batch is refused as a whole, as the machine does.
+        dag = [{"id": "p", "type": "math.primes", "args": {"n": "x"}},
+               {"id": "q", "type": "util.noop", "depends_on": ["p"]}]
+        with pytest.raises(BadRequest, match="'q'.* depends on unknown job 'p'"):
+            await client.request("submit_many", {"jobs": dag})
+        assert await _ids(client) == ["a", "c"]
     on_a_node(test)
 
 
