@@ -299,6 +299,21 @@ def _pipeline_steps(a: dict) -> str | None:
     return None
 
 
+def _probe_shapes(a: dict) -> str | None:
+    """Each probe's keys; its URL, address and host are the worker's to judge."""
+    allowed = ("contains", "expect_status", "name", "tcp", "timeout", "url")
+    for i, probe in enumerate(a["probes"]):
+        where = f"probes[{i}]"
+        if not isinstance(probe, dict):
+            return f"{where} must be a map like {{\"url\": \"http://...\"}} or {{\"tcp\": \"host:port\"}}"
+        unknown = sorted(map(str, set(probe) - set(allowed)))
+        if unknown:
+            return f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (expected: {', '.join(allowed)})"
+        if ("url" in probe) == ("tcp" in probe):
+            return f"{where}: give exactly one of 'url' or 'tcp'"
+    return None
+
+
 def _alert_channels(a: dict) -> str | None:
     unknown = sorted(map(str, set(a.get("alert", ())) - {"webhook", "email"}))
     if unknown:
@@ -383,7 +398,7 @@ BUILTIN_ARGS: dict[str, JobArgs] = {spec.type: spec for spec in (
                                  Param("delete", bool, default=False), Param("dry_run", bool, default=False))),
     JobArgs("health.check", (Param("probes", list, required=True, min=1, max=MAX_PROBES),
                              Param("alert", dict), Param("fail_on_alert", bool, default=False)),
-            rules=(_alert_channels,)),
+            rules=(_probe_shapes, _alert_channels)),
 )}
 
 # The node's view: a type whose args can be refused -> its parser. util.noop
