@@ -153,9 +153,9 @@ def _fire_times(c: LocalCluster, name: str) -> list[int]:
 
 
 def test_schedule_fires_once_per_period_across_leader_kill(lc: LocalCluster) -> None:
-    out = raftq(lc, "schedule", "add", "beat", "--every", "1", "util.noop", "--arg", "n=1", "--queue", "cron")
+    out = raftq(lc, "schedule", "add", "beat", "--every", "1", "util.noop", "--arg-json", "n=1", "--queue", "cron")
     assert "added" in out.stdout
-    assert "unchanged" in raftq(lc, "schedule", "add", "beat", "--every", "1", "util.noop", "--arg", "n=1",
+    assert "unchanged" in raftq(lc, "schedule", "add", "beat", "--every", "1", "util.noop", "--arg-json", "n=1",
                                 "--queue", "cron").stdout
     conflict = raftq(lc, "schedule", "add", "beat", "--every", "2", "util.noop", ok=False)
     assert conflict.returncode == 1 and "exists" in conflict.stderr
