@@ -8,8 +8,8 @@ registers them in the default registry.
 
 Each handler first parses its arguments through its declaration in
 cluster/jobargs.py (`parse_args`; the node refuses the same bad ones at submit,
-so a BadArgument here, never retried, is what only the worker can judge: a path,
-a host, a column) and then does real work. Thread-pool handlers poll
+so a BadArgument here, never retried, is mostly what only the worker can judge:
+a path, a host, a column; or a pipeline step's args) and then does real work. Thread-pool handlers poll
 `ctx.cancelled` between steps so a lost lease, a cancel or a timeout stops
 them; process-pool handlers are terminated instead (worker/process.py).
 """
