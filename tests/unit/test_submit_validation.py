@@ -82,17 +82,24 @@ def test_submit_many_refuses_only_the_bad_items() -> None:
                               "message": "text.wordcount: 'text' must be a string, got 5"}
         assert results[3]["error"] == "BAD_REQUEST" and "'seconds' must be a number" in results[3]["message"]
         assert await _ids(client) == ["a", "c"]
+        # The client names the refused item; the rest were submitted.
+        more = [{"id": "e", "type": "util.noop"}, {"id": "f", "type": "math.factorial", "args": {"n": 1.5}}]
+        with pytest.raises(BadRequest) as info:
+            await client.submit_many(more)
+        assert info.value.message == "jobs[1]: math.factorial: 'n' must be an integer between 0 and 100000, got 1.5"
+        assert [r.get("id") for r in info.value.extra["results"]] == ["e", None]
+        assert await _ids(client) == ["a", "c", "e"]
         # Every item bad: nothing proposed, each answered.
         results = (await client.request("submit_many", {"jobs": [specs[1], specs[3]]}))["results"]
         assert [r["error"] for r in results] == ["BAD_REQUEST", "BAD_REQUEST"]
-        assert await _ids(client) == ["a", "c"]
+        assert await _ids(client) == ["a", "c", "e"]
         # A good item depending on a refused one depends on a job that will
         # never exist: the batch is refused as a whole, as the machine does.
         dag = [{"id": "p", "type": "math.primes", "args": {"n": "x"}},
                {"id": "q", "type": "util.noop", "depends_on": ["p"]}]
         with pytest.raises(BadRequest, match="'q'.* depends on unknown job 'p'"):
             await client.request("submit_many", {"jobs": dag})
-        assert await _ids(client) == ["a", "c"]
+        assert await _ids(client) == ["a", "c", "e"]
     on_a_node(test)
 
 
