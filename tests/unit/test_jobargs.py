@@ -8,6 +8,7 @@ both read the one declaration.
 """
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,21 @@ def test_every_builtin_has_a_schema_and_an_example() -> None:
 @pytest.mark.parametrize(("job_type", "args"), EXAMPLES, ids=[f"{t}-{i}" for i, (t, _) in enumerate(EXAMPLES)])
 def test_the_documented_examples_pass(job_type: str, args: dict[str, Any]) -> None:
     assert refusal({"type": job_type, "args": args}) is None
+
+
+def test_every_declared_argument_is_documented() -> None:
+    """In its type's section of docs/job-types.md (or its util table row), or
+    in its family's preface (the images share theirs)."""
+    doc = DOC.read_text()
+    for job_type, schema in BUILTIN_ARGS.items():
+        heading = re.search(rf"^### `{re.escape(job_type)}`.*?(?=^##|\Z)", doc, re.S | re.M)
+        if heading is None:
+            text = re.search(rf"^\| `{re.escape(job_type)}` \|.*$", doc, re.M).group(0)  # type: ignore[union-attr]
+        else:
+            family = doc.rindex("\n## ", 0, heading.start())
+            text = doc[family:doc.index("\n### ", family)] + heading.group(0)
+        missing = [p.name for p in schema.params if f"`{p.name}`" not in text]
+        assert missing == [], f"{job_type}: {missing} not in docs/job-types.md"
 
 
 def _wrong_kind(p: Param) -> Any:
