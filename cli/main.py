@@ -34,7 +34,7 @@ from cli import output
 from cli.output import CliError, InputError
 from cli.worker_options import config_kwargs, worker_click_options
 from cluster.config import ConfigError, load_config, parse_address
-from cluster.errors import RaftqError, Unauthorized
+from cluster.errors import BadRequest, RaftqError, Unauthorized
 from cluster.ops import MAX_LIST_LIMIT
 from replication.model import FINAL_STATES, MAX_CATCH_UP, MISFIRE_POLICIES
 from replication.model import STATES as JOB_STATES
@@ -46,6 +46,12 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_CLUSTER = "127.0.0.1:7700"
+
+# The job-argument options of `submit` and `schedule add`.
+ARG_HELP = ("A job argument as a string, whatever VALUE looks like (text=5 is \"5\"); "
+            "for a number, boolean, list or map use --arg-json. Repeatable.")
+ARG_JSON_HELP = "A job argument as a JSON value, e.g. n=5, list=true, tags='[\"a\",\"b\"]'. Repeatable."
+ARGS_JSON_HELP = "All job arguments as one JSON value, usually an object (--arg and --arg-json set keys on top)."
 
 
 def _describe(exc: BaseException) -> str:
@@ -225,26 +231,55 @@ def parse_json_value(text: str) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
 
 
-def build_args(pairs: tuple[str, ...], args_json: str | None) -> Any:
-    """Job args from --args-json (the base) and --arg KEY=VALUE (set on top)."""
+def _split_pair(option: str, pair: str) -> tuple[str, str]:
+    key, sep, raw = pair.partition("=")
+    if not sep or not key:
+        raise InputError(f"{option} {pair!r}: expected KEY=VALUE")
+    return key, raw
+
+
+def build_args(pairs: tuple[str, ...], json_pairs: tuple[str, ...], args_json: str | None) -> Any:
+    """Job args: --args-json (the base), then --arg KEY=VALUE (VALUE always a
+    string, whatever it looks like: `text=5` is "5") and --arg-json KEY=JSON
+    (a typed value: `n=5` is 5) set on top."""
     args: Any = {}
     if args_json is not None:
         try:
             args = parse_json_value(args_json)
         except ValueError as exc:
             raise InputError(f"--args-json: not valid JSON: {exc}") from None
-    if pairs and not isinstance(args, dict):
-        raise InputError("--arg cannot be combined with --args-json that is not a JSON object")
+    if (pairs or json_pairs) and not isinstance(args, dict):
+        option = "--arg" if pairs else "--arg-json"
+        raise InputError(f"{option} cannot be combined with --args-json that is not a JSON object")
+    as_strings: set[str] = set()
     for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"--arg {pair!r}: expected KEY=VALUE")
+        key, raw = _split_pair("--arg", pair)
+        args[key] = raw
+        as_strings.add(key)
+    for pair in json_pairs:
+        key, raw = _split_pair("--arg-json", pair)
+        if key in as_strings:
+            raise InputError(f"argument {key!r} is given by both --arg and --arg-json; give it once")
         try:
-            value = parse_json_value(raw)
-        except ValueError:
-            value = raw  # not JSON: the plain string the user typed
-        args[key] = value
+            args[key] = parse_json_value(raw)
+        except ValueError as exc:
+            raise InputError(f"--arg-json {pair!r}: {raw!r} is not valid JSON ({exc}); "
+                             f"for a string use --arg {key}=...") from None
     return args
+
+
+def arg_hint(exc: BadRequest, pairs: tuple[str, ...]) -> BadRequest:
+    """`exc` (a refusal of the job's args) with a hint when it names an --arg
+    whose string looks like a typed value: `--arg n=5` gives "5", not 5."""
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        try:
+            typed = not isinstance(parse_json_value(raw), str)
+        except ValueError:
+            typed = False
+        if typed and f"{key!r} must be" in exc.message:
+            return BadRequest(f"{exc.message} (--arg always gives a string: use --arg-json {key}={raw})")
+    return exc
 
 
 def parse_iso_time(text: str) -> datetime.datetime:
@@ -367,9 +402,9 @@ def worker(cluster: str, token: str | None, tls_ca: Path | None, tls_cert: Path 
 
 @raftq.command()
 @click.argument("job_type", metavar="TYPE")
-@click.option("--arg", "arg_pairs", multiple=True, metavar="KEY=VALUE",
-              help="A job argument; VALUE is JSON if it parses (5, true, [1,2]), else a string. Repeatable.")
-@click.option("--args-json", metavar="JSON", help="All job arguments as one JSON value.")
+@click.option("--arg", "arg_pairs", multiple=True, metavar="KEY=VALUE", help=ARG_HELP)
+@click.option("--arg-json", "arg_json_pairs", multiple=True, metavar="KEY=JSON", help=ARG_JSON_HELP)
+@click.option("--args-json", metavar="JSON", help=ARGS_JSON_HELP)
 @click.option("--queue", default="default", show_default=True)
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
@@ -389,21 +424,28 @@ def worker(cluster: str, token: str | None, tls_ca: Path | None, tls_cert: Path 
               help="With --wait: give up after this many seconds.")
 @client_options
 @with_client
-def submit(client: Client, job_type: str, arg_pairs: tuple[str, ...], args_json: str | None, queue: str,
+def submit(client: Client, job_type: str, arg_pairs: tuple[str, ...], arg_json_pairs: tuple[str, ...],
+           args_json: str | None, queue: str,
            priority: int, max_attempts: int, job_id: str | None, delay: float | None, timeout: float | None,
            unique_key: str | None, run_at: str | None, depends_on: tuple[str, ...], resources: str | None,
            wait: bool, wait_timeout: float, as_json: bool) -> None:
-    """Submit a job of TYPE; print its id (with --wait, its result)."""
-    args = build_args(arg_pairs, args_json)
+    """Submit a job of TYPE; print its id (with --wait, its result).
+
+    A built-in TYPE's arguments are checked before the job is queued: a
+    missing, unknown or mistyped one is refused, naming it."""
+    args = build_args(arg_pairs, arg_json_pairs, args_json)
     if delay is not None and run_at is not None:
         raise InputError("give either --delay or --run-at, not both")
-    new_id = client.submit(
-        job_type, args, id=job_id, queue=queue, priority=priority, max_attempts=max_attempts,
-        timeout=timeout, delay=delay, unique_key=unique_key,
-        run_at=parse_iso_time(run_at) if run_at is not None else None,
-        depends_on=list(depends_on) or None,
-        resources=parse_resources(resources) if resources is not None else None,
-    )
+    try:
+        new_id = client.submit(
+            job_type, args, id=job_id, queue=queue, priority=priority, max_attempts=max_attempts,
+            timeout=timeout, delay=delay, unique_key=unique_key,
+            run_at=parse_iso_time(run_at) if run_at is not None else None,
+            depends_on=list(depends_on) or None,
+            resources=parse_resources(resources) if resources is not None else None,
+        )
+    except BadRequest as exc:
+        raise arg_hint(exc, arg_pairs) from None
     if not wait:
         if as_json:
             output.emit_json({"id": new_id})
@@ -670,8 +712,9 @@ def schedule_group() -> None:
 @click.option("--cron", "cron_expr", default=None, metavar="EXPR", help="Cron expression, e.g. '*/5 * * * *'.")
 @click.option("--every", type=click.FloatRange(min=0.001), default=None, metavar="SECONDS",
               help="Fire every SECONDS instead of by cron.")
-@click.option("--arg", "arg_pairs", multiple=True, metavar="KEY=VALUE", help="A job argument. Repeatable.")
-@click.option("--args-json", metavar="JSON", help="All job arguments as one JSON value.")
+@click.option("--arg", "arg_pairs", multiple=True, metavar="KEY=VALUE", help=ARG_HELP)
+@click.option("--arg-json", "arg_json_pairs", multiple=True, metavar="KEY=JSON", help=ARG_JSON_HELP)
+@click.option("--args-json", metavar="JSON", help=ARGS_JSON_HELP)
 @click.option("--queue", default="default", show_default=True)
 @click.option("--priority", type=int, default=0, show_default=True)
 @click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
@@ -685,16 +728,22 @@ def schedule_group() -> None:
 @client_options
 @with_client
 def schedule_add(client: Client, name: str, job_type: str, cron_expr: str | None, every: float | None,
-                 arg_pairs: tuple[str, ...], args_json: str | None, queue: str, priority: int, max_attempts: int,
+                 arg_pairs: tuple[str, ...], arg_json_pairs: tuple[str, ...], args_json: str | None, queue: str,
+                 priority: int, max_attempts: int,
                  timeout: float | None, tz: str, misfire: str, max_catch_up: int, paused: bool,
                  as_json: bool) -> None:
-    """Add schedule NAME firing a TYPE job (--cron EXPR or --every SECONDS)."""
+    """Add schedule NAME firing a TYPE job (--cron EXPR or --every SECONDS).
+
+    A built-in TYPE's arguments are checked when the schedule is added."""
     if (cron_expr is None) == (every is None):
         raise InputError("give exactly one of --cron EXPR and --every SECONDS")
-    args = build_args(arg_pairs, args_json)
-    result = client.schedule_add(name, job_type, args, cron=cron_expr, every=every, tz=tz, queue=queue,
-                                 priority=priority, max_attempts=max_attempts, timeout=timeout, misfire=misfire,
-                                 max_catch_up=max_catch_up, paused=paused)
+    args = build_args(arg_pairs, arg_json_pairs, args_json)
+    try:
+        result = client.schedule_add(name, job_type, args, cron=cron_expr, every=every, tz=tz, queue=queue,
+                                     priority=priority, max_attempts=max_attempts, timeout=timeout,
+                                     misfire=misfire, max_catch_up=max_catch_up, paused=paused)
+    except BadRequest as exc:
+        raise arg_hint(exc, arg_pairs) from None
     if as_json:
         output.emit_json(result)
         return

@@ -330,7 +330,14 @@ def _pick(key: str) -> Callable[[Any], Any]:
 
 
 def _pick_ids(result: Any) -> list[str]:
-    return [_pick("id")(r) for r in _pick("results")(result)]
+    """The ids of a submit_many. An item the node refused (a built-in type's
+    bad args) raises its error naming the item; the others were submitted, and
+    `extra` holds every item's result."""
+    results = _pick("results")(result)
+    for i, r in enumerate(results):
+        if isinstance(r, dict) and "error" in r:
+            raise error_from_wire([r["error"], f"jobs[{i}]: {r.get('message', '')}", {"results": results}])
+    return [_pick("id")(r) for r in results]
 
 
 def _wait_plan(job_id: str, timeout: float | None, clock: Callable[[], float]) -> Plan:

@@ -49,12 +49,14 @@ from cluster.config import ClusterConfig
 from cluster.errors import (BadRequest, Internal, NoLeader, NotFound, NotLeader, Overloaded, TooLarge,
                             RaftqError, Timeout, Unauthorized, error_from_wire)
 from cluster.hello_throttle import HelloThrottle
+from cluster.jobargs import refusal as job_args_refusal
 from cluster.limits import LISTEN_BACKLOG, ConnectionLimits, connection_cap, raise_fd_limit
 from cluster.tls import asks_client_certificates
 from cluster.roles import Access, Credentials, scope_refusal
 from cluster.waiters import Waiters
 from replication.machine import JobMachine
-from replication.model import FINAL_STATES, LEASE_NONCE_BYTES, MAX_REQUEUE_BATCH, validate_schedule
+from replication.codes import BAD_REQUEST
+from replication.model import FINAL_STATES, LEASE_NONCE_BYTES, MAX_REQUEUE_BATCH, error, validate_schedule
 from replication.raft import RaftConfig, RaftNode
 from replication.replica import Replica, ReplicaFactory
 
@@ -200,6 +202,9 @@ class Node:
     # same command and go through `_commit` (also for `handle`'s callers).
 
     def _submit_cmd(self, a: dict[str, Any]) -> dict[str, Any]:
+        refused = job_args_refusal(a["job"])
+        if refused is not None:
+            raise BadRequest(refused)
         self._check_capacity(1)
         return {"op": "submit", "job": a["job"]}
 
@@ -257,13 +262,50 @@ class Node:
         if build is None:
             return None
         self.requests[op] = self.requests.get(op, 0) + 1
+        if op == "submit_many":
+            return self._start_submit_many(ops.OPS[op].check(args))
         return self._start_commit(build(self, ops.OPS[op].check(args)))
 
     async def _op_submit(self, a: dict[str, Any]) -> Any:
         return await self._commit(self._submit_cmd(a))
 
     async def _op_submit_many(self, a: dict[str, Any]) -> Any:
-        return await self._commit(self._submit_many_cmd(a))
+        fut = self._start_submit_many(a)
+        try:
+            await fut
+        except NotLeader:
+            pass  # _commit_result words it with the new leader
+        return self._commit_result(fut)
+
+    def _start_submit_many(self, a: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        """The commit future of a submit_many. An item whose built-in job type
+        refuses its args is answered BAD_REQUEST in its place and left out of
+        the command; the others are submitted and answered as usual."""
+        jobs = a["jobs"]
+        refused = [job_args_refusal(spec) for spec in jobs]
+        if not any(refused):
+            return self._start_commit(self._submit_many_cmd(a))
+        self._require_leader()
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def splice(fut: asyncio.Future[dict[str, Any]] | None) -> None:
+            # (fut.exception() first: it is then retrieved even when nobody waits)
+            failed = fut is not None and (fut.cancelled() or fut.exception() is not None or "error" in fut.result())
+            if answer.done():
+                return  # cancelled: the connection is gone
+            if failed:
+                _copy_outcome(fut, answer)  # type: ignore[arg-type]  # the whole batch failed: so does the answer
+                return
+            submitted = iter(fut.result()["results"] if fut is not None else ())
+            answer.set_result({"results": [next(submitted) if why is None else error(BAD_REQUEST, why)
+                                           for why in refused]})
+
+        good = [spec for spec, why in zip(jobs, refused) if why is None]
+        if good:
+            self._start_commit(self._submit_many_cmd({"jobs": good})).add_done_callback(splice)
+        else:
+            splice(None)
+        return answer
 
     def _check_capacity(self, n: int) -> None:
         """Admission of `n` new jobs (held bytes: `_check_sizes`). Without the
@@ -471,6 +513,8 @@ class Node:
 
         sched = a["schedule"]
         problem = validate_schedule(sched)  # the machine's own check, so fields are named alike
+        if problem is None:
+            problem = job_args_refusal(sched["job"])
         if problem is not None:
             raise BadRequest(problem)
         self._check_interval(sched)
@@ -1027,6 +1071,15 @@ class MutualTlsConnection(ClientConnection):
 def _split(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host, int(port)
+
+
+def _copy_outcome(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
+    if src.cancelled():
+        dst.cancel()
+    elif src.exception() is not None:
+        dst.set_exception(src.exception())  # type: ignore[arg-type]
+    else:
+        dst.set_result(src.result())
 
 
 def _check_part(obj: Any, key: str, limit: int, setting: str, where: str) -> None:

@@ -16,8 +16,10 @@ Invariants:
   deliberate failure, `BadArgument(msg)` for bad input (never retried: running
   it again cannot help). Any other exception is a retryable failure.
 
-`require()` and `check_keys()` validate handler arguments with messages a user
-can act on; the worker prefixes them with the job type when reporting, e.g.
+A built-in handler reads its args through `parse_args(type, args)`, the schema
+the node checks at submit time too (cluster/jobargs.py); a custom handler
+checks its own with `require()` and `check_keys()`. Both word errors the same
+way, and the worker prefixes them with the job type when reporting, e.g.
 "math.primes: 'n' must be an integer between 0 and 50000000, got 'abc'".
 """
 from __future__ import annotations
@@ -31,9 +33,13 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Iterable, Literal
 
+from cluster import jobargs
+from cluster.jobargs import BUILTIN_ARGS, ArgError
+
 Pool = Literal["thread", "process"]
 Handler = Callable[[dict, Any], Any]
 
+_MISSING: Any = object()
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -220,53 +226,25 @@ def load_module(name: str) -> ModuleType:
 
 
 # --- argument validation -----------------------------------------------------
-
-_MISSING: Any = object()
-_KIND_NAMES: dict[type, str] = {
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    bool: "a boolean (true or false)",
-    list: "a list",
-    dict: "a map",
-}
+# One wording for every argument error: the checks are cluster/jobargs.py's,
+# which the node also runs on a built-in type's args at submit time.
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _range_text(lo: float | None, hi: float | None) -> str:
-    if lo is not None and hi is not None:
-        return f" between {lo} and {hi}"
-    if lo is not None:
-        return f" >= {lo}"
-    if hi is not None:
-        return f" <= {hi}"
-    return ""
-
-
-def _args_map(args: Any) -> dict:
-    if args is None:
-        return {}
-    if not isinstance(args, dict):
-        raise BadArgument(f"arguments must be a map of name -> value, got {_show(args)}")
-    return args
+def parse_args(job_type: str, args: Any) -> dict:
+    """The args of built-in `job_type`, checked against its schema in
+    cluster/jobargs.py, defaults filled in; BadArgument naming the first bad one."""
+    try:
+        return BUILTIN_ARGS[job_type].parse(args)
+    except ArgError as exc:
+        raise BadArgument(str(exc)) from None
 
 
 def check_keys(args: Any, allowed: Iterable[str]) -> dict:
     """Reject unknown argument names (catches typos like 'lst' for 'list')."""
-    amap = _args_map(args)
-    allowed_set = set(allowed)
-    unknown = sorted(str(k) for k in amap if k not in allowed_set)
-    if unknown:
-        expected = ", ".join(sorted(allowed_set)) or "none"
-        raise BadArgument(
-            f"unknown argument{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(repr(u) for u in unknown)} (expected: {expected})"
-        )
-    return amap
+    try:
+        return jobargs.check_keys(args, allowed)
+    except ArgError as exc:
+        raise BadArgument(str(exc)) from None
 
 
 def require(
@@ -285,37 +263,12 @@ def require(
     Raises BadArgument with a message naming the argument, the expectation and
     the value received.
     """
-    amap = _args_map(args)
-    kind_name = _KIND_NAMES.get(kind, f"of type {kind.__name__}")
-    numeric = kind in (int, float)
-    expect = kind_name + (_range_text(min, max) if numeric else "")
-    if kind in (str, list) and (min is not None or max is not None):
-        expect += f" of length{_range_text(min, max)}"
-    if key not in amap:
-        if default is not _MISSING:
-            return default
-        raise BadArgument(f"missing required argument {key!r} ({expect})")
-    value = raw = amap[key]
-    ok: bool
-    if kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind is float:
-        ok = (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-        )
-        if ok:
-            value = float(value)
-    else:
-        ok = isinstance(value, kind)
-    if ok and numeric:
-        ok = (min is None or value >= min) and (max is None or value <= max)
-    elif ok and kind in (str, list):
-        ok = (min is None or len(value) >= min) and (max is None or len(value) <= max)
-    if not ok:
-        shown = _show(raw) if not (kind in (str, list) and isinstance(raw, kind)) else (
-            f"length {len(raw)}"
-        )
-        raise BadArgument(f"{key!r} must be {expect}, got {shown}")
-    return value
+    try:
+        amap = jobargs.args_map(args)
+        if key not in amap:
+            if default is not _MISSING:
+                return default
+            raise ArgError(f"missing required argument {key!r} ({jobargs.expectation(kind, min, max)})")
+        return jobargs.check_value(key, amap[key], kind, min, max)
+    except ArgError as exc:
+        raise BadArgument(str(exc)) from None

@@ -49,7 +49,7 @@ def test_submit_wait_status_list_cancel_stats(cluster: LocalCluster) -> None:
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout.strip().splitlines()[-1])["words"] == 5
 
-        out = raftq(cluster, "submit", "math.primes", "--arg", "n=1000", "--id", "primes-1000", "--priority", "5")
+        out = raftq(cluster, "submit", "math.primes", "--arg-json", "n=1000", "--id", "primes-1000", "--priority", "5")
         assert out.returncode == 0 and out.stdout.strip() == "primes-1000"
         out = raftq(cluster, "result", "primes-1000", "--wait", "--json")
         assert out.returncode == 0, out.stderr
@@ -119,7 +119,7 @@ def test_dev_starts_a_cluster_with_workers_and_recovers_on_rerun(tmp_path: Path)
             for log in sorted((data / "logs").glob("*.log")):
                 print(f"--- {log.name}\n{log.read_text()[-3000:]}")
             raise
-        out = cli("submit", "math.factorial", "--arg", "n=20", "--id", "fact-20", "--wait")
+        out = cli("submit", "math.factorial", "--arg-json", "n=20", "--id", "fact-20", "--wait")
         assert out.returncode == 0, out.stderr
         assert "2432902008176640000" in out.stdout
     finally:

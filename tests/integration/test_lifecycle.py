@@ -153,9 +153,9 @@ def _fire_times(c: LocalCluster, name: str) -> list[int]:
 
 
 def test_schedule_fires_once_per_period_across_leader_kill(lc: LocalCluster) -> None:
-    out = raftq(lc, "schedule", "add", "beat", "--every", "1", "util.noop", "--arg", "n=1", "--queue", "cron")
+    out = raftq(lc, "schedule", "add", "beat", "--every", "1", "util.noop", "--arg-json", "n=1", "--queue", "cron")
     assert "added" in out.stdout
-    assert "unchanged" in raftq(lc, "schedule", "add", "beat", "--every", "1", "util.noop", "--arg", "n=1",
+    assert "unchanged" in raftq(lc, "schedule", "add", "beat", "--every", "1", "util.noop", "--arg-json", "n=1",
                                 "--queue", "cron").stdout
     conflict = raftq(lc, "schedule", "add", "beat", "--every", "2", "util.noop", ok=False)
     assert conflict.returncode == 1 and "exists" in conflict.stderr
@@ -200,7 +200,7 @@ def test_schedule_fires_once_per_period_across_leader_kill(lc: LocalCluster) -> 
 def test_running_job_cancellation_survives_leader_kill(lc: LocalCluster) -> None:
     worker = WorkerProcess(lc, "canceller", ["--queues", "cancelq", "--threads", "1", "--lease-ttl", "3"])
     try:
-        job_id = raftq(lc, "submit", "util.sleep", "--arg", "seconds=60", "--queue", "cancelq").stdout.strip()
+        job_id = raftq(lc, "submit", "util.sleep", "--arg-json", "seconds=60", "--queue", "cancelq").stdout.strip()
         wait_until(lambda: status(lc, job_id)["state"] == "running", 20, "the job running")
         assert rjson(lc, "cancel", job_id)["state"] == "cancelled"
         lc.kill(lc.leader_id())

@@ -116,17 +116,19 @@ def test_usage_errors_are_one_line_with_a_help_hint() -> None:
     assert "'nope' is not one of" in assert_one_error_line(run("list", "--state", "nope"), 2)
 
 
-def test_build_args_parses_json_values_else_keeps_strings() -> None:
+def test_build_args_keeps_arg_strings_and_types_arg_json() -> None:
     pairs = ("n=5", "f=1.5", "yes=true", "xs=[1,2]", "name=hello world", "eq=a=b", "empty=", "quoted=\"5\"", "nan=NaN")
-    assert build_args(pairs, None) == {
-        "n": 5, "f": 1.5, "yes": True, "xs": [1, 2], "name": "hello world", "eq": "a=b", "empty": "",
-        "quoted": "5", "nan": "NaN",
+    assert build_args(pairs, (), None) == {
+        "n": "5", "f": "1.5", "yes": "true", "xs": "[1,2]", "name": "hello world", "eq": "a=b", "empty": "",
+        "quoted": "\"5\"", "nan": "NaN",
     }
-    assert build_args(("b=2",), '{"a": 1, "b": 1}') == {"a": 1, "b": 2}
-    assert build_args((), "[1, 2]") == [1, 2]
-    assert build_args((), None) == {}
+    assert build_args((), ("n=5", "f=1.5", "yes=true", "xs=[1,2]", "quoted=\"5\""), None) == {
+        "n": 5, "f": 1.5, "yes": True, "xs": [1, 2], "quoted": "5"}
+    assert build_args(("b=2",), (), '{"a": 1, "b": 1}') == {"a": 1, "b": "2"}
+    assert build_args((), (), "[1, 2]") == [1, 2]
+    assert build_args((), (), None) == {}
     with pytest.raises(InputError):
-        build_args(("x",), None)
+        build_args(("x",), (), None)
 
 
 # ---------------------------------------------------------------- failures at run time

@@ -49,10 +49,9 @@ from worker.context import JobContext
 from worker.jobs import fsroot
 from worker.jobs.safety import (UnsafeInput, atomic_output, capped, in_root, open_dir_in, open_in, rel, root_fd,
                                 root_rel, stat_in)
-from worker.registry import BadArgument, check_keys, require
+from worker.registry import BadArgument, parse_args
 
 CHUNK = 1 << 20
-FORMATS = ("tar.gz", "zip")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can record
 
 
@@ -67,12 +66,9 @@ def detect_format(name: str, arg: str) -> str:
 
 
 def _format_arg(args: dict, name: str, arg: str) -> str:
-    fmt = require(args, "format", str, default=None)
-    if fmt is None:
-        return detect_format(name, arg)
-    if fmt not in FORMATS:
-        raise BadArgument(f"'format' must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return fmt
+    """The `format` parse_args checked, else the one `name` tells."""
+    fmt = args.get("format")
+    return detect_format(name, arg) if fmt is None else fmt
 
 
 # --- create ------------------------------------------------------------------------
@@ -174,10 +170,10 @@ def write_archive(ctx: JobContext, source: Path, out: IO[bytes], fmt: str,
 
 def archive_create(args: dict, ctx: JobContext) -> dict:
     """Pack the file or directory `source` into `output` (.tar.gz or .zip)."""
-    check_keys(args, ("source", "output", "format"))
-    source = in_root(ctx, args.get("source"), "source")
-    output = require(args, "output", str)
-    fmt = _format_arg(args, output, "output")
+    a = parse_args("archive.create", args)
+    source = in_root(ctx, a["source"], "source")
+    output = a["output"]
+    fmt = _format_arg(a, output, "output")
     out = in_root(ctx, output, "output", want="file", must_exist=False)
     if out == source:
         raise BadArgument("'output' must differ from 'source'")
@@ -466,8 +462,8 @@ def _merge(src_fd: int, dst_fd: int, where: PurePosixPath) -> None:
 
 def archive_extract(args: dict, ctx: JobContext) -> dict:
     """Extract the archive `path` into the directory `target` (refusing unsafe archives)."""
-    check_keys(args, ("path", "target", "format", "max_bytes", "max_entries", "max_ratio"))
-    src = in_root(ctx, args.get("path"), "path", want="file")
+    args = parse_args("archive.extract", args)
+    src = in_root(ctx, args["path"], "path", want="file")
     fmt = _format_arg(args, src.name, "path")
     default_target = str(src.parent / src.name.split(".")[0]) if "target" not in args else args["target"]
     target = in_root(ctx, default_target, "target", want="dir", must_exist=False)

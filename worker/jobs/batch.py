@@ -27,9 +27,7 @@ import time
 from typing import Any
 
 from worker.context import JobContext
-from worker.registry import BadArgument, JobError, check_keys, default_registry, require
-
-MAX_STEPS = 20
+from worker.registry import BadArgument, JobError, default_registry, parse_args
 
 
 class _StepContext(JobContext):
@@ -78,24 +76,14 @@ def _substitute(value: Any, prev: Any, step: int) -> Any:
 
 def batch_pipeline(args: dict, ctx: JobContext) -> dict:
     """Run `steps` in order; each step may use the previous result (see module docstring)."""
-    check_keys(args, ("steps",))
-    steps = require(args, "steps", list, min=1, max=MAX_STEPS)
+    steps = parse_args("batch.pipeline", args)["steps"]  # each step's shape checked there
     registry = default_registry
     plan = []
     for i, step in enumerate(steps, start=1):
-        if not isinstance(step, dict) or "type" not in step:
-            raise BadArgument(f"step {i} must be a map with a 'type' and optional 'args', got {step!r}")
-        unknown = sorted(set(step) - {"type", "args"})
-        if unknown:
-            raise BadArgument(f"step {i}: unknown key(s) {', '.join(map(repr, unknown))} (expected: type, args)")
         stype, sargs = step["type"], step.get("args", {})
-        if stype == "batch.pipeline":
-            raise BadArgument(f"step {i}: pipelines cannot be nested")
-        jt = registry.get(stype) if isinstance(stype, str) else None
+        jt = registry.get(stype)
         if jt is None:
             raise BadArgument(f"step {i}: unknown job type {stype!r}")
-        if not isinstance(sargs, dict):
-            raise BadArgument(f"step {i}: 'args' must be a map, got {sargs!r}")
         plan.append((stype, jt, sargs))
     prev: Any = None
     done: list[dict[str, Any]] = []

@@ -6,8 +6,10 @@ each exposes `JOBS = {name: (handler, pool)}`. `BUILTINS` merges them and
 `register(registry)` adds them all (idempotent). Importing `worker.jobs`
 registers them in the default registry.
 
-Each handler validates its arguments first (BadArgument: the job fails at once,
-never retried) and then does real work. Thread-pool handlers poll
+Each handler first parses its arguments through its declaration in
+cluster/jobargs.py (`parse_args`; the node refuses the same bad ones at submit,
+so a BadArgument here, never retried, is mostly what only the worker can judge:
+a path, a host, a column; or a pipeline step's args) and then does real work. Thread-pool handlers poll
 `ctx.cancelled` between steps so a lost lease, a cancel or a timeout stops
 them; process-pool handlers are terminated instead (worker/process.py).
 """
@@ -22,9 +24,7 @@ from worker.jobs import (archives, batch, data, email, files, health, http, imag
 from worker.jobs.math import (MAX_FACTORIAL_N, MAX_PRIMES_LIST_N, MAX_PRIMES_N, int_to_decimal,  # noqa: F401
                               math_factorial, math_primes, primes_sieve)
 from worker.jobs.text import text_convert, text_wordcount  # noqa: F401 - re-exported
-from worker.registry import JobError, Registry, check_keys, default_registry, require
-
-MAX_SLEEP_S = 3600
+from worker.registry import JobError, Registry, default_registry, parse_args
 
 
 def util_noop(args: dict, ctx: JobContext) -> None:
@@ -34,8 +34,7 @@ def util_noop(args: dict, ctx: JobContext) -> None:
 
 def util_sleep(args: dict, ctx: JobContext) -> dict:
     """Sleep `seconds` (0..3600) in small steps, reporting progress, stopping on cancel."""
-    check_keys(args, ("seconds",))
-    seconds = require(args, "seconds", float, min=0, max=MAX_SLEEP_S)
+    seconds = parse_args("util.sleep", args)["seconds"]
     start = time.monotonic()
     end = start + seconds
     step = min(0.1, max(seconds / 100, 0.01))
@@ -53,10 +52,8 @@ def util_sleep(args: dict, ctx: JobContext) -> dict:
 
 def util_fail(args: dict, ctx: JobContext) -> None:
     """Fail on purpose with `message`; `retryable` (default true) decides retries."""
-    check_keys(args, ("message", "retryable"))
-    message = require(args, "message", str, default="util.fail: failing as asked")
-    retryable = require(args, "retryable", bool, default=True)
-    raise JobError(message, retryable=retryable)
+    a = parse_args("util.fail", args)
+    raise JobError(a["message"], retryable=a["retryable"])
 
 
 

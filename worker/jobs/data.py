@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from worker.context import JobContext
 from worker.jobs.safety import in_root, open_in, rel
-from worker.registry import BadArgument, check_keys, require
+from worker.registry import BadArgument, parse_args
 
 MAX_GROUPS = 1000
 MAX_ROWS = 5_000_000
@@ -160,14 +160,9 @@ def column_stats(path: Path, ctx: JobContext, *, columns: list[str] | None = Non
 
 def data_csv_stats(args: dict, ctx: JobContext) -> dict:
     """Statistics of every numeric column of the CSV at `path` (optionally per `group_by` value)."""
-    check_keys(args, ("path", "columns", "group_by", "delimiter"))
-    src = in_root(ctx, args.get("path"), "path", want="file")
-    columns = require(args, "columns", list, default=None, min=1)
-    if columns is not None and not all(isinstance(c, str) for c in columns):
-        raise BadArgument("'columns' must be a list of column names")
-    group_by = require(args, "group_by", str, default=None)
-    delimiter = require(args, "delimiter", str, default=",", min=1, max=1)
-    out = column_stats(src, ctx, columns=columns, group_by=group_by, delimiter=delimiter)
+    a = parse_args("data.csv_stats", args)
+    src = in_root(ctx, a["path"], "path", want="file")
+    out = column_stats(src, ctx, columns=a.get("columns"), group_by=a.get("group_by"), delimiter=a["delimiter"])
     ctx.progress(1.0, f"{out['rows']} rows")
     return out
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from worker.context import JobContext, JobSettings
 from worker.jobs.safety import in_root, open_in, rel
-from worker.registry import BadArgument, JobError, check_keys, require
+from worker.registry import BadArgument, JobError, parse_args
 
 MAX_RECIPIENTS = 100
 MAX_ATTACHMENT_BYTES = 10 << 20
@@ -100,17 +100,12 @@ def _text(value: Any) -> str:
 
 def email_send(args: dict, ctx: JobContext) -> dict:
     """Send an e-mail: `to`, `subject`, `body` (text), optional `html`, `cc`, `bcc`, `reply_to`, `attachments`."""
-    check_keys(args, ("to", "cc", "bcc", "subject", "body", "html", "reply_to", "attachments"))
-    to = _addresses(args.get("to"), "to", required=True)
-    cc = _addresses(args.get("cc"), "cc", required=False)
-    bcc = _addresses(args.get("bcc"), "bcc", required=False)
-    reply_to = _addresses(args.get("reply_to"), "reply_to", required=False)
-    subject = require(args, "subject", str, max=998)
-    if "\n" in subject or "\r" in subject:
-        raise BadArgument("'subject' must be one line")
-    body = require(args, "body", str, max=10 << 20)
-    html_body = require(args, "html", str, default=None, max=10 << 20)
-    attach_args = require(args, "attachments", list, default=[], max=20)
+    a = parse_args("email.send", args)
+    to = _addresses(a["to"], "to", required=True)
+    cc = _addresses(a.get("cc"), "cc", required=False)
+    bcc = _addresses(a.get("bcc"), "bcc", required=False)
+    reply_to = _addresses(a.get("reply_to"), "reply_to", required=False)
+    subject, body, html_body, attach_args = a["subject"], a["body"], a.get("html"), a["attachments"]
     files: list[tuple[Path, bytes]] = []
     for i, item in enumerate(attach_args):
         path = in_root(ctx, item, f"attachments[{i}]", want="file")

@@ -22,7 +22,8 @@ from typing import IO, Any, Callable
 
 from worker.context import JobContext
 from worker.jobs.safety import UnsafeInput, atomic_output, capped, in_root, open_in, rel, stat_in
-from worker.registry import BadArgument, check_keys, require
+from cluster.jobargs import HASHES  # noqa: F401 - re-exported
+from worker.registry import BadArgument, parse_args
 
 CHUNK = 1 << 20
 
@@ -31,15 +32,6 @@ FORMATS: dict[str, tuple[str, Callable[..., IO[bytes]]]] = {
     "bz2": (".bz2", bz2.open),
     "xz": (".xz", lzma.open),
 }
-HASHES = ("md5", "sha1", "sha256", "sha512", "blake2b")
-
-
-def _format_arg(args: dict, default: str | None) -> str | None:
-    fmt = require(args, "format", str, default=default)
-    if fmt is not None and fmt not in FORMATS:
-        raise BadArgument(f"'format' must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return fmt
-
 
 def _copy(src: IO[bytes], dst: IO[bytes], ctx: JobContext, total: int, what: str,
           limit: int | None = None, counter: Callable[[], int] | None = None) -> int:
@@ -61,13 +53,12 @@ def _copy(src: IO[bytes], dst: IO[bytes], ctx: JobContext, total: int, what: str
 
 def file_compress(args: dict, ctx: JobContext) -> dict:
     """Compress `path` into `output` (default: path + .gz/.bz2/.xz)."""
-    check_keys(args, ("path", "format", "output", "level"))
-    fmt = _format_arg(args, "gzip")
-    assert fmt is not None
-    level = require(args, "level", int, min=1, max=9, default=None)  # None: the library's default
-    src = in_root(ctx, args.get("path"), "path", want="file")
+    a = parse_args("file.compress", args)
+    fmt = a["format"]
+    level = a.get("level")  # None: the library's default
+    src = in_root(ctx, a["path"], "path", want="file")
     suffix, opener = FORMATS[fmt]
-    out = in_root(ctx, args.get("output", str(src) + suffix), "output", want="file", must_exist=False)
+    out = in_root(ctx, a.get("output", str(src) + suffix), "output", want="file", must_exist=False)
     if out == src:
         raise BadArgument("'output' must differ from 'path'")
     kwargs: dict[str, Any] = {}
@@ -85,9 +76,9 @@ def file_compress(args: dict, ctx: JobContext) -> dict:
 
 def file_decompress(args: dict, ctx: JobContext) -> dict:
     """Decompress `path` into `output` (default: path without its extension)."""
-    check_keys(args, ("path", "format", "output", "max_bytes"))
-    src = in_root(ctx, args.get("path"), "path", want="file")
-    fmt = _format_arg(args, None)
+    a = parse_args("file.decompress", args)
+    src = in_root(ctx, a["path"], "path", want="file")
+    fmt = a.get("format")
     if fmt is None:
         fmt = next((f for f, (suffix, _) in FORMATS.items() if src.name.endswith(suffix)), None)
         if fmt is None:
@@ -95,10 +86,10 @@ def file_decompress(args: dict, ctx: JobContext) -> dict:
                               f"give 'format' ({', '.join(FORMATS)})")
     suffix, opener = FORMATS[fmt]
     default_out = str(src)[: -len(suffix)] if src.name.endswith(suffix) else str(src) + ".out"
-    out = in_root(ctx, args.get("output", default_out), "output", want="file", must_exist=False)
+    out = in_root(ctx, a.get("output", default_out), "output", want="file", must_exist=False)
     if out == src:
         raise BadArgument("'output' must differ from 'path'")
-    limit = capped(args, "max_bytes", ctx.settings.max_output_bytes)
+    limit = capped(a, "max_bytes", ctx.settings.max_output_bytes)
     try:
         with open_in(ctx, src) as raw_in, opener(raw_in, "rb") as fin, atomic_output(out, ctx=ctx) as fout:
             size = os.fstat(raw_in.fileno()).st_size
@@ -114,12 +105,9 @@ def file_decompress(args: dict, ctx: JobContext) -> dict:
 
 def file_checksum(args: dict, ctx: JobContext) -> dict:
     """Hash the file at `path` (default sha256); `expect` makes a mismatch fail the job."""
-    check_keys(args, ("path", "algorithm", "expect"))
-    algorithm = require(args, "algorithm", str, default="sha256")
-    if algorithm not in HASHES:
-        raise BadArgument(f"'algorithm' must be one of {', '.join(HASHES)}, got {algorithm!r}")
-    expect = require(args, "expect", str, default=None) if "expect" in args else None
-    src = in_root(ctx, args.get("path"), "path", want="file")
+    a = parse_args("file.checksum", args)
+    algorithm, expect = a["algorithm"], a.get("expect")
+    src = in_root(ctx, a["path"], "path", want="file")
     h = hashlib.new(algorithm)
     done = 0
     with open_in(ctx, src) as fh:

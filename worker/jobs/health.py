@@ -24,22 +24,14 @@ from typing import Any
 from worker.context import JobContext
 from worker.jobs.email import _addresses, send_mail
 from worker.jobs.netguard import check_host, check_url, connect_host, http_request
-from worker.registry import BadArgument, JobError, check_keys, require
+from worker.registry import BadArgument, JobError, parse_args, require
 
-MAX_PROBES = 50
 PROBE_MAX_BYTES = 1 << 20
 
 
-def _parse_probe(i: int, probe: Any, ctx: JobContext) -> dict[str, Any]:
+def _parse_probe(i: int, probe: dict, ctx: JobContext) -> dict[str, Any]:
+    """A probe whose shape parse_args checked (a map, known keys, url or tcp)."""
     where = f"probes[{i}]"
-    if not isinstance(probe, dict):
-        raise BadArgument(f"{where} must be a map like {{\"url\": \"http://...\"}} or {{\"tcp\": \"host:port\"}}")
-    allowed = {"name", "url", "tcp", "timeout", "expect_status", "contains"}
-    unknown = sorted(set(probe) - allowed)
-    if unknown:
-        raise BadArgument(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (expected: {', '.join(sorted(allowed))})")
-    if ("url" in probe) == ("tcp" in probe):
-        raise BadArgument(f"{where}: give exactly one of 'url' or 'tcp'")
     out: dict[str, Any] = {"timeout": require(probe, "timeout", float, min=0.05, max=60, default=5.0)}
     if "url" in probe:
         check_url(ctx.settings, probe["url"], f"{where}.url")
@@ -125,18 +117,14 @@ def _send_alerts(ctx: JobContext, alert: dict[str, Any], failing: list[dict[str,
 
 def health_check(args: dict, ctx: JobContext) -> dict:
     """Run `probes`; when any fails, alert through `alert` (webhook and/or email)."""
-    check_keys(args, ("probes", "alert", "fail_on_alert"))
-    raw = require(args, "probes", list, min=1, max=MAX_PROBES)
-    probes = [_parse_probe(i, p, ctx) for i, p in enumerate(raw)]
-    alert = require(args, "alert", dict, default={})
-    unknown = sorted(set(alert) - {"webhook", "email"})
-    if unknown:
-        raise BadArgument(f"'alert': unknown channel(s) {', '.join(map(repr, unknown))} (expected: webhook, email)")
+    a = parse_args("health.check", args)
+    probes = [_parse_probe(i, p, ctx) for i, p in enumerate(a["probes"])]
+    alert = a.get("alert", {})
     if "webhook" in alert:
         check_url(ctx.settings, alert["webhook"], "alert.webhook")
     if "email" in alert:
         _addresses(alert["email"], "alert.email", required=True)
-    fail_on_alert = require(args, "fail_on_alert", bool, default=False)
+    fail_on_alert = a["fail_on_alert"]
     results = []
     for i, p in enumerate(probes):
         ctx.check_cancelled()

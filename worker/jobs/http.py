@@ -17,10 +17,8 @@ from typing import Any
 from worker.context import JobContext
 from worker.jobs.netguard import http_request
 from worker.jobs.safety import atomic_output, in_root, rel
-from worker.registry import JobError, check_keys, require
+from worker.registry import JobError, parse_args
 
-DEFAULT_MAX_BYTES = 1 << 20
-MAX_BYTES_LIMIT = 64 << 20
 MAX_TEXT_CHARS = 256 * 1024
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript", "image/svg+xml")
 _KEEP_HEADERS = ("content-type", "content-length", "last-modified", "etag", "server", "location")
@@ -28,12 +26,9 @@ _KEEP_HEADERS = ("content-type", "content-length", "last-modified", "etag", "ser
 
 def http_fetch(args: dict, ctx: JobContext) -> dict:
     """GET `url`; return status, headers, size, sha256 and the text (or save the body to `output`)."""
-    check_keys(args, ("url", "timeout", "max_bytes", "output", "fail_on_status"))
-    url = require(args, "url", str)
-    timeout = require(args, "timeout", float, min=0.1, max=120, default=10.0)
-    max_bytes = require(args, "max_bytes", int, min=1, max=MAX_BYTES_LIMIT, default=DEFAULT_MAX_BYTES)
-    fail_on_status = require(args, "fail_on_status", bool, default=True)
-    out_path = in_root(ctx, args["output"], "output", want="file", must_exist=False) if "output" in args else None
+    a = parse_args("http.fetch", args)
+    url, timeout, max_bytes, fail_on_status = a["url"], a["timeout"], a["max_bytes"], a["fail_on_status"]
+    out_path = in_root(ctx, a["output"], "output", want="file", must_exist=False) if "output" in a else None
     resp = http_request(ctx.settings, url, timeout_s=timeout, max_bytes=max_bytes, ctx=ctx)
     if fail_on_status and resp.status >= 400:
         retryable = resp.status in (408, 429) or resp.status >= 500

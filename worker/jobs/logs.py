@@ -22,7 +22,7 @@ from typing import Any
 
 from worker.context import JobContext
 from worker.jobs.safety import in_root, open_in, rel
-from worker.registry import BadArgument, check_keys, require
+from worker.registry import BadArgument, parse_args
 
 LINE_RE = re.compile(
     r'^(?P<host>\S+) \S+ \S+ \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) (?P<size>\d+|-)'
@@ -46,12 +46,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 def logs_analyze(args: dict, ctx: JobContext) -> dict:
     """Status counts, top paths, error rate per minute and latency percentiles of the log at `path`."""
-    check_keys(args, ("path", "top", "latency_unit"))
-    src = in_root(ctx, args.get("path"), "path", want="file")
-    top = require(args, "top", int, min=1, max=1000, default=10)
-    unit = require(args, "latency_unit", str, default="s")
-    if unit not in UNITS_MS:
-        raise BadArgument(f"'latency_unit' must be one of s, ms, us, got {unit!r}")
+    a = parse_args("logs.analyze", args)
+    src = in_root(ctx, a["path"], "path", want="file")
+    top, unit = a["top"], a["latency_unit"]
     status: Counter[int] = Counter()
     paths: Counter[str] = Counter()
     hosts: Counter[str] = Counter()

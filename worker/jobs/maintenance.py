@@ -34,9 +34,9 @@ from worker.context import JobContext
 from worker.jobs import fsroot
 from worker.jobs.archives import walk_tree, write_archive
 from worker.jobs.safety import atomic_in_dir, in_root, open_dir_in, rel, root_fd, root_rel
-from worker.registry import BadArgument, check_keys, require
+from cluster.jobargs import BACKUP_PREFIX_RE
+from worker.registry import BadArgument, parse_args
 
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 
 def _backup_name_re(prefix: str) -> re.Pattern[str]:
@@ -45,14 +45,14 @@ def _backup_name_re(prefix: str) -> re.Pattern[str]:
 
 def maintenance_backup(args: dict, ctx: JobContext) -> dict:
     """Archive `source` into `dest` as <prefix>-<timestamp>.tar.gz and keep the newest `keep`."""
-    check_keys(args, ("source", "dest", "keep", "prefix"))
-    source = in_root(ctx, args.get("source"), "source", want="dir")
-    dest = in_root(ctx, args.get("dest", "backups"), "dest", want="dir", must_exist=False)
+    a = parse_args("maintenance.backup", args)
+    source = in_root(ctx, a["source"], "source", want="dir")
+    dest = in_root(ctx, a["dest"], "dest", want="dir", must_exist=False)
     if dest == source or dest.is_relative_to(source):
         raise BadArgument("'dest' must not be inside 'source' (the backup would contain itself)")
-    keep = require(args, "keep", int, min=1, max=10_000, default=7)
-    prefix = require(args, "prefix", str, default=source.name or "backup")
-    if not _PREFIX_RE.match(prefix):
+    keep = a["keep"]
+    prefix = a.get("prefix", source.name or "backup")
+    if not BACKUP_PREFIX_RE.fullmatch(prefix):
         raise BadArgument(f"'prefix' must be 1-100 letters, digits, '.', '_' or '-', got {prefix!r}")
     now = time.time()
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now * 1e6) % 1_000_000:06d}Z"
@@ -98,13 +98,12 @@ def _sha256(fh: IO[bytes], ctx: JobContext) -> str:
 
 def maintenance_sync(args: dict, ctx: JobContext) -> dict:
     """Make `dest` a copy of `source` by content (copy new/changed files; `delete` extras)."""
-    check_keys(args, ("source", "dest", "delete", "dry_run"))
-    source = in_root(ctx, args.get("source"), "source", want="dir")
-    dest = in_root(ctx, args.get("dest"), "dest", want="dir", must_exist=False)
+    a = parse_args("maintenance.sync", args)
+    source = in_root(ctx, a["source"], "source", want="dir")
+    dest = in_root(ctx, a["dest"], "dest", want="dir", must_exist=False)
     if dest == source or dest.is_relative_to(source) or source.is_relative_to(dest):
         raise BadArgument("'source' and 'dest' must not contain one another")
-    delete = require(args, "delete", bool, default=False)
-    dry_run = require(args, "dry_run", bool, default=False)
+    delete, dry_run = a["delete"], a["dry_run"]
     copied: list[str] = []
     updated: list[str] = []
     deleted: list[str] = []

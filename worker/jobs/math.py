@@ -15,11 +15,9 @@ from itertools import compress
 from typing import Any
 
 from worker.context import JobContext
-from worker.registry import BadArgument, check_keys, require
+from cluster.jobargs import MAX_FACTORIAL_N, MAX_PRIMES_LIST_N, MAX_PRIMES_N  # noqa: F401 - re-exported
+from worker.registry import parse_args
 
-MAX_PRIMES_N = 50_000_000
-MAX_PRIMES_LIST_N = 1_000_000
-MAX_FACTORIAL_N = 100_000
 MAX_FACTORIAL_VALUE_DIGITS = 10_000
 HEAD_DIGITS = 50
 
@@ -41,14 +39,8 @@ def primes_sieve(n: int, ctx: JobContext | None = None) -> bytearray:
 
 def math_primes(args: dict, ctx: JobContext) -> dict:
     """Count the primes <= `n` (and list them when `list` is true and n <= 1,000,000)."""
-    check_keys(args, ("n", "list"))
-    n = require(args, "n", int, min=0, max=MAX_PRIMES_N)
-    want_list = require(args, "list", bool, default=False)
-    if want_list and n > MAX_PRIMES_LIST_N:
-        raise BadArgument(
-            f"'list' is only allowed for n <= {MAX_PRIMES_LIST_N} (got n={n}); "
-            "omit it to get just the count"
-        )
+    a = parse_args("math.primes", args)
+    n, want_list = a["n"], a["list"]
     sieve = primes_sieve(n, ctx)
     out: dict[str, Any] = {"n": n, "count": sieve.count(1)}
     if want_list:
@@ -81,8 +73,7 @@ def _decimal_digits(value: int) -> int:
 
 def math_factorial(args: dict, ctx: JobContext) -> dict:
     """n! for 0 <= n <= 100,000: digit count, first 50 digits, full value up to 10,000 digits."""
-    check_keys(args, ("n",))
-    n = require(args, "n", int, min=0, max=MAX_FACTORIAL_N)
+    n = parse_args("math.factorial", args)["n"]
     value = math.factorial(n)
     digits = _decimal_digits(value)
     if digits <= MAX_FACTORIAL_VALUE_DIGITS:

@@ -19,9 +19,8 @@ from typing import Any
 from worker.context import JobContext
 from worker.jobs.data import column_stats, parse_number, read_rows
 from worker.jobs.safety import atomic_output, in_root, rel
-from worker.registry import BadArgument, check_keys, require
+from worker.registry import BadArgument, parse_args
 
-AGGS = ("sum", "mean", "count", "min", "max")
 PALETTE = "#4e79a7"
 
 
@@ -111,28 +110,20 @@ def _md_cell(text: str) -> str:
 
 def report_generate(args: dict, ctx: JobContext) -> dict:
     """Write an HTML or Markdown report of the CSV `path` to `output`, with a bar chart."""
-    check_keys(args, ("path", "output", "format", "title", "label", "value", "agg", "top", "delimiter"))
-    src = in_root(ctx, args.get("path"), "path", want="file")
-    output = require(args, "output", str)
-    fmt = require(args, "format", str, default=None)
-    if fmt is None:
-        fmt = "markdown" if output.lower().endswith((".md", ".markdown")) else "html"
-    if fmt not in ("html", "markdown"):
-        raise BadArgument(f"'format' must be html or markdown, got {fmt!r}")
+    a = parse_args("report.generate", args)
+    src = in_root(ctx, a["path"], "path", want="file")
+    output = a["output"]
+    fmt = a.get("format") or ("markdown" if output.lower().endswith((".md", ".markdown")) else "html")
     out = in_root(ctx, output, "output", want="file", must_exist=False)
-    title = require(args, "title", str, default=f"Report: {src.name}", max=200)
-    agg = require(args, "agg", str, default="sum")
-    if agg not in AGGS:
-        raise BadArgument(f"'agg' must be one of {', '.join(AGGS)}, got {agg!r}")
-    top = require(args, "top", int, min=1, max=100, default=20)
-    delimiter = require(args, "delimiter", str, default=",", min=1, max=1)
+    title = a.get("title", f"Report: {src.name}")
+    agg, top, delimiter = a["agg"], a["top"], a["delimiter"]
     stats = column_stats(src, ctx, delimiter=delimiter)
     numeric = list(stats["columns"])
     header = numeric + stats["non_numeric"]
-    label = require(args, "label", str, default=stats["non_numeric"][0] if stats["non_numeric"] else None)
+    label = a.get("label", stats["non_numeric"][0] if stats["non_numeric"] else None)
     if label is None:
         raise BadArgument("the CSV has no text column to label bars with; give 'label'")
-    value = require(args, "value", str, default=None)
+    value = a.get("value")
     if value is None and agg != "count":
         candidates = [c for c in numeric if c != label]
         if not candidates:

@@ -24,9 +24,8 @@ from typing import Any
 
 from worker.context import JobContext
 from worker.jobs.netguard import USER_AGENT, check_url, http_request
-from worker.registry import BadArgument, JobError, check_keys, require
+from worker.registry import BadArgument, JobError, parse_args
 
-MAX_PAGES = 500
 PAGE_MAX_BYTES = 2 << 20
 _WORD_RE = re.compile(r"[^\W_]+")
 _SKIP_TEXT_IN = {"script", "style", "noscript", "template"}
@@ -89,13 +88,10 @@ def load_robots(ctx: JobContext, origin: str, timeout: float) -> urllib.robotpar
 
 def web_scrape(args: dict, ctx: JobContext) -> dict:
     """Crawl the site of `url` (at most `max_pages` pages), obeying robots.txt."""
-    check_keys(args, ("url", "max_pages", "timeout", "delay", "prefix"))
-    start = require(args, "url", str)
+    a = parse_args("web.scrape", args)
+    start = a["url"]
     parts = check_url(ctx.settings, start).url
-    max_pages = require(args, "max_pages", int, min=1, max=MAX_PAGES, default=20)
-    timeout = require(args, "timeout", float, min=0.1, max=60, default=10.0)
-    delay = require(args, "delay", float, min=0, max=10, default=0.0)
-    prefix_only = require(args, "prefix", bool, default=False)
+    max_pages, timeout, delay, prefix_only = a["max_pages"], a["timeout"], a["delay"], a["prefix"]
     origin = f"{parts.scheme}://{parts.netloc.lower()}"
     path_prefix = parts.path.rsplit("/", 1)[0] + "/" if prefix_only else "/"
     robots = load_robots(ctx, origin, timeout)

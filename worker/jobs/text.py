@@ -17,18 +17,16 @@ from typing import Any
 
 from worker.context import JobContext
 from worker.jobs.safety import atomic_output, in_root, open_in, rel
-from worker.registry import BadArgument, check_keys, require
+from cluster.jobargs import MAX_TEXT_BYTES
+from worker.registry import BadArgument, parse_args, require
 
 _WORD_RE = re.compile(r"[^\W_]+")  # runs of letters/digits (Unicode-aware), "_" is a separator
-MAX_TEXT_BYTES = 10 * 1024 * 1024
 MAX_RETURNED_CHARS = 256 * 1024  # longer outputs must go to a file
-CONVERT_OPS = ("upper", "lower", "title", "swapcase", "markdown_to_html", "csv_to_json", "json_to_csv")
 
 
 def text_wordcount(args: dict, ctx: JobContext) -> dict:
     """Count words (lowercased runs of letters/digits), lines and characters of `text`."""
-    check_keys(args, ("text",))
-    text = require(args, "text", str)
+    text = parse_args("text.wordcount", args)["text"]
     counts = Counter(w.lower() for w in _WORD_RE.findall(text))
     # Ties broken alphabetically so the answer is the same on every run.
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
@@ -112,15 +110,10 @@ def markdown_to_html(text: str, title: str | None = None) -> str:
 
 def text_convert(args: dict, ctx: JobContext) -> dict:
     """Convert text: case, Markdown -> HTML, CSV <-> JSON (see module docstring)."""
-    check_keys(args, ("op", "text", "path", "output", "delimiter", "types", "title"))
-    op = require(args, "op", str)
-    if op not in CONVERT_OPS:
-        raise BadArgument(f"'op' must be one of {', '.join(CONVERT_OPS)}, got {op!r}")
-    delimiter = require(args, "delimiter", str, default=",", min=1, max=1)
-    types = require(args, "types", bool, default=True)
-    title = require(args, "title", str, default=None) if "title" in args else None
-    out_path = in_root(ctx, args["output"], "output", want="file", must_exist=False) if "output" in args else None
-    text = read_text_input(args, ctx)
+    a = parse_args("text.convert", args)
+    op, delimiter, types, title = a["op"], a["delimiter"], a["types"], a.get("title")
+    out_path = in_root(ctx, a["output"], "output", want="file", must_exist=False) if "output" in a else None
+    text = read_text_input(a, ctx)
     extra: dict[str, Any] = {}
     if op in ("upper", "lower", "title", "swapcase"):
         result = getattr(text, op)()
