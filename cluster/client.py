@@ -330,7 +330,13 @@ def _pick(key: str) -> Callable[[Any], Any]:
 
 
 def _pick_ids(result: Any) -> list[str]:
-    return [_pick("id")(r) for r in _pick("results")(result)]
+    """The ids of a submit_many; the first item the machine refused (a reused
+    id with another spec: CONFLICT) raised as its error, naming the item."""
+    items = _pick("results")(result)
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and "error" in item:
+            raise error_from_wire([item["error"], f"jobs[{i}]: {item.get('message', '')}", None])
+    return [_pick("id")(r) for r in items]
 
 
 def _wait_plan(job_id: str, timeout: float | None, clock: Callable[[], float]) -> Plan:
