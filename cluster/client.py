@@ -67,6 +67,7 @@ from cluster.errors import (
     Timeout,
     Unauthorized,
     Unavailable,
+    WaitTimeout,
     error_from_wire,
 )
 from cluster import ops
@@ -350,7 +351,7 @@ def _wait_plan(job_id: str, timeout: float | None, clock: Callable[[], float]) -
         if state in FINAL_STATES:
             return view
         if deadline is not None and clock() >= deadline:
-            raise Timeout(f"job {job_id} is not finished after {timeout:g}s (state: {state})")
+            raise WaitTimeout(f"job {job_id} is not finished after {timeout:g}s (state: {state})", view)
 
 
 # ------------------------------------------------------------------- the method list
@@ -449,7 +450,7 @@ class _Api:
         return self._run(_single(_Call.make("get", args)))
 
     def result(self, id: str, timeout: float | None = None) -> dict[str, Any]:
-        """The JobView once the job is final; Timeout if not final within `timeout` s."""
+        """The JobView once the job is final; WaitTimeout (a Timeout) if not final within `timeout` s."""
         ops.check("wait", {"id": id})
         if timeout is not None:
             _number("timeout", timeout)

@@ -313,7 +313,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
         Arg("state", "str", choices=STATES),
         Arg("queue", "str", max_len=MAX_NAME_LEN),
         Arg("limit", "int", default=100, min=1, max=MAX_LIST_LIMIT),
-        Arg("cursor", "int", doc="the integer a previous list returned"),
+        Arg("cursor", "int", min=0, doc="the integer a previous list returned"),
         Arg("schedule", "str", max_len=MAX_SCHEDULE_NAME_LEN),
         _STALE_OK,
     ), '`{"jobs": [JobView], "cursor"}`', queue_arg="queue", heavy=True),
