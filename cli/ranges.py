@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from cluster.ops import OPS, Arg
+from cluster.ops import MAX_EVERY_MS, OPS, Arg
 from replication.model import MAX_ATTEMPTS, MAX_CATCH_UP, MAX_MS, MAX_PRIORITY, MIN_PRIORITY
 
 # The machine keeps durations in whole ms: the client rounds seconds to ms, and
@@ -40,4 +40,4 @@ MAX_ATTEMPTS_RANGE = click.IntRange(1, MAX_ATTEMPTS)
 MAX_CATCH_UP_RANGE = click.IntRange(1, MAX_CATCH_UP)
 RUN_TIMEOUT_S = click.FloatRange(0, _MAX_SECONDS, min_open=True)  # timeout_ms 1..MAX_MS
 DELAY_S = click.FloatRange(0, _MAX_SECONDS)                       # delay_ms 0..MAX_MS
-EVERY_S = click.FloatRange(0.001, _MAX_SECONDS)                   # every_ms 1..MAX_MS
+EVERY_S = click.FloatRange(0.001, MAX_EVERY_MS / 1000)            # every_ms 1..MAX_EVERY_MS (the leader's check)

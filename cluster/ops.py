@@ -61,6 +61,9 @@ _ANY = frozenset({PRODUCER, WORKER, ADMIN})  # reads a worker needs too (finding
 # Request limits of the server alone (the machine never sees these values).
 MAX_WAIT_S = 60.0       # longest long poll (lease, wait) a client may ask for
 MAX_LIST_LIMIT = 1000   # jobs per list page
+# Longest `every` schedule period (a century): with a bound that does not move
+# with the clock, `schedule add --every` shows the range the leader accepts.
+MAX_EVERY_MS = 100 * 365 * 86_400_000
 
 
 @dataclass(frozen=True)
