@@ -18,7 +18,9 @@ Retry rules (shared through `_Nodes`, `_Backoff` and `_Attempts`):
   idle past `idle_timeout_s` and that says nothing about the node's health.
 - Everything is bounded by `timeout_s` per call, extended by the server-side
   wait of long polls (`wait`, `lease`). Then the call raises `Unavailable`
-  (nothing reachable), `NoLeader`, or `Timeout`.
+  (nothing reachable), `NoLeader` (when the nodes that answered had no leader
+  and were no majority: "no quorum: 1 of 3 nodes reachable (node 1: no
+  leader, term 7)"), or `Timeout`.
 - Re-sending is safe because every write is idempotent: the client chose the
   job id (submit) and presents the same lease token (complete/fail/heartbeat).
   Any other server error is raised as its registered class from
@@ -231,11 +233,16 @@ class _Attempts:
         self.backoff = _Backoff()
         self.redirects = 0
         self.last: Exception | None = None
+        # What each node did last in this call: answered without a leader, or
+        # could not be reached. A call that finds no leader reports both.
+        self.leaderless: dict[str, NoLeader] = {}
+        self.unreachable: set[str] = set()
 
     def on_error(self, exc: Exception, addr: str) -> float:
         """Record a retryable failure at `addr`; return the pause before the
         next attempt, or raise the call's final error when time is up."""
         self.last = exc
+        self._note(exc, addr)
         leader = self.nodes.prefer(exc.leader) if isinstance(exc, NotLeader) and exc.leader else None
         if leader is not None and leader != addr:
             self.redirects += 1
@@ -247,10 +254,24 @@ class _Attempts:
             raise self.final()
         return delay
 
+    def _note(self, exc: Exception, addr: str) -> None:
+        if isinstance(exc, _ConnectionLost):
+            self.unreachable.add(exc.addr)
+            self.leaderless.pop(exc.addr, None)
+            return
+        self.unreachable.discard(addr)
+        if isinstance(exc, NoLeader):
+            self.leaderless[addr] = exc
+        else:
+            self.leaderless.pop(addr, None)
+
     def final(self) -> RaftqError:
         last = self.last
         where = self.nodes.describe()
         after = f"after {self.budget_s:g}s"
+        lost_quorum = self._lost_quorum()
+        if lost_quorum is not None:
+            return NoLeader(f"{lost_quorum} (gave up {after})", last.extra if isinstance(last, NoLeader) else None)
         if isinstance(last, NoLeader):
             return NoLeader(f"{last.message} (gave up {after}; nodes: {where})", last.extra)
         if isinstance(last, NotLeader):
@@ -261,8 +282,28 @@ class _Attempts:
             return Timeout(f"no reply from raftq at {last.addr} {after} (nodes: {where})")
         return Unavailable(f"no raftq node reachable at {where}: {last}")
 
+    def _lost_quorum(self) -> str | None:
+        """"no quorum: 1 of 3 nodes reachable (node 1: no leader, term 7); unreachable: ..."
+        when the nodes that answered (every one without a leader) are no
+        majority of the known nodes and the others could not be reached."""
+        known = self.nodes.addrs
+        answered = [a for a in known if a not in self.unreachable]
+        if not self.leaderless or set(answered) != self.leaderless.keys() or 2 * len(answered) > len(known):
+            return None
+        views = "; ".join(_leaderless_view(addr, self.leaderless[addr]) for addr in answered)
+        down = ", ".join(a for a in known if a in self.unreachable)
+        return f"no quorum: {len(answered)} of {len(known)} nodes reachable ({views}); unreachable: {down}"
+
     def attempt_deadline(self, wait_s: float) -> float:
         return min(self.deadline, self.clock() + wait_s + max(self.budget_s - wait_s, 0.0) / 2)
+
+
+def _leaderless_view(addr: str, exc: NoLeader) -> str:
+    """How one node answered: "node 1: no leader, term 7" (its address for a node that did not say)."""
+    extra = exc.extra if isinstance(exc.extra, dict) else {}
+    node, term = extra.get("node"), extra.get("term")
+    who = f"node {node}" if isinstance(node, int) else addr
+    return f"{who}: no leader" + (f", term {term}" if isinstance(term, int) else "")
 
 
 _RETRYABLE = (NotLeader, NoLeader, Timeout, _ConnectionLost)

@@ -323,8 +323,9 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("stats", "read", _READ, (_STALE_OK,), 'machine stats + `{"node_id", "role", "leader"}`', heavy=True),
     Op("cluster_status", "read", _ANY, (),
        '`{"leader": client addr or None, "self": id, "term", "commit_index", "last_applied", '
-       '"nodes": [{"id", "client", "raft", "http", "role"}]}` (any node answers; every client calls it '
-       'once when it first connects)', heavy=True),
+       '"nodes": [{"id", "client", "raft", "http", "role"}]}`, role as the answering node sees it: leader, '
+       'follower, candidate, or unreachable (no Raft link to it); any node answers; every client calls it '
+       'once when it first connects', heavy=True),
     Op("digest", "read", _READ, (),
        '`{"digest", "last_applied", "node_id"}` of the answering replica (any node; tests compare replicas)',
        heavy=True),

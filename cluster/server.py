@@ -146,7 +146,10 @@ class Node:
             return
         leader = self.leader_client()
         if leader is None:
-            raise NoLeader("no leader (election in progress); retry")
+            # who says so, and in which term: a client that finds no leader
+            # anywhere reports each reachable node's view (quorum lost?)
+            raise NoLeader("no leader (election in progress); retry",
+                           {"node": self.node_id, "term": self.raft.status().get("term")})
         raise NotLeader(f"not the leader; the leader is {leader}", {"leader": leader})
 
     async def _commit(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -349,10 +352,13 @@ class Node:
     async def _op_cluster_status(self, a: dict[str, Any]) -> Any:
         status = self.raft.status()
         leader_raft = self.raft.leader()
+        linked = status.get("peers_connected")  # None: this replica has no peers to know of
         nodes = []
         for n in self.cfg.nodes:
             if n.id == self.node_id:
                 role = status.get("role", "follower")
+            elif linked is not None and n.raft not in linked:
+                role = "unreachable"  # from this node: no Raft link to it now
             elif n.raft == leader_raft:
                 role = "leader"
             else:
