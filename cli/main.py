@@ -358,13 +358,17 @@ def node(config_path: Path, node_id: int, rejoin: bool) -> None:
     """Run one queue node of the cluster (in the foreground)."""
     cfg = load_config(config_path)
     cfg.node(node_id)  # an unknown id is a user error, before the server starts
+    from cli.node_preflight import preflight
     from cluster.server import run_node
     from replication.raft import DumpError, JournalError, RaftStartError
 
     try:
-        code = run_node(cfg, node_id, rejoin=rejoin)
-    except (JournalError, DumpError, RaftStartError) as exc:  # damaged storage, port taken
-        raise CliError(f"node {node_id} refuses to start: {exc}") from None
+        # Held until the process ends: the same node started twice is refused.
+        with preflight(cfg, node_id):
+            code = run_node(cfg, node_id, rejoin=rejoin)
+    except (CliError, JournalError, DumpError, RaftStartError) as exc:  # running already, port taken, damaged storage
+        raise CliError(f"node {node_id} refuses to start: {exc.format_message() if isinstance(exc, CliError) else exc}"
+                       ) from None
     sys.exit(code)
 
 
