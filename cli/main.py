@@ -587,18 +587,26 @@ def cluster_group() -> None:
 @client_options
 @with_client
 def cluster_status(client: Client, as_json: bool) -> None:
-    """The leader and each node's role."""
+    """The leader and each node's role, as the node that answers sees them (unreachable: no Raft link to it)."""
     data = client.cluster_status()
     if as_json:
         output.emit_json(data)
         return
-    click.echo(f"leader: {data.get('leader') or 'none (election running?)'}")
+    nodes = data.get("nodes") or []
+    linked = sum(1 for n in nodes if n.get("role") != "unreachable")
+    if data.get("leader"):
+        leader = data["leader"]
+    elif nodes and 2 * linked <= len(nodes):
+        leader = f"none (no quorum: {linked} of {len(nodes)} nodes reachable from node {data.get('self', '-')})"
+    else:
+        leader = "none (election running?)"
+    click.echo(f"leader: {leader}")
     click.echo(f"term {data.get('term', '-')}, commit index {data.get('commit_index', '-')}, "
                f"last applied {data.get('last_applied', '-')} (as seen by node {data.get('self', '-')})")
     click.echo()
     output.emit_table(
         ["ID", "CLIENT", "RAFT", "ROLE"],
-        [[str(n.get("id")), n.get("client"), n.get("raft"), n.get("role")] for n in data.get("nodes") or []],
+        [[str(n.get("id")), n.get("client"), n.get("raft"), n.get("role")] for n in nodes],
     )
 
 

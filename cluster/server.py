@@ -138,8 +138,18 @@ class Node:
         self.waiters.wake(self.machine.touched_queues, self.machine.touched_jobs)
 
     def leader_client(self) -> str | None:
+        """The leader's client address; None while there is none, and while
+        this node has no Raft link to the leader it last heard from: a node
+        cut off from a majority never sees an election that would replace a
+        dead leader, and must not send clients to it."""
         leader = self.raft.leader()
-        return self._raft_to_client.get(leader) if leader else None
+        if not leader:
+            return None
+        if leader != self.spec.raft:
+            linked = self.raft.status().get("peers_connected")
+            if linked is not None and leader not in linked:
+                return None
+        return self._raft_to_client.get(leader)
 
     def _require_leader(self) -> None:
         if self.raft.is_leader():
@@ -351,7 +361,8 @@ class Node:
 
     async def _op_cluster_status(self, a: dict[str, Any]) -> Any:
         status = self.raft.status()
-        leader_raft = self.raft.leader()
+        leader = self.leader_client()
+        leader_raft = self.raft.leader() if leader is not None else None
         linked = status.get("peers_connected")  # None: this replica has no peers to know of
         nodes = []
         for n in self.cfg.nodes:
@@ -365,7 +376,7 @@ class Node:
                 role = "follower"
             nodes.append({"id": n.id, "client": n.client, "raft": n.raft, "http": n.http, "role": role})
         return {
-            "leader": self.leader_client(),
+            "leader": leader,
             "self": self.node_id,
             "term": status.get("term"),
             "commit_index": status.get("commit_index"),
