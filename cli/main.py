@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_CLUSTER = "127.0.0.1:7700"
+DEFAULT_WAIT_TIMEOUT_S = 3600.0  # `--wait-timeout` of submit and result
 
 
 def _describe(exc: BaseException) -> str:
@@ -358,17 +359,16 @@ def node(config_path: Path, node_id: int, rejoin: bool) -> None:
     """Run one queue node of the cluster (in the foreground)."""
     cfg = load_config(config_path)
     cfg.node(node_id)  # an unknown id is a user error, before the server starts
-    from cli.node_preflight import preflight
+    from cli.node_preflight import CannotStart, preflight
     from cluster.server import run_node
     from replication.raft import DumpError, JournalError, RaftStartError
 
     try:
-        # Held until the process ends: the same node started twice is refused.
+        # The lock is held until the process ends: the same node started twice is refused.
         with preflight(cfg, node_id):
             code = run_node(cfg, node_id, rejoin=rejoin)
-    except (CliError, JournalError, DumpError, RaftStartError) as exc:  # running already, port taken, damaged storage
-        raise CliError(f"node {node_id} refuses to start: {exc.format_message() if isinstance(exc, CliError) else exc}"
-                       ) from None
+    except (CannotStart, JournalError, DumpError, RaftStartError) as exc:  # running, unbindable, damaged storage
+        raise CliError(f"node {node_id} refuses to start: {exc}") from None
     sys.exit(code)
 
 
@@ -416,7 +416,8 @@ def worker(cluster: str, token: str | None, tls_ca: Path | None, tls_cert: Path 
 @click.option("--resources", default=None, metavar="cpu=N,mem_mb=M",
               help="What the job needs free on a worker, e.g. cpu=2,mem_mb=512.")
 @click.option("--wait", is_flag=True, help="Wait for the job to finish and print its result.")
-@click.option("--wait-timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True, metavar="SECONDS",
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=DEFAULT_WAIT_TIMEOUT_S, show_default=True,
+              metavar="SECONDS",
               help="With --wait: stop waiting after this many seconds (the job goes on; exit 4).")
 @client_options
 @with_client
@@ -489,7 +490,8 @@ def status(client: Client, job_id: str, as_json: bool) -> None:
 @click.argument("job_id", metavar="ID")
 @click.option("--wait", is_flag=True, help="Wait until the job is finished.")
 @click.option("--wait-timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
-              help="With --wait: stop waiting after this many seconds (the job goes on; exit 4) [default: 3600].")
+              help=f"With --wait: stop waiting after this many seconds (the job goes on; exit 4) "
+                   f"[default: {DEFAULT_WAIT_TIMEOUT_S:g}].")
 @click.option("--timeout", "old_timeout", type=click.FloatRange(min=0), default=None, hidden=True,
               help="Deprecated spelling of --wait-timeout.")
 @client_options
@@ -499,7 +501,7 @@ def result(client: Client, job_id: str, wait: bool, wait_timeout: float | None, 
     """Print a finished job's result (exit 3 if it failed or was cancelled, 4 if not finished)."""
     wait_timeout = _deprecated_timeout("result", old_timeout, wait_timeout, "--wait-timeout")
     if wait:
-        view = wait_for_job(client, job_id, 3600.0 if wait_timeout is None else wait_timeout, as_json)
+        view = wait_for_job(client, job_id, DEFAULT_WAIT_TIMEOUT_S if wait_timeout is None else wait_timeout, as_json)
     else:
         view = client.get(job_id)
     if view.get("state") not in FINAL_STATES:

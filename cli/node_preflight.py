@@ -11,10 +11,13 @@ import os
 import socket
 from typing import IO
 
-from cli.output import CliError
 from cluster.config import ClusterConfig, ConfigError, parse_address
 
 LOCK_FILE = "node.lock"
+
+
+class CannotStart(Exception):
+    """This node must not start here; the message says why, in one line."""
 
 
 def lock_data_dir(cfg: ClusterConfig, node_id: int) -> IO[str]:
@@ -31,7 +34,7 @@ def lock_data_dir(cfg: ClusterConfig, node_id: int) -> IO[str]:
         lock.seek(0)
         holder = lock.read().strip() or "another process"
         lock.close()
-        raise CliError(f"already running: pid {holder} holds the lock of its data dir {data_dir}") from None
+        raise CannotStart(f"already running: pid {holder} holds the lock of its data dir {data_dir}") from None
     lock.seek(0)
     lock.truncate()
     lock.write(str(os.getpid()))
@@ -46,7 +49,7 @@ def check_bindable(cfg: ClusterConfig, node_id: int) -> None:
             host, port = parse_address(addr, key)
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (ConfigError, socket.gaierror) as exc:
-            raise CliError(f"cannot bind {addr} ({key}): {_reason(exc)}") from None
+            raise CannotStart(f"cannot bind {addr} ({key}): {_reason(exc)}") from None
         family, _, _, _, sockaddr = infos[0]
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             # As the servers do: a port in TIME_WAIT is free for them too.
@@ -54,7 +57,7 @@ def check_bindable(cfg: ClusterConfig, node_id: int) -> None:
             try:
                 sock.bind(sockaddr)
             except OSError as exc:
-                raise CliError(f"cannot bind {addr} ({key}): {_reason(exc)}") from None
+                raise CannotStart(f"cannot bind {addr} ({key}): {_reason(exc)}") from None
 
 
 def _reason(exc: Exception) -> str:

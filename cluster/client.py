@@ -18,9 +18,10 @@ Retry rules (shared through `_Nodes`, `_Backoff` and `_Attempts`):
   idle past `idle_timeout_s` and that says nothing about the node's health.
 - Everything is bounded by `timeout_s` per call, extended by the server-side
   wait of long polls (`wait`, `lease`). Then the call raises `Unavailable`
-  (nothing reachable), `NoLeader` (when the nodes that answered had no leader
-  and were no majority: "no quorum: 1 of 3 nodes reachable (node 1: no
-  leader, term 7)"), or `Timeout`.
+  (nothing reachable), `NoLeader` (when the nodes that answered had no
+  leader, each one's view, and "no quorum" when they are no majority: "no
+  quorum: 1 of 3 nodes reachable (node 1: no leader, term 7); unreachable:
+  ..."), or `Timeout`.
 - Re-sending is safe because every write is idempotent: the client chose the
   job id (submit) and presents the same lease token (complete/fail/heartbeat).
   Any other server error is raised as its registered class from
@@ -269,9 +270,9 @@ class _Attempts:
         last = self.last
         where = self.nodes.describe()
         after = f"after {self.budget_s:g}s"
-        lost_quorum = self._lost_quorum()
-        if lost_quorum is not None:
-            return NoLeader(f"{lost_quorum} (gave up {after})", last.extra if isinstance(last, NoLeader) else None)
+        leaderless = self._leaderless_summary()
+        if leaderless is not None:
+            return NoLeader(f"{leaderless} (gave up {after})", last.extra if isinstance(last, NoLeader) else None)
         if isinstance(last, NoLeader):
             return NoLeader(f"{last.message} (gave up {after}; nodes: {where})", last.extra)
         if isinstance(last, NotLeader):
@@ -282,17 +283,20 @@ class _Attempts:
             return Timeout(f"no reply from raftq at {last.addr} {after} (nodes: {where})")
         return Unavailable(f"no raftq node reachable at {where}: {last}")
 
-    def _lost_quorum(self) -> str | None:
-        """"no quorum: 1 of 3 nodes reachable (node 1: no leader, term 7); unreachable: ..."
-        when the nodes that answered (every one without a leader) are no
-        majority of the known nodes and the others could not be reached."""
+    def _leaderless_summary(self) -> str | None:
+        """When every known node either answered without a leader or could
+        not be reached: what each said, and whether they are a majority —
+        "no quorum: 1 of 3 nodes reachable (node 1: no leader, term 7);
+        unreachable: ..." (never the last refused connection alone)."""
         known = self.nodes.addrs
         answered = [a for a in known if a not in self.unreachable]
-        if not self.leaderless or set(answered) != self.leaderless.keys() or 2 * len(answered) > len(known):
+        if not self.leaderless or set(answered) != self.leaderless.keys():
             return None
         views = "; ".join(_leaderless_view(addr, self.leaderless[addr]) for addr in answered)
         down = ", ".join(a for a in known if a in self.unreachable)
-        return f"no quorum: {len(answered)} of {len(known)} nodes reachable ({views}); unreachable: {down}"
+        what = "no quorum" if 2 * len(answered) <= len(known) else "no leader (election running?)"
+        return (f"{what}: {len(answered)} of {len(known)} nodes reachable ({views})"
+                + (f"; unreachable: {down}" if down else ""))
 
     def attempt_deadline(self, wait_s: float) -> float:
         return min(self.deadline, self.clock() + wait_s + max(self.budget_s - wait_s, 0.0) / 2)
