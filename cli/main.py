@@ -10,8 +10,9 @@ Error contract (users and tests rely on it):
   and exits 1, never a traceback;
 - bad command-line input prints ONE line `error: <message>` and exits 2
   (click's own usage errors keep click's usage text, also exit 2);
-- a job that ended failed or cancelled makes `submit --wait` and `result`
-  exit 1 with the job's error.
+- `submit --wait` and `result` end with the job's outcome (cli/exit_codes.py):
+  3 when it ended failed or cancelled, 4 when it is not finished (the wait
+  timed out), each with one `error:` line.
 
 Modules that are heavy or started in other processes (server, worker, client)
 are imported inside the commands that need them, so `raftq --help` stays
@@ -30,13 +31,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from cli import output
+from cli import exit_codes, output, ranges
 from cli.output import CliError, InputError
 from cli.worker_options import config_kwargs, worker_click_options
 from cluster.config import ConfigError, load_config, parse_address
-from cluster.errors import BadRequest, RaftqError, Unauthorized
-from cluster.ops import MAX_LIST_LIMIT
-from replication.model import FINAL_STATES, MAX_CATCH_UP, MISFIRE_POLICIES
+from cluster.errors import BadRequest, RaftqError, Unauthorized, WaitTimeout
+from replication.model import FINAL_STATES, MISFIRE_POLICIES
 from replication.model import STATES as JOB_STATES
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_CLUSTER = "127.0.0.1:7700"
+DEFAULT_WAIT_TIMEOUT_S = 3600.0  # `--wait-timeout` of submit and result
 
 # The job-argument options of `submit` and `schedule add`.
 ARG_HELP = ("A job argument as a string, whatever VALUE looks like (text=5 is \"5\"); "
@@ -315,21 +316,46 @@ def _job_line(view: dict[str, Any]) -> str:
     return f"job {view.get('id')} {view.get('state')}{tail}"
 
 
+def _exit_with(message: str, code: int) -> NoReturn:
+    """One `error: ...` line and exit `code` (cli/exit_codes.py)."""
+    error = CliError(message)
+    error.exit_code = code
+    raise error
+
+
 def _finish_with_result(view: dict[str, Any], as_json: bool) -> None:
-    """Print a final job's result; exit 1 if it did not succeed."""
+    """Print a final job's result; exit JOB_NOT_SUCCEEDED if it did not succeed."""
     if as_json:
         output.emit_json(view)
     elif view.get("state") == "succeeded":
         click.echo(output.to_json(view.get("result"), indent=None))
     if view.get("state") != "succeeded":
-        raise CliError(_job_line(view))
+        _exit_with(_job_line(view), exit_codes.JOB_NOT_SUCCEEDED)
 
 
-def _wait_showing_progress(client: Client, job_id: str, timeout: float) -> dict[str, Any]:
-    """The final JobView; meanwhile the job's state and progress on stderr (cli/progress.py)."""
-    from cli.progress import wait_for_final
+def wait_for_job(client: Client, job_id: str, wait_timeout: float, as_json: bool) -> dict[str, Any]:
+    """The job's final view, waiting at most `wait_timeout` s; else exit
+    NOT_FINISHED. The one wait of `submit --wait` and `result --wait`."""
+    from cli.progress import wait_for_final  # the progress display (stderr) while waiting
 
-    return wait_for_final(client, job_id, timeout)
+    try:
+        return wait_for_final(client, job_id, wait_timeout)
+    except WaitTimeout as exc:
+        if as_json and exc.view is not None:
+            output.emit_json(exc.view)
+        state = exc.view.get("state") if exc.view is not None else "not finished"
+        _exit_with(f"job {job_id} is still {state} after --wait-timeout {wait_timeout:g}s; it goes on "
+                   f"(raftq result {job_id} --wait)", exit_codes.NOT_FINISHED)
+
+
+def _deprecated_timeout(command: str, old: float | None, new: float | None, new_flag: str) -> float | None:
+    """`--timeout` where it is kept for old scripts: its value, with one note on stderr."""
+    if old is None:
+        return new
+    if new is not None:
+        raise InputError(f"give {new_flag} only; --timeout is its deprecated spelling")
+    click.echo(f"warning: `raftq {command} --timeout` is deprecated; use {new_flag}", err=True)
+    return old
 
 
 def _emit_state(job_id: str, state: str, as_json: bool) -> None:
@@ -370,12 +396,15 @@ def node(config_path: Path, node_id: int, rejoin: bool) -> None:
     """Run one queue node of the cluster (in the foreground)."""
     cfg = load_config(config_path)
     cfg.node(node_id)  # an unknown id is a user error, before the server starts
+    from cli.node_preflight import CannotStart, preflight
     from cluster.server import run_node
     from replication.raft import DumpError, JournalError, RaftStartError
 
     try:
-        code = run_node(cfg, node_id, rejoin=rejoin)
-    except (JournalError, DumpError, RaftStartError) as exc:  # damaged storage, port taken
+        # The lock is held until the process ends: the same node started twice is refused.
+        with preflight(cfg, node_id):
+            code = run_node(cfg, node_id, rejoin=rejoin)
+    except (CannotStart, JournalError, DumpError, RaftStartError) as exc:  # running, unbindable, damaged storage
         raise CliError(f"node {node_id} refuses to start: {exc}") from None
     sys.exit(code)
 
@@ -400,18 +429,22 @@ def worker(cluster: str, token: str | None, tls_ca: Path | None, tls_cert: Path 
     sys.exit(run_worker(cfg))
 
 
-@raftq.command()
+@raftq.command(epilog=exit_codes.help_epilog())
 @click.argument("job_type", metavar="TYPE")
 @click.option("--arg", "arg_pairs", multiple=True, metavar="KEY=VALUE", help=ARG_HELP)
 @click.option("--arg-json", "arg_json_pairs", multiple=True, metavar="KEY=JSON", help=ARG_JSON_HELP)
 @click.option("--args-json", metavar="JSON", help=ARGS_JSON_HELP)
 @click.option("--queue", default="default", show_default=True)
-@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--id", "job_id", default=None, help="Job id (idempotency key) [default: random].")
-@click.option("--delay", type=click.FloatRange(min=0), default=None, help="Run no earlier than this many seconds from now.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Per-attempt run time limit of the job, in seconds.")
+@click.option("--priority", type=ranges.PRIORITY, default=0, show_default=True, help="Higher runs first.")
+@click.option("--max-attempts", type=ranges.MAX_ATTEMPTS_RANGE, default=3, show_default=True)
+@click.option("--id", "job_id", default=None,
+              help="Job id [default: random]. Submitting an existing id again returns that job if the spec is "
+                   "the same, else fails (CONFLICT).")
+@click.option("--delay", type=ranges.DELAY_S, default=None, help="Run no earlier than this many seconds from now.")
+@click.option("--run-timeout", type=ranges.RUN_TIMEOUT_S, default=None, metavar="SECONDS",
+              help="Per-attempt run time limit of the job (a worker stops an attempt that runs longer).")
+@click.option("--timeout", "old_timeout", type=ranges.RUN_TIMEOUT_S, default=None, hidden=True,
+              help="Deprecated spelling of --run-timeout.")
 @click.option("--unique-key", default=None, help="While a live job holds this key, return it instead of a new one.")
 @click.option("--run-at", default=None, metavar="ISO8601",
               help="Run no earlier than this time, e.g. 2030-01-02T03:04:05+00:00 (no offset: local time).")
@@ -420,19 +453,21 @@ def worker(cluster: str, token: str | None, tls_ca: Path | None, tls_cert: Path 
 @click.option("--resources", default=None, metavar="cpu=N,mem_mb=M",
               help="What the job needs free on a worker, e.g. cpu=2,mem_mb=512.")
 @click.option("--wait", is_flag=True, help="Wait for the job to finish and print its result.")
-@click.option("--wait-timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
-              help="With --wait: give up after this many seconds.")
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=DEFAULT_WAIT_TIMEOUT_S, show_default=True,
+              metavar="SECONDS",
+              help="With --wait: stop waiting after this many seconds (the job goes on; exit 4).")
 @client_options
 @with_client
 def submit(client: Client, job_type: str, arg_pairs: tuple[str, ...], arg_json_pairs: tuple[str, ...],
-           args_json: str | None, queue: str,
-           priority: int, max_attempts: int, job_id: str | None, delay: float | None, timeout: float | None,
-           unique_key: str | None, run_at: str | None, depends_on: tuple[str, ...], resources: str | None,
-           wait: bool, wait_timeout: float, as_json: bool) -> None:
+           args_json: str | None, queue: str, priority: int, max_attempts: int, job_id: str | None,
+           delay: float | None, run_timeout: float | None, old_timeout: float | None, unique_key: str | None,
+           run_at: str | None, depends_on: tuple[str, ...], resources: str | None, wait: bool,
+           wait_timeout: float, as_json: bool) -> None:
     """Submit a job of TYPE; print its id (with --wait, its result).
 
     A built-in TYPE's arguments are checked before the job is queued: a
     missing, unknown or mistyped one is refused, naming it."""
+    timeout = _deprecated_timeout("submit", old_timeout, run_timeout, "--run-timeout")
     args = build_args(arg_pairs, arg_json_pairs, args_json)
     if delay is not None and run_at is not None:
         raise InputError("give either --delay or --run-at, not both")
@@ -453,7 +488,7 @@ def submit(client: Client, job_type: str, arg_pairs: tuple[str, ...], arg_json_p
             click.echo(new_id)
         return
     click.echo(f"submitted {new_id}, waiting...", err=True)
-    _finish_with_result(_wait_showing_progress(client, new_id, wait_timeout), as_json)
+    _finish_with_result(wait_for_job(client, new_id, wait_timeout, as_json), as_json)
 
 
 def _job_fields(view: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -495,20 +530,28 @@ def status(client: Client, job_id: str, as_json: bool) -> None:
         output.emit_fields(_job_fields(view))
 
 
-@raftq.command()
+@raftq.command(epilog=exit_codes.help_epilog())
 @click.argument("job_id", metavar="ID")
 @click.option("--wait", is_flag=True, help="Wait until the job is finished.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
-              help="With --wait: give up after this many seconds.")
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help=f"With --wait: stop waiting after this many seconds (the job goes on; exit 4) "
+                   f"[default: {DEFAULT_WAIT_TIMEOUT_S:g}].")
+@click.option("--timeout", "old_timeout", type=click.FloatRange(min=0), default=None, hidden=True,
+              help="Deprecated spelling of --wait-timeout.")
 @client_options
 @with_client
-def result(client: Client, job_id: str, wait: bool, timeout: float, as_json: bool) -> None:
-    """Print a finished job's result (exit 1 if it failed or was cancelled)."""
-    view = _wait_showing_progress(client, job_id, timeout) if wait else client.get(job_id)
+def result(client: Client, job_id: str, wait: bool, wait_timeout: float | None, old_timeout: float | None,
+           as_json: bool) -> None:
+    """Print a finished job's result (exit 3 if it failed or was cancelled, 4 if not finished)."""
+    wait_timeout = _deprecated_timeout("result", old_timeout, wait_timeout, "--wait-timeout")
+    if wait:
+        view = wait_for_job(client, job_id, DEFAULT_WAIT_TIMEOUT_S if wait_timeout is None else wait_timeout, as_json)
+    else:
+        view = client.get(job_id)
     if view.get("state") not in FINAL_STATES:
         if as_json:
             output.emit_json(view)
-        raise CliError(f"job {job_id} is {view.get('state')}, not finished (use --wait)")
+        _exit_with(f"job {job_id} is {view.get('state')}, not finished (use --wait)", exit_codes.NOT_FINISHED)
     _finish_with_result(view, as_json)
 
 
@@ -516,8 +559,8 @@ def result(client: Client, job_id: str, wait: bool, timeout: float, as_json: boo
 @click.option("--state", type=click.Choice(JOB_STATES), default=None, help="Only jobs in this state.")
 @click.option("--queue", default=None, help="Only jobs of this queue.")
 @click.option("--schedule", default=None, metavar="NAME", help="Only jobs fired by this schedule.")
-@click.option("--limit", type=click.IntRange(min=1, max=MAX_LIST_LIMIT), default=100, show_default=True)
-@click.option("--cursor", type=int, default=None,
+@click.option("--limit", type=ranges.op_range("list", "limit"), default=100, show_default=True)
+@click.option("--cursor", type=ranges.op_range("list", "cursor"), default=None,
               help="Continue a previous listing from the cursor it printed.")
 @client_options
 @with_client
@@ -590,18 +633,26 @@ def cluster_group() -> None:
 @client_options
 @with_client
 def cluster_status(client: Client, as_json: bool) -> None:
-    """The leader and each node's role."""
+    """The leader and each node's role, as the node that answers sees them (unreachable: no Raft link to it)."""
     data = client.cluster_status()
     if as_json:
         output.emit_json(data)
         return
-    click.echo(f"leader: {data.get('leader') or 'none (election running?)'}")
+    nodes = data.get("nodes") or []
+    linked = sum(1 for n in nodes if n.get("role") != "unreachable")
+    if data.get("leader"):
+        leader = data["leader"]
+    elif nodes and 2 * linked <= len(nodes):
+        leader = f"none (no quorum: {linked} of {len(nodes)} nodes reachable from node {data.get('self', '-')})"
+    else:
+        leader = "none (election running?)"
+    click.echo(f"leader: {leader}")
     click.echo(f"term {data.get('term', '-')}, commit index {data.get('commit_index', '-')}, "
                f"last applied {data.get('last_applied', '-')} (as seen by node {data.get('self', '-')})")
     click.echo()
     output.emit_table(
         ["ID", "CLIENT", "RAFT", "ROLE"],
-        [[str(n.get("id")), n.get("client"), n.get("raft"), n.get("role")] for n in data.get("nodes") or []],
+        [[str(n.get("id")), n.get("client"), n.get("raft"), n.get("role")] for n in nodes],
     )
 
 
@@ -615,8 +666,9 @@ def dlq_group() -> None:
 
 @dlq_group.command(name="list")
 @click.option("--queue", default=None, help="Only dead letters of this queue.")
-@click.option("--limit", type=click.IntRange(min=1, max=MAX_LIST_LIMIT), default=100, show_default=True)
-@click.option("--cursor", type=int, default=None, help="Continue from the cursor a previous listing printed.")
+@click.option("--limit", type=ranges.op_range("list", "limit"), default=100, show_default=True)
+@click.option("--cursor", type=ranges.op_range("list", "cursor"), default=None,
+              help="Continue from the cursor a previous listing printed.")
 @client_options
 @with_client
 def dlq_list(client: Client, queue: str | None, limit: int, cursor: int | None, as_json: bool) -> None:
@@ -664,9 +716,9 @@ def queue_group() -> None:
 
 @queue_group.command(name="limit")
 @click.argument("queue")
-@click.option("--max-running", type=click.IntRange(min=0), default=None,
+@click.option("--max-running", type=ranges.op_range("queue_limit", "max_running"), default=None,
               help="At most this many jobs of the queue running at once, across all workers (0 pauses it).")
-@click.option("--rate", type=click.FloatRange(min=0.001), default=None, metavar="PER_SECOND",
+@click.option("--rate", type=ranges.op_range("queue_limit", "rate_per_s"), default=None, metavar="PER_SECOND",
               help="Start at most this many jobs of the queue per second, across all workers.")
 @client_options
 @with_client
@@ -710,31 +762,34 @@ def schedule_group() -> None:
 @click.argument("name")
 @click.argument("job_type", metavar="TYPE")
 @click.option("--cron", "cron_expr", default=None, metavar="EXPR", help="Cron expression, e.g. '*/5 * * * *'.")
-@click.option("--every", type=click.FloatRange(min=0.001), default=None, metavar="SECONDS",
-              help="Fire every SECONDS instead of by cron.")
+@click.option("--every", type=ranges.EVERY_S, default=None, metavar="SECONDS",
+              help="Fire every SECONDS instead of by cron (at least the cluster's min_schedule_interval_s, "
+                   "default 1).")
 @click.option("--arg", "arg_pairs", multiple=True, metavar="KEY=VALUE", help=ARG_HELP)
 @click.option("--arg-json", "arg_json_pairs", multiple=True, metavar="KEY=JSON", help=ARG_JSON_HELP)
 @click.option("--args-json", metavar="JSON", help=ARGS_JSON_HELP)
 @click.option("--queue", default="default", show_default=True)
-@click.option("--priority", type=int, default=0, show_default=True)
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Per-attempt run time limit of each job, in seconds.")
+@click.option("--priority", type=ranges.PRIORITY, default=0, show_default=True)
+@click.option("--max-attempts", type=ranges.MAX_ATTEMPTS_RANGE, default=3, show_default=True)
+@click.option("--run-timeout", type=ranges.RUN_TIMEOUT_S, default=None, metavar="SECONDS",
+              help="Per-attempt run time limit of each job it fires.")
+@click.option("--timeout", "old_timeout", type=ranges.RUN_TIMEOUT_S, default=None, hidden=True,
+              help="Deprecated spelling of --run-timeout.")
 @click.option("--tz", default="UTC", show_default=True, help="Time zone of the cron expression (IANA name).")
 @click.option("--misfire", type=click.Choice(MISFIRE_POLICIES), default="skip", show_default=True,
               help="Missed fire times: run only the latest, or catch up (at most --max-catch-up).")
-@click.option("--max-catch-up", type=click.IntRange(min=1, max=MAX_CATCH_UP), default=1, show_default=True)
+@click.option("--max-catch-up", type=ranges.MAX_CATCH_UP_RANGE, default=1, show_default=True)
 @click.option("--paused", is_flag=True, help="Add it paused.")
 @client_options
 @with_client
 def schedule_add(client: Client, name: str, job_type: str, cron_expr: str | None, every: float | None,
                  arg_pairs: tuple[str, ...], arg_json_pairs: tuple[str, ...], args_json: str | None, queue: str,
-                 priority: int, max_attempts: int,
-                 timeout: float | None, tz: str, misfire: str, max_catch_up: int, paused: bool,
-                 as_json: bool) -> None:
+                 priority: int, max_attempts: int, run_timeout: float | None, old_timeout: float | None, tz: str,
+                 misfire: str, max_catch_up: int, paused: bool, as_json: bool) -> None:
     """Add schedule NAME firing a TYPE job (--cron EXPR or --every SECONDS).
 
     A built-in TYPE's arguments are checked when the schedule is added."""
+    timeout = _deprecated_timeout("schedule add", old_timeout, run_timeout, "--run-timeout")
     if (cron_expr is None) == (every is None):
         raise InputError("give exactly one of --cron EXPR and --every SECONDS")
     args = build_args(arg_pairs, arg_json_pairs, args_json)

@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from cli.terminal import printable
-from cluster.errors import Timeout
+from cluster.errors import Timeout, WaitTimeout
 from replication.model import FINAL_STATES
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class StatusLine:
 
 def wait_for_final(client: Client, job_id: str, timeout: float, stream: TextIO | None = None) -> dict[str, Any]:
     """The job's JobView once it is final, showing its progress on `stream`
-    (stderr) meanwhile; Timeout (its `extra`: the last JobView) if not final
+    (stderr) meanwhile; WaitTimeout (its `view`: the last JobView) if not final
     within `timeout` s."""
     stream = stream or sys.stderr
     on_terminal = stream.isatty()
@@ -125,6 +125,6 @@ def wait_for_final(client: Client, job_id: str, timeout: float, stream: TextIO |
                 return view
             display.show(view)
             if time.monotonic() >= deadline:
-                raise Timeout(f"job {job_id} is not finished after {timeout:g}s (state: {view.get('state')})", view)
+                raise WaitTimeout(f"job {job_id} is not finished after {timeout:g}s (state: {view.get('state')})", view)
     finally:
         display.close()

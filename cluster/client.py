@@ -18,7 +18,10 @@ Retry rules (shared through `_Nodes`, `_Backoff` and `_Attempts`):
   idle past `idle_timeout_s` and that says nothing about the node's health.
 - Everything is bounded by `timeout_s` per call, extended by the server-side
   wait of long polls (`wait`, `lease`). Then the call raises `Unavailable`
-  (nothing reachable), `NoLeader`, or `Timeout`.
+  (nothing reachable), `NoLeader` (when the nodes that answered had no
+  leader, each one's view, and "no quorum" when they are no majority: "no
+  quorum: 1 of 3 nodes reachable (node 1: no leader, term 7); unreachable:
+  ..."), or `Timeout`.
 - Re-sending is safe because every write is idempotent: the client chose the
   job id (submit) and presents the same lease token (complete/fail/heartbeat).
   Any other server error is raised as its registered class from
@@ -67,6 +70,7 @@ from cluster.errors import (
     Timeout,
     Unauthorized,
     Unavailable,
+    WaitTimeout,
     error_from_wire,
 )
 from cluster import ops
@@ -230,11 +234,16 @@ class _Attempts:
         self.backoff = _Backoff()
         self.redirects = 0
         self.last: Exception | None = None
+        # What each node did last in this call: answered without a leader, or
+        # could not be reached. A call that finds no leader reports both.
+        self.leaderless: dict[str, NoLeader] = {}
+        self.unreachable: set[str] = set()
 
     def on_error(self, exc: Exception, addr: str) -> float:
         """Record a retryable failure at `addr`; return the pause before the
         next attempt, or raise the call's final error when time is up."""
         self.last = exc
+        self._note(exc, addr)
         leader = self.nodes.prefer(exc.leader) if isinstance(exc, NotLeader) and exc.leader else None
         if leader is not None and leader != addr:
             self.redirects += 1
@@ -246,10 +255,24 @@ class _Attempts:
             raise self.final()
         return delay
 
+    def _note(self, exc: Exception, addr: str) -> None:
+        if isinstance(exc, _ConnectionLost):
+            self.unreachable.add(exc.addr)
+            self.leaderless.pop(exc.addr, None)
+            return
+        self.unreachable.discard(addr)
+        if isinstance(exc, NoLeader):
+            self.leaderless[addr] = exc
+        else:
+            self.leaderless.pop(addr, None)
+
     def final(self) -> RaftqError:
         last = self.last
         where = self.nodes.describe()
         after = f"after {self.budget_s:g}s"
+        leaderless = self._leaderless_summary()
+        if leaderless is not None:
+            return NoLeader(f"{leaderless} (gave up {after})", last.extra if isinstance(last, NoLeader) else None)
         if isinstance(last, NoLeader):
             return NoLeader(f"{last.message} (gave up {after}; nodes: {where})", last.extra)
         if isinstance(last, NotLeader):
@@ -260,8 +283,31 @@ class _Attempts:
             return Timeout(f"no reply from raftq at {last.addr} {after} (nodes: {where})")
         return Unavailable(f"no raftq node reachable at {where}: {last}")
 
+    def _leaderless_summary(self) -> str | None:
+        """When every known node either answered without a leader or could
+        not be reached: what each said, and whether they are a majority —
+        "no quorum: 1 of 3 nodes reachable (node 1: no leader, term 7);
+        unreachable: ..." (never the last refused connection alone)."""
+        known = self.nodes.addrs
+        answered = [a for a in known if a not in self.unreachable]
+        if not self.leaderless or set(answered) != self.leaderless.keys():
+            return None
+        views = "; ".join(_leaderless_view(addr, self.leaderless[addr]) for addr in answered)
+        down = ", ".join(a for a in known if a in self.unreachable)
+        what = "no quorum" if 2 * len(answered) <= len(known) else "no leader (election running?)"
+        return (f"{what}: {len(answered)} of {len(known)} nodes reachable ({views})"
+                + (f"; unreachable: {down}" if down else ""))
+
     def attempt_deadline(self, wait_s: float) -> float:
         return min(self.deadline, self.clock() + wait_s + max(self.budget_s - wait_s, 0.0) / 2)
+
+
+def _leaderless_view(addr: str, exc: NoLeader) -> str:
+    """How one node answered: "node 1: no leader, term 7" (its address for a node that did not say)."""
+    extra = exc.extra if isinstance(exc.extra, dict) else {}
+    node, term = extra.get("node"), extra.get("term")
+    who = f"node {node}" if isinstance(node, int) else addr
+    return f"{who}: no leader" + (f", term {term}" if isinstance(term, int) else "")
 
 
 _RETRYABLE = (NotLeader, NoLeader, Timeout, _ConnectionLost)
@@ -330,9 +376,10 @@ def _pick(key: str) -> Callable[[Any], Any]:
 
 
 def _pick_ids(result: Any) -> list[str]:
-    """The ids of a submit_many. An item the node refused (a built-in type's
-    bad args) raises its error naming the item; the others were submitted, and
-    `extra` holds every item's result."""
+    """The ids of a submit_many. An item the node or machine refused (a
+    built-in type's bad args; a reused id with another spec: CONFLICT) raises
+    its error naming the item; the others were submitted, and `extra` holds
+    every item's result."""
     results = _pick("results")(result)
     for i, r in enumerate(results):
         if isinstance(r, dict) and "error" in r:
@@ -351,7 +398,7 @@ def _wait_plan(job_id: str, timeout: float | None, clock: Callable[[], float]) -
         if state in FINAL_STATES:
             return view
         if deadline is not None and clock() >= deadline:
-            raise Timeout(f"job {job_id} is not finished after {timeout:g}s (state: {state})")
+            raise WaitTimeout(f"job {job_id} is not finished after {timeout:g}s (state: {state})", view)
 
 
 # ------------------------------------------------------------------- the method list
@@ -450,7 +497,7 @@ class _Api:
         return self._run(_single(_Call.make("get", args)))
 
     def result(self, id: str, timeout: float | None = None) -> dict[str, Any]:
-        """The JobView once the job is final; Timeout if not final within `timeout` s."""
+        """The JobView once the job is final; WaitTimeout (a Timeout) if not final within `timeout` s."""
         ops.check("wait", {"id": id})
         if timeout is not None:
             _number("timeout", timeout)

@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 
 from cluster.errors import BadRequest
+from cluster.ops import MAX_EVERY_MS
 from replication.model import MAX_MS, MAX_NAME_LEN, is_int
 
 log = logging.getLogger("raftq.cron")
@@ -57,6 +58,8 @@ def check_schedule(sched: Any, now_ms: int) -> int:
     expr, every = sched.get("cron"), sched.get("every_ms")
     if (expr is None) == (every is None):
         raise BadRequest("a schedule needs exactly one of 'cron' and 'every_ms'")
+    if is_int(every) and every > MAX_EVERY_MS:  # checked when added only: never stops a schedule already held
+        raise BadRequest(f"'every_ms' too large: at most {MAX_EVERY_MS} (100 years), got {every}")
     if expr is not None:
         if not isinstance(expr, str) or not 1 <= len(expr) <= MAX_NAME_LEN:
             raise BadRequest(f"'cron' must be a string of 1..{MAX_NAME_LEN} characters")

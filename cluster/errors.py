@@ -83,6 +83,16 @@ class Timeout(RaftqError):
     code = codes.TIMEOUT
 
 
+class WaitTimeout(Timeout):
+    """Client side only: the job was not final when the caller's wait limit
+    passed (`result(id, timeout=...)`); `view` is its last JobView. A Timeout,
+    so code that caught Timeout keeps working, but never a lost connection."""
+
+    def __init__(self, message: str = "", extra: Any = None) -> None:
+        super().__init__(message, extra)
+        self.view: dict[str, Any] | None = extra if isinstance(extra, dict) else None
+
+
 class Unavailable(RaftqError):
     """Client side only: no node of the cluster could be reached in time."""
 

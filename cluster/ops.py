@@ -61,6 +61,9 @@ _ANY = frozenset({PRODUCER, WORKER, ADMIN})  # reads a worker needs too (finding
 # Request limits of the server alone (the machine never sees these values).
 MAX_WAIT_S = 60.0       # longest long poll (lease, wait) a client may ask for
 MAX_LIST_LIMIT = 1000   # jobs per list page
+# Longest `every` schedule period (a century): with a bound that does not move
+# with the clock, `schedule add --every` shows the range the leader accepts.
+MAX_EVERY_MS = 100 * 365 * 86_400_000
 
 
 @dataclass(frozen=True)
@@ -313,15 +316,16 @@ OPS: dict[str, Op] = {op.name: op for op in (
         Arg("state", "str", choices=STATES),
         Arg("queue", "str", max_len=MAX_NAME_LEN),
         Arg("limit", "int", default=100, min=1, max=MAX_LIST_LIMIT),
-        Arg("cursor", "int", doc="the integer a previous list returned"),
+        Arg("cursor", "int", min=0, doc="the integer a previous list returned"),
         Arg("schedule", "str", max_len=MAX_SCHEDULE_NAME_LEN),
         _STALE_OK,
     ), '`{"jobs": [JobView], "cursor"}`', queue_arg="queue", heavy=True),
     Op("stats", "read", _READ, (_STALE_OK,), 'machine stats + `{"node_id", "role", "leader"}`', heavy=True),
     Op("cluster_status", "read", _ANY, (),
        '`{"leader": client addr or None, "self": id, "term", "commit_index", "last_applied", '
-       '"nodes": [{"id", "client", "raft", "http", "role"}]}` (any node answers; every client calls it '
-       'once when it first connects)', heavy=True),
+       '"nodes": [{"id", "client", "raft", "http", "role"}]}`, role as the answering node sees it: leader, '
+       'follower, candidate, or unreachable (no Raft link to it); any node answers; every client calls it '
+       'once when it first connects', heavy=True),
     Op("digest", "read", _READ, (),
        '`{"digest", "last_applied", "node_id"}` of the answering replica (any node; tests compare replicas)',
        heavy=True),

@@ -140,15 +140,28 @@ class Node:
         self.waiters.wake(self.machine.touched_queues, self.machine.touched_jobs)
 
     def leader_client(self) -> str | None:
+        """The leader's client address; None while there is none, and while
+        this node has no Raft link to the leader it last heard from: a node
+        cut off from a majority never sees an election that would replace a
+        dead leader, and must not send clients to it."""
         leader = self.raft.leader()
-        return self._raft_to_client.get(leader) if leader else None
+        if not leader:
+            return None
+        if leader != self.spec.raft:
+            linked = self.raft.status().get("peers_connected")
+            if linked is not None and leader not in linked:
+                return None
+        return self._raft_to_client.get(leader)
 
     def _require_leader(self) -> None:
         if self.raft.is_leader():
             return
         leader = self.leader_client()
         if leader is None:
-            raise NoLeader("no leader (election in progress); retry")
+            # who says so, and in which term: a client that finds no leader
+            # anywhere reports each reachable node's view (quorum lost?)
+            raise NoLeader("no leader (election in progress); retry",
+                           {"node": self.node_id, "term": self.raft.status().get("term")})
         raise NotLeader(f"not the leader; the leader is {leader}", {"leader": leader})
 
     async def _commit(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -390,18 +403,22 @@ class Node:
 
     async def _op_cluster_status(self, a: dict[str, Any]) -> Any:
         status = self.raft.status()
-        leader_raft = self.raft.leader()
+        leader = self.leader_client()
+        leader_raft = self.raft.leader() if leader is not None else None
+        linked = status.get("peers_connected")  # None: this replica has no peers to know of
         nodes = []
         for n in self.cfg.nodes:
             if n.id == self.node_id:
                 role = status.get("role", "follower")
+            elif linked is not None and n.raft not in linked:
+                role = "unreachable"  # from this node: no Raft link to it now
             elif n.raft == leader_raft:
                 role = "leader"
             else:
                 role = "follower"
             nodes.append({"id": n.id, "client": n.client, "raft": n.raft, "http": n.http, "role": role})
         return {
-            "leader": self.leader_client(),
+            "leader": leader,
             "self": self.node_id,
             "term": status.get("term"),
             "commit_index": status.get("commit_index"),

@@ -26,7 +26,7 @@ UNAVAILABLE = "UNAVAILABLE"
 # Every code a node may send, with what it means (docs/contracts.md §3 lists the same).
 WIRE_CODES: dict[str, str] = {
     NOT_LEADER: "this node is a follower; extra {'leader': client address or None}",
-    NO_LEADER: "no leader (an election is running); retry",
+    NO_LEADER: "no leader (an election is running, or quorum is lost); extra {'node': id, 'term': n}; retry",
     UNAUTHORIZED: "no hello first, or a bad token",
     FORBIDDEN: "the connection's credential lacks the role or queue for this request",
     BAD_REQUEST: "a malformed frame, request or argument",

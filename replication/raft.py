@@ -945,6 +945,9 @@ class RaftNode:
             "commit_index": s.raftCommitIndex,
             "last_applied": s.raftLastApplied,
             "leader": self.leader(),
+            # Raft addresses of the peers this node has a live link to: whom
+            # `cluster status` may call a follower rather than unreachable.
+            "peers_connected": [str(getattr(n, "address", n.id)) for n in s.otherNodes if s.isNodeConnected(n)],
             # Raft port guards (counters since start): incoming connections
             # refused for their source host, connections reaped (handshake
             # deadline or idle), pre-vote rounds this node started.

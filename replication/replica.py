@@ -56,7 +56,8 @@ class Replica(Protocol):
 
     def status(self) -> dict[str, Any]:
         """At least role ("leader", "follower" or "candidate"), term,
-        commit_index, last_applied and leader."""
+        commit_index, last_applied and leader; with peers, `peers_connected`
+        (the Raft addresses of the peers it has a link to)."""
 
     def reading(self) -> contextlib.AbstractContextManager[Any]:
         """Hold off applies while the caller reads the machine."""

@@ -40,6 +40,10 @@ import msgpack
 
 from replication.model import (
     CANCELLED,
+    DEFAULT_BACKOFF_MS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_LEASE_EXPIRIES,
+    DEFAULT_QUEUE,
     FAILED,
     FINAL_STATES,
     JOB_FIELDS,
@@ -53,6 +57,7 @@ from replication.model import (
     job_from_row,
     job_to_row,
     job_view,
+    to_milli,
 )
 from replication.state.check import need
 
@@ -72,6 +77,51 @@ def size_of(value: Any) -> int:
     """Bytes of `value`'s msgpack encoding (0 for None: an absent result or
     error holds nothing). Deterministic: same value, same bytes, every replica."""
     return 0 if value is None else len(_pack(value))
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal as msgpack data: types kept apart (1, 1.0 and True differ; a list
+    and a tuple do not: both are an array), map key order ignored."""
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same_value, a, b))
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_value(v, b[k]) for k, v in a.items())
+    return bool(a == b) or (a != a and b != b)  # NaN: the same spec, sent again
+
+
+def spec_differences(job: Job, spec: dict[str, Any]) -> list[str]:
+    """The JobSpec fields in which `spec` asks for another job than `job`
+    (empty: the same job, so a submit of it is an idempotent repeat).
+
+    Each field is read with the default a new job would get (Lifecycle.submit_one),
+    so leaving out a field equals sending its default. When the job may run
+    (delay_ms, run_at_ms) is not compared: a delay is relative to the entry
+    that applied it, so a client's retry of the very same submit asks for
+    another time. Only for a submit whose id exists, off the fast path."""
+    deps = spec.get("depends_on")
+    resources = spec.get("resources")
+    wanted: tuple[tuple[str, Any, Any], ...] = (
+        ("type", spec["type"], job.type),
+        ("args", spec["args"] if "args" in spec else {}, job.args),
+        ("queue", _or(spec.get("queue"), DEFAULT_QUEUE), job.queue),
+        ("priority", _or(spec.get("priority"), 0), job.priority),
+        ("max_attempts", _or(spec.get("max_attempts"), DEFAULT_MAX_ATTEMPTS), job.max_attempts),
+        ("timeout_ms", spec.get("timeout_ms"), job.timeout_ms),
+        ("backoff_ms", _or(spec.get("backoff_ms"), DEFAULT_BACKOFF_MS), job.backoff_ms),
+        ("unique_key", spec.get("unique_key"), job.unique_key),
+        ("depends_on", list(deps) if deps else None, job.depends_on),
+        ("resources", None if resources is None else [to_milli(resources.get("cpu", 0)),
+                                                      resources.get("mem_mb", 0)], job.resources),
+        ("max_lease_expiries", _or(spec.get("max_lease_expiries"), DEFAULT_MAX_LEASE_EXPIRIES),
+         job.max_lease_expiries),
+    )
+    return [name for name, asked, held in wanted if not _same_value(asked, held)]
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 class JobTable:

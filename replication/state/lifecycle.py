@@ -54,7 +54,7 @@ from replication.model import (
     to_milli,
 )
 from replication.state.check import need
-from replication.state.jobs import JobTable
+from replication.state.jobs import JobTable, spec_differences
 
 Result = dict[str, Any]
 COMPACT_SLACK = 64  # stale heap items tolerated beyond twice the live ones
@@ -225,8 +225,23 @@ class Lifecycle:
     # --------------------------------------------------------------- commands
 
     def submit_one(self, spec: dict[str, Any], schedule: str | None = None) -> Result:
+        """A new job, or the existing one (created False) for a repeated id or a
+        live unique_key.
+
+        A client's submit whose id exists with another spec is CONFLICT (a
+        schedule's firing ids are the machine's own: a repeat returns the job).
+        Either way nothing changes, so a log written before this check replays
+        to the same state: only the result of such an entry differs, and
+        nobody awaits the results of replayed entries. A live unique_key
+        returns its holder whatever the spec: that is what the key is for."""
         jobs = self._jobs
         existing = jobs.get(spec["id"])
+        if existing is not None and schedule is None:
+            differs = spec_differences(existing, spec)
+            if differs:
+                return error(CONFLICT, f"job {existing.id!r} exists with another {' and '.join(differs)}: "
+                                       f"it is a {existing.type} job, {existing.state}; "
+                                       f"use another id, or repeat the same spec")
         if existing is None:
             unique_key = spec.get("unique_key")
             if unique_key is not None and unique_key in self._table.unique:

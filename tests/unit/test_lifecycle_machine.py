@@ -153,7 +153,7 @@ def test_submit_many_repeated_id_first_occurrence_wins(d: Driver) -> None:
         {"id": "a", "type": "first"},
         {"id": "a", "type": "second"},
     ]})
-    assert [x["created"] for x in r["results"]] == [True, True, False]
+    assert [x.get("created", x.get("error")) for x in r["results"]] == [True, True, "CONFLICT"]
     assert d.m.get("a")["type"] == "first"
 
 

@@ -387,10 +387,11 @@ def test_retry_conflicts_unless_failed_or_cancelled(d: Driver, state: str) -> No
 
 def test_submit_is_idempotent_by_id(d: Driver) -> None:
     assert d.submit("a", args={"v": 1}) == {"id": "a", "created": True, "state": "queued"}
-    assert d.submit("a", args={"v": 2}, queue="other") == {"id": "a", "created": False, "state": "queued"}
+    assert d.submit("a", args={"v": 1}) == {"id": "a", "created": False, "state": "queued"}
+    assert d.submit("a", args={"v": 2}, queue="other")["error"] == "CONFLICT"  # tests/unit/test_submit_conflict.py
     assert d.m.get("a")["args"] == {"v": 1}
     d.lease()
-    assert d.submit("a") == {"id": "a", "created": False, "state": "running"}
+    assert d.submit("a", args={"v": 1}) == {"id": "a", "created": False, "state": "running"}
     assert d.m.stats()["jobs"]["running"] == 1 and d.m.live_count() == 1
 
 

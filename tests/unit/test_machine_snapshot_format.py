@@ -26,7 +26,10 @@ from replication.machine import JobMachine
 from replication.model import STATES
 
 GOLDEN_SNAPSHOT = Path(__file__).parent / "data" / "machine_snapshot_v2.msgpack"
-RESULTS_SHA256 = "f1a475cfc2c2c9d079fbfbafe7c5391fc6648b193f6097eab530c7a85f9ed678"
+# Changed once on purpose (issue 14): the golden log reuses 42 job ids with
+# another spec, now answered CONFLICT instead of the existing job. Its state,
+# SNAPSHOT_SHA256 below, did not change: an old log replays to the same state.
+RESULTS_SHA256 = "6c60c7d68377a889144fa52f9f45ccb56dcef292e64e65a5ab8e341919d7cb0f"
 SNAPSHOT_SHA256 = "6cee74ba77c61d388508beff5993271592a143af88000777574b153aab7259c1"
 
 

@@ -52,6 +52,7 @@ class RefJob:
     finished: int | None = None
     deps: tuple[str, ...] = ()
     token: str | None = None  # the last lease's token (None: granted without a nonce)
+    spec: tuple[Any, ...] = ()  # what a repeated submit of its id must ask for (spec_key)
 
 
 class Reference:
@@ -69,8 +70,16 @@ class Reference:
         self.seq += 1
         return self.seq
 
+    @staticmethod
+    def spec_key(spec: dict[str, Any]) -> tuple[Any, ...]:
+        """The fields this test varies; delay_ms is not part of a job's identity."""
+        return (spec["type"], spec.get("args") or {}, spec["queue"], spec["priority"], spec["max_attempts"],
+                spec["backoff_ms"], spec.get("unique_key"), tuple(spec.get("depends_on") or ()))
+
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         job = self.find(spec["id"])
+        if job is not None and job.spec != self.spec_key(spec):
+            return {"error": "CONFLICT"}
         if job is None and spec.get("unique_key") is not None:
             job = next((j for j in self.jobs if j.unique_key == spec["unique_key"] and j.state not in FINAL_STATES), None)
         if job is not None:
@@ -81,7 +90,7 @@ class Reference:
         due = self.clock + spec["delay_ms"] if spec.get("delay_ms") else None
         job = RefJob(spec["id"], spec["queue"], spec["priority"], spec["max_attempts"], spec["backoff_ms"],
                      spec.get("unique_key"), self.next_seq(), "scheduled" if due else "queued", run_at=due,
-                     deps=deps)
+                     deps=deps, spec=self.spec_key(spec))
         self.jobs.append(job)
         self._enter(job)
         return {"id": job.id, "created": True, "state": job.state}
