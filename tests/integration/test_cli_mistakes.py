@@ -50,13 +50,14 @@ def test_wait_timeout_returns_with_its_own_exit_code(module_cluster: LocalCluste
     after --wait-timeout (not the default hour) and say so with exit 4."""
     out = raftq(module_cluster, "submit", "util.noop", "--queue", "nobody", "--wait", "--wait-timeout", "3",
                 "--id", "waits-for-nobody", timeout=60)
-    line = one_error_line(out, exit_codes.NOT_FINISHED, before=("submitted waits-for-nobody, waiting...",))
+    line = one_error_line(out, exit_codes.NOT_FINISHED, before=("submitted waits-for-nobody, waiting...",
+                                                                 "waits-for-nobody queued"))  # piped progress line
     assert "waits-for-nobody" in line and "still queued" in line and "--wait-timeout 3" in line
     status = json.loads(raftq(module_cluster, "status", "waits-for-nobody", "--json").stdout)
     assert status["state"] == "queued" and status.get("timeout_s") is None  # no run limit was set
 
     out = raftq(module_cluster, "result", "waits-for-nobody", "--wait", "--wait-timeout", "1")
-    assert "still queued" in one_error_line(out, exit_codes.NOT_FINISHED)
+    assert "still queued" in one_error_line(out, exit_codes.NOT_FINISHED, before=("waits-for-nobody queued",))
     out = raftq(module_cluster, "result", "waits-for-nobody")
     assert "not finished" in one_error_line(out, exit_codes.NOT_FINISHED)
 
@@ -77,7 +78,8 @@ def test_old_timeout_spellings_keep_working_with_a_note(module_cluster: LocalClu
 
     out = raftq(module_cluster, "result", "old-timeout", "--wait", "--timeout", "1")
     line = one_error_line(out, exit_codes.NOT_FINISHED,
-                          before=("warning: `raftq result --timeout` is deprecated; use --wait-timeout",))
+                          before=("warning: `raftq result --timeout` is deprecated; use --wait-timeout",
+                                  "old-timeout queued"))
     assert "still queued" in line
 
     out = raftq(module_cluster, "schedule", "add", "old-timeout", "util.noop", "--every", "3600", "--timeout", "9",
@@ -120,7 +122,7 @@ def test_reused_id_with_another_spec_is_a_conflict_naming_the_job(module_cluster
                 "--wait-timeout", "60")
     assert out.returncode == 0, out.stderr
     # The issue's trap: another type under the same id used to print the old job's result and exit 0.
-    out = raftq(module_cluster, "submit", "util.sleep", "--arg", "seconds=1", "--id", "reused", "--wait")
+    out = raftq(module_cluster, "submit", "util.sleep", "--arg-json", "seconds=1", "--id", "reused", "--wait")
     line = one_error_line(out, exit_codes.ERROR)
     assert "'reused'" in line and "text.wordcount" in line and "succeeded" in line and "type" in line
     line = one_error_line(raftq(module_cluster, "submit", "text.wordcount", "--arg", "text=other", "--id", "reused"),

@@ -39,7 +39,7 @@ def _raftq(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str
 
 @pytest.mark.usefixtures("worker")
 def test_submit_wait_on_a_terminal_redraws_the_progress_line_then_clears_it(module_cluster: LocalCluster) -> None:
-    proc = PtyProcess(["submit", "util.sleep", "--arg", f"seconds={SLEEP_S}", "--wait"], _env(module_cluster),
+    proc = PtyProcess(["submit", "util.sleep", "--arg-json", f"seconds={SLEEP_S}", "--wait"], _env(module_cluster),
                       columns=100)
     try:
         # The job's own message, drawn in place: carriage return, bar, percentage, message.
@@ -59,7 +59,7 @@ def test_submit_wait_on_a_terminal_redraws_the_progress_line_then_clears_it(modu
 
 @pytest.mark.usefixtures("worker")
 def test_wait_piped_prints_plain_lines_on_change_and_the_unchanged_result(module_cluster: LocalCluster) -> None:
-    out = _raftq(module_cluster, "submit", "util.sleep", "--arg", f"seconds={SLEEP_S}", "--wait")
+    out = _raftq(module_cluster, "submit", "util.sleep", "--arg-json", f"seconds={SLEEP_S}", "--wait")
     assert out.returncode == 0, out.stderr
     assert "\x1b" not in out.stderr and "\r" not in out.stderr
     assert set(json.loads(out.stdout)) == {"slept"}  # stdout: the result alone, as before

@@ -29,7 +29,8 @@ _probe_ids = itertools.count()  # every probe its own job id and schedule name: 
 # Options the client keeps to itself (a wait, a call budget, a local setup):
 # no server bound applies. Worker options are WorkerConfig's (tests/unit/test_worker_options.py).
 CLIENT_SIDE = {"request_timeout", "wait_timeout", "old_timeout@result", "node_id@node", "nodes@dev",
-               "workers@dev", "base_port@dev", "startup_timeout@dev"}
+               "workers@dev", "base_port@dev", "startup_timeout@dev",
+               "interval@top"}  # top --interval: how often top itself polls
 
 
 def _submit(client: Client, **options: Any) -> None:
