@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from cli import output
+from cli.alert import alert_commands
 from cli.output import CliError, InputError
 from cli.worker_options import config_kwargs, worker_click_options
 from cluster.config import ConfigError, load_config, parse_address
@@ -761,6 +762,7 @@ def _register_dev() -> None:
 
 
 _register_dev()
+raftq.add_command(alert_commands())
 
 
 def main(argv: list[str] | None = None) -> None:
