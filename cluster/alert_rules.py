@@ -218,7 +218,8 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if m is None or m.end() == pos:
-            raise BadRequest(f"alert condition: unexpected {text[pos:].strip()[:20]!r} at character {pos + 1}")
+            at = len(text) - len(text[pos:].lstrip())
+            raise BadRequest(f"alert condition: unexpected {text[at:at + 20]!r} at character {at + 1}")
         kind = m.lastgroup or "word"
         out.append((kind, m.group(kind)))
         pos = m.end()
