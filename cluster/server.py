@@ -124,6 +124,7 @@ class Node:
         self.pollers = 0
         self.credentials = Credentials(cfg.all_credentials())
         self.hello_throttle = HelloThrottle()
+        self.alerting = AlertEvaluator(self)
 
     # ---- Raft glue -------------------------------------------------------
 
@@ -635,8 +636,7 @@ class Node:
             http_server = await start_http_server(self, h_host, h_port)
         ticker = asyncio.create_task(self._ticker())
         reaper = asyncio.create_task(self._reaper())
-        alerting = AlertEvaluator(self)
-        alert_task = asyncio.create_task(alerting.run())
+        alert_task = asyncio.create_task(self.alerting.run())
         log.info("node %d serving clients on %s (raft %s%s)", self.node_id, self.spec.client, self.spec.raft,
                  f", http {self.spec.http}" if self.spec.http else "")
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -649,7 +649,7 @@ class Node:
             ticker.cancel()
             reaper.cancel()
             alert_task.cancel()
-            alerting.stop()
+            self.alerting.stop()
             server.close()
             if http_server is not None:
                 http_server.close()
