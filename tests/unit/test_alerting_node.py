@@ -147,17 +147,22 @@ def test_the_node_refuses_bad_rules_before_the_log() -> None:
     asyncio.run(go())
 
 
-def test_alert_rules_are_the_admins() -> None:
+def test_alert_rules_are_for_unscoped_admins() -> None:
+    """A producer may not touch them, nor an admin confined to some queues:
+    rules are cluster-wide (any queue's figures, the nodes, every target)."""
     async def go() -> None:
         from cluster.config import Credential
 
         cfg = _config()
         producer = Credential(name="p", token="producer-token", roles=("producer",))
-        cfg = ClusterConfig(**{**cfg.__dict__, "token": TOKEN, "credentials": (producer,)})
-        async with _node(cfg) as (_, admin):
-            async with AsyncClient([cfg.nodes[0].client], token="producer-token") as client:
-                for call in (client.alert_add("x", "node_down", webhook="http://h/"), client.alerts(),
-                             client.alert_remove("x")):
-                    with pytest.raises(Forbidden):
-                        await call
+        scoped = Credential(name="a", token="scoped-admin-token", roles=("admin",), queues=("q",))
+        cfg = ClusterConfig(**{**cfg.__dict__, "credentials": (producer, scoped)})
+        async with _node(cfg):
+            for token in ("producer-token", "scoped-admin-token"):
+                async with AsyncClient([cfg.nodes[0].client], token=token) as client:
+                    calls = (lambda: client.alert_add("x", "depth(q) > 1", webhook="http://h/"),
+                             client.alerts, lambda: client.alert_remove("x"))
+                    for call in calls:
+                        with pytest.raises(Forbidden):
+                            await call()
     asyncio.run(go())
