@@ -5,7 +5,8 @@ SMTP server. One depth condition drives four rules: a webhook, an email, a
 webhook whose receiver refuses its first three POSTs, and one whose receiver
 refuses everything until the leader is dead. Each fires once; the leader is
 SIGKILLed between firing and resolution; the queue is drained; the new leader
-delivers each resolution once, and the firing the old leader could not. Rules and `raftq alert` are also
+delivers each resolution once, and the firing the old leader could not. A
+`node_down` rule fires for the dead leader and resolves once it is back. Rules and `raftq alert` are also
 driven through the real command line.
 """
 from __future__ import annotations
@@ -44,7 +45,8 @@ def _delivered(cluster: LocalCluster, nodes: list[int], names: set[str]) -> Call
 
 def test_firing_and_resolution_are_each_notified_once_across_a_leader_kill(make_cluster) -> None:
     with smtp_server() as (smtp_port, mailbox), WebhookReceiver().running() as hook, \
-            WebhookReceiver(fail_first=3).running() as flaky, WebhookReceiver(fail_first=10**9).running() as late:
+            WebhookReceiver(fail_first=3).running() as flaky, WebhookReceiver(fail_first=10**9).running() as late, \
+            WebhookReceiver().running() as downs:
         cluster: LocalCluster = make_cluster(extra_config=_alerting(smtp_port))
         add = _cli(cluster, "alert", "add", "deep-hook", "--when", f"depth({QUEUE}) > 2", "--webhook", hook.url)
         assert add.returncode == 0 and add.stdout.strip() == "alert deep-hook added", add.stderr
@@ -62,10 +64,13 @@ def test_firing_and_resolution_are_each_notified_once_across_a_leader_kill(make_
                    "the firings recorded as delivered")
         wait_until(lambda: late.tries() >= 2, WAIT_S, "the late receiver refusing retries")
         assert flaky.tries() == 4
+        with cluster.client() as c:  # every node has long been up: nothing to tell yet
+            c.alert_add("node-down", "node_down", webhook=downs.url)
         listed = _cli(cluster, "alert", "list", "--json")
         assert listed.returncode == 0, listed.stderr
         assert {a["name"]: (a["firing"], a["undelivered"]) for a in json.loads(listed.stdout)} == {
-            "deep-flaky": (True, 0), "deep-hook": (True, 0), "deep-mail": (True, 0), "deep-late": (True, 1)}
+            "deep-flaky": (True, 0), "deep-hook": (True, 0), "deep-mail": (True, 0), "deep-late": (True, 1),
+            "node-down": (False, 0)}
 
         # Between firing and resolution: the leader dies, then the queue drains.
         cluster.kill(leader)
@@ -82,7 +87,12 @@ def test_firing_and_resolution_are_each_notified_once_across_a_leader_kill(make_
                    "the resolutions recorded as delivered")
         # The killed node returns and catches up: every replica agrees, and no
         # leader found anything left to send.
+        [down] = wait_until(downs.bodies, WAIT_S, "node_down firing")
+        assert (down["state"], down["node"], down["detail"]) == (
+            "firing", new_leader, f"unreachable from the leader: node {leader}")
         cluster.start(leader)
+        wait_until(lambda: len(downs.bodies()) == 2, WAIT_S, "node_down resolved")
+        assert downs.bodies()[1]["state"] == "resolved"
         cluster.wait_replicas_equal([1, 2, 3], timeout=WAIT_S)
 
         for receiver in (hook, flaky):

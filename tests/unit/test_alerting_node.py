@@ -125,6 +125,29 @@ def test_for_holds_a_condition_before_it_fires() -> None:
     asyncio.run(go())
 
 
+def test_a_missed_schedule_firing_fires_until_the_schedule_fires_again() -> None:
+    """Admission (max_live_jobs = 1) refuses a firing while the last one's job
+    is live: the cluster counts it missed, and the alert fires; once the job
+    is gone the next firing runs, and the alert resolves."""
+    async def go() -> None:
+        with WebhookReceiver().running() as hook:
+            cfg = _config()
+            async with _node(ClusterConfig(**{**cfg.__dict__, "max_live_jobs": 1})) as (node, client):
+                await client.alert_add("late", "schedule_missed(every-second)", webhook=hook.url)
+                await client.schedule_add("every-second", "t", every=1.0, queue="s")
+                [firing] = await _until("the firing", hook.bodies)
+                assert firing["state"] == "firing" and "missed" in firing["detail"]
+                with node.raft.reading() as machine:
+                    assert machine.get_schedule("every-second")["missed"] >= 1
+                for job in (await client.list(queue="s"))["jobs"]:
+                    await client.cancel(job["id"])
+                await _until("the resolution", lambda: len(hook.bodies()) >= 2)
+                await client.schedule_pause("every-second")
+                resolved = hook.bodies()[1]
+                assert resolved["state"] == "resolved" and resolved["seq"] == firing["seq"] + 1
+    asyncio.run(go())
+
+
 def test_the_node_refuses_bad_rules_before_the_log() -> None:
     async def go() -> None:
         async with _node(_config()) as (node, client):
