@@ -116,7 +116,7 @@ class AlertEvaluator:
             rules = machine.alerts.view()
             conditions = [(r, self._condition(r["when"])) for r in rules]
             signals = self._read_signals(machine, [c for _, c in conditions if c is not None], now_ms)
-            pending = {t["name"] for t in machine.alerts.pending_view()}
+        self._forget_all_but(rules)
         if any(c is not None and c.needs_peers for _, c in conditions):
             signals.down_nodes = await self._unreachable_nodes()
         proposals = []
@@ -127,15 +127,21 @@ class AlertEvaluator:
             state = self._decide(rule, outcome.true, now_ms)
             if state is not None:
                 proposals.append(self._propose(rule["name"], state, outcome.detail))
-        live = {r["name"] for r in rules}
-        for name in list(self._held_since):
-            if name not in live:
-                del self._held_since[name]
         await asyncio.gather(*proposals)
+        with self.node.raft.reading() as machine:  # what was just recorded goes out now, not a round later
+            pending = {t["name"] for t in machine.alerts.pending_view()}
         for name in pending:
             task = self._deliveries.get(name)
             if task is None or task.done():
                 self._deliveries[name] = asyncio.create_task(self._deliver_rule(name))
+
+    def _forget_all_but(self, rules: list[dict[str, Any]]) -> None:
+        """Keep memory only for the rules that exist (they come and go)."""
+        names = {r["name"] for r in rules}
+        texts = {r["when"] for r in rules}
+        self._held_since = {n: t for n, t in self._held_since.items() if n in names}
+        self._conditions = {t: c for t, c in self._conditions.items() if t in texts}
+        self._deliveries = {n: t for n, t in self._deliveries.items() if not t.done()}
 
     def _decide(self, rule: dict[str, Any], true: bool, now_ms: int) -> str | None:
         """The transition to propose for `rule`, if any (`--for` held in memory)."""
@@ -208,6 +214,12 @@ class AlertEvaluator:
     async def _deliver_rule(self, name: str) -> None:
         """Send `name`'s pending transitions in seq order, each until it is sent,
         and record each delivery; ends when none is pending or leadership is lost."""
+        try:
+            await self._deliver_pending(name)
+        except Exception:  # a bug: say so; the next round starts a new task
+            log.exception("alert %s: delivery failed", name)
+
+    async def _deliver_pending(self, name: str) -> None:
         while self.node.raft.is_leader():
             with self.node.raft.reading() as machine:
                 mine = [t for t in machine.alerts.pending_view() if t["name"] == name]
