@@ -114,11 +114,9 @@ class AlertEvaluator:
         now_ms = int(time.time() * 1000)
         with self.node.raft.reading() as machine:
             rules = machine.alerts.view()
-            conditions = [(r, self._condition(r["when"])) for r in rules]
-            signals = self._read_signals(machine, [c for _, c in conditions if c is not None], now_ms)
+        conditions = [(r, self._condition(r["when"])) for r in rules]
         self._forget_all_but(rules)
-        if any(c is not None and c.needs_peers for _, c in conditions):
-            signals.down_nodes = await self._unreachable_nodes()
+        signals = await self._read_signals([c for _, c in conditions if c is not None], now_ms)
         proposals = []
         for rule, cond in conditions:
             if cond is None or rule["name"] in self._proposing:
@@ -166,27 +164,40 @@ class AlertEvaluator:
         finally:
             self._proposing.discard(name)
 
-    def _read_signals(self, machine: Any, conditions: list[Condition], now_ms: int) -> Signals:
-        """What the rules of this round need, read under the lock (each read bounded)."""
-        alerts = machine.alerts
+    async def _read_signals(self, conditions: list[Condition], now_ms: int) -> Signals:
+        """What this round's rules need. Each read takes the apply lock alone and
+        is bounded (state/alerts.py SCAN_LIMIT), and the loop runs other work
+        between reads, so many rules never add up to one long stall; the
+        figures may therefore come from consecutive states, which a verdict
+        taken every second can afford."""
+        reading = self.node.raft.reading
         signals = Signals(now_ms=now_ms, nodes=len(self.node.cfg.nodes))
         funcs = {c.func for c in conditions}
         if funcs & {"depth", "no_worker"}:
-            signals.queues = {q["queue"]: q["jobs"] for q in machine.queues()}
+            with reading() as machine:
+                signals.queues = {q["queue"]: q["jobs"] for q in machine.queues()}
         for c in conditions:
             if c.func == "oldest_ready_age" and c.queue is not None and c.queue not in signals.oldest_ready_ms:
-                oldest = alerts.oldest_ready_ms(c.queue)
+                await asyncio.sleep(0)
+                with reading() as machine:
+                    oldest = machine.alerts.oldest_ready_ms(c.queue)
                 if oldest is not None:
                     signals.oldest_ready_ms[c.queue] = oldest
             if c.window_ms is not None and c.window_ms not in signals.finishes:
-                signals.finishes[c.window_ms] = alerts.finish_counts(now_ms - c.window_ms)
+                await asyncio.sleep(0)
+                with reading() as machine:
+                    signals.finishes[c.window_ms] = machine.alerts.finish_counts(now_ms - c.window_ms)
         if "no_worker" in funcs:
-            signals.worker_queues = frozenset(q for w in machine.workers() for q in w["queues"])
+            with reading() as machine:
+                signals.worker_queues = frozenset(q for w in machine.workers() for q in w["queues"])
         if "schedule_missed" in funcs:
-            signals.schedules = {s["name"]: (s["fired"], s["missed"], s["next_fire_ms"], s["paused"])
-                                 for s in machine.schedules()}
+            with reading() as machine:
+                signals.schedules = {s["name"]: (s["fired"], s["missed"], s["next_fire_ms"], s["paused"])
+                                     for s in machine.schedules()}
             self._follow_schedules(signals.schedules)
             signals.missed_latest = frozenset(self._missed_latest)
+        if any(c.needs_peers for c in conditions):
+            signals.down_nodes = await self._unreachable_nodes()
         return signals
 
     def _follow_schedules(self, schedules: dict[str, tuple[int, int, int, bool]]) -> None:
