@@ -36,6 +36,7 @@ the node's event loop under the apply lock.
 """
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 from replication.model import (CONFLICT, FAILED, MAX_ALERTS, MAX_PENDING_ALERTS, NOT_FOUND, QUEUED, SUCCEEDED,
@@ -47,8 +48,8 @@ from replication.state.lifecycle import Lifecycle
 Result = dict[str, Any]
 
 # The most items one evaluator query visits (a ready heap, the finished deque):
-# about 10 ms of the loop. Beyond it a figure covers what was visited.
-SCAN_LIMIT = 100_000
+# a few milliseconds of the loop. Beyond it a figure covers what was visited.
+SCAN_LIMIT = 10_000
 
 _DEFINITION = ("when", "for_ms", "webhook", "email")
 
@@ -129,7 +130,8 @@ class Alerts:
 
     def oldest_ready_ms(self, queue: str) -> int | None:
         """When the longest-waiting queued job of `queue` became ready (its run_at,
-        else its creation), among the first SCAN_LIMIT items of its ready heap."""
+        else its creation), among the first SCAN_LIMIT items of its ready heap:
+        those nearest its top, where the oldest job of the top priority is."""
         jobs = self._table.jobs
         oldest: int | None = None
         for n, (_, seq, job_id) in enumerate(self._lifecycle.ready.get(queue, ())):
@@ -149,9 +151,7 @@ class Alerts:
         SCAN_LIMIT finishes at most."""
         jobs = self._table.jobs
         counts: dict[str, tuple[int, int]] = {}
-        finished = self._table.finished
-        for n in range(min(len(finished), SCAN_LIMIT)):
-            finished_ms, seq, job_id = finished[-1 - n]
+        for finished_ms, seq, job_id in islice(reversed(self._table.finished), SCAN_LIMIT):
             if finished_ms < since_ms:
                 break
             job = jobs.get(job_id)
