@@ -31,6 +31,10 @@ dataclass itself, so a hand-built config is held to the same rules):
 - `http_token`, when set, is at least 16 printable characters without spaces
   (it is compared with the `Authorization: Bearer` header of every HTTP
   request).
+- `[alerting]` (`AlertingConfig`, docs/alerting.md): `smtp_port` 1..65535,
+  `from` one address, and positive `interval_s`, `timeout_s`, `retry_base_s`,
+  `retry_max_s`; a file without the table gets the defaults and renders
+  without it.
 
 Every problem raises `ConfigError` with a one-line message naming the key, so
 the CLI can print it as is.
