@@ -3,7 +3,7 @@
 Both senders are blocking stdlib calls (urllib, smtplib) run in a worker
 thread with a timeout, so the node's event loop never waits on a receiver;
 `deliver` retries a failed send with exponential backoff (jittered, capped)
-until it succeeds or its task is cancelled (the node lost leadership).
+until it succeeds or the notification is no longer owed.
 
 A notification's `id` is `NAME/SEQ`: the transition's sequence number is
 cluster-wide and survives failover, so a receiver that saw it already (a
@@ -99,10 +99,12 @@ def sender(cfg: AlertingConfig, transition: dict[str, Any], node_id: int) -> Cal
     return lambda: asyncio.to_thread(_mail, cfg, transition["email"], doc)
 
 
-async def deliver(send: Callable[[], Awaitable[None]], cfg: AlertingConfig, what: str) -> int:
-    """Send until it works; returns how many attempts it took. Each failure
-    waits retry_base_s, doubling up to retry_max_s (plus up to 10% jitter, so
-    receivers recovering from an outage are not hit in lockstep)."""
+async def deliver(send: Callable[[], Awaitable[None]], cfg: AlertingConfig, what: str,
+                  wanted: Callable[[], bool]) -> int | None:
+    """Send until it works; how many attempts it took, or None once `wanted()`
+    says it is no longer owed (the rule was removed, leadership moved). Each
+    failure waits retry_base_s, doubling up to retry_max_s (plus up to 10%
+    jitter, so receivers recovering from an outage are not hit in lockstep)."""
     delay = cfg.retry_base_s
     attempt = 1
     while True:
@@ -113,5 +115,7 @@ async def deliver(send: Callable[[], Awaitable[None]], cfg: AlertingConfig, what
             log.warning("alert %s: delivery attempt %d failed (%s: %s); retrying in %.1fs",
                         what, attempt, type(exc).__name__, exc, delay)
         await asyncio.sleep(delay * (1 + random.random() / 10))
+        if not wanted():
+            return None
         delay = min(delay * 2, cfg.retry_max_s)
         attempt += 1

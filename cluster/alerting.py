@@ -244,7 +244,15 @@ class AlertEvaluator:
                 async with self._sends:
                     await send()
 
-            attempts = await alert_delivery.deliver(send_bounded, self.cfg, what)
+            def owed(seq: int = transition["seq"]) -> bool:
+                if not self.node.raft.is_leader():
+                    return False
+                with self.node.raft.reading() as machine:
+                    return machine.alerts.is_pending(seq)
+
+            attempts = await alert_delivery.deliver(send_bounded, self.cfg, what, owed)
+            if attempts is None:
+                continue  # removed meanwhile (or no longer ours: the loop ends)
             log.info("alert %s delivered (attempt %d)", what, attempts)
             if not await self._mark_delivered(transition["seq"], what):
                 return

@@ -124,6 +124,9 @@ class Alerts:
             waiting[t["name"]] = waiting.get(t["name"], 0) + 1
         return [{**self.rules[n], "undelivered": waiting.get(n, 0)} for n in sorted(self.rules)]
 
+    def is_pending(self, seq: int) -> bool:
+        return seq in self.pending
+
     def pending_view(self) -> list[dict[str, Any]]:
         """Pending transitions in seq order."""
         return [dict(t) for t in self.pending.values()]

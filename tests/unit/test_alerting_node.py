@@ -92,6 +92,21 @@ def test_a_depth_alert_fires_once_survives_a_failing_receiver_and_resolves() -> 
     asyncio.run(go())
 
 
+def test_removing_a_rule_stops_retrying_its_notifications() -> None:
+    async def go() -> None:
+        with WebhookReceiver(fail_first=10**9).running() as hook:
+            async with _node(_config()) as (node, client):
+                await client.alert_add("gone", "depth(q) > 0", webhook=hook.url)
+                await client.submit("t", queue="q")
+                await _until("retries", lambda: hook.tries() >= 2)
+                task = node.alerting._deliveries["gone"]
+                await client.alert_remove("gone")
+                await _until("the delivery given up", task.done)
+                with node.raft.reading() as machine:
+                    assert machine.alerts.pending_view() == []
+    asyncio.run(go())
+
+
 def test_an_email_alert_is_mailed_through_the_configured_smtp_server() -> None:
     async def go() -> None:
         with smtp_server() as (port, box):
