@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from cli import exit_codes, output, ranges
+from cli.alert import alert_commands
 from cli.output import CliError, InputError
 from cli.worker_options import config_kwargs, worker_click_options
 from cluster.config import ConfigError, load_config, parse_address
@@ -898,6 +899,7 @@ def _register_dev() -> None:
 
 
 _register_dev()
+raftq.add_command(alert_commands())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -606,6 +606,18 @@ class _Api:
     def schedule_resume(self, name: str) -> dict[str, Any]:
         return self._run(_single(_Call.make("schedule_resume", {"name": name})))
 
+    def alert_add(self, name: str, when: str, *, webhook: str | None = None, email: str | None = None,
+                  for_ms: int = 0) -> dict[str, Any]:
+        """An alert rule (docs/alerting.md): notify `webhook` or `email` when `when` holds for `for_ms`."""
+        return self._run(_single(_Call.make("alert_add", {"name": name, "when": when, "for_ms": for_ms,
+                                                          "webhook": webhook, "email": email})))
+
+    def alerts(self, stale_ok: bool = False) -> list[dict[str, Any]]:
+        return self._run(_single(_Call.make("alert_list", {"stale_ok": True} if stale_ok else {}), _pick("alerts")))
+
+    def alert_remove(self, name: str) -> dict[str, Any]:
+        return self._run(_single(_Call.make("alert_remove", {"name": name})))
+
     def request(self, op: str, args: dict[str, Any]) -> Any:
         """Send one raw request with the usual redirect/retry rules (tools and
         tests); its args are not checked here: the node answers for them."""

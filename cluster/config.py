@@ -31,6 +31,10 @@ dataclass itself, so a hand-built config is held to the same rules):
 - `http_token`, when set, is at least 16 printable characters without spaces
   (it is compared with the `Authorization: Bearer` header of every HTTP
   request).
+- `[alerting]` (`AlertingConfig`, docs/alerting.md): `smtp_port` 1..65535,
+  `from` one address, and positive `interval_s`, `timeout_s`, `retry_base_s`,
+  `retry_max_s`; a file without the table gets the defaults and renders
+  without it.
 
 Every problem raises `ConfigError` with a one-line message naming the key, so
 the CLI can print it as is.
@@ -97,6 +101,53 @@ class Credential:
 
 
 @dataclass(frozen=True)
+class AlertingConfig:
+    """The `[alerting]` table: how the leader delivers alert notifications
+    (cluster/alerting.py, docs/alerting.md)."""
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    sender: str = "raftq@localhost"   # `from` in the file
+    interval_s: float = 1.0           # how often the leader evaluates the rules
+    timeout_s: float = 10.0           # one webhook POST or SMTP session
+    retry_base_s: float = 1.0         # first retry delay; doubles per failure
+    retry_max_s: float = 60.0         # ... up to this
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.smtp_host, str) or not self.smtp_host:
+            raise ConfigError(f"alerting.smtp_host: must be a host name, got {self.smtp_host!r}")
+        if not isinstance(self.smtp_port, int) or isinstance(self.smtp_port, bool) or not 1 <= self.smtp_port <= 65535:
+            raise ConfigError(f"alerting.smtp_port: must be a port 1..65535, got {self.smtp_port!r}")
+        if not isinstance(self.sender, str) or "@" not in self.sender or any(c.isspace() for c in self.sender):
+            raise ConfigError(f"alerting.from: must be an email address, got {self.sender!r}")
+        for key in ("interval_s", "timeout_s", "retry_base_s", "retry_max_s"):
+            _positive_number(getattr(self, key), f"alerting.{key}")
+
+
+_ALERTING_KEYS = {"smtp_host": "smtp_host", "smtp_port": "smtp_port", "from": "sender", "interval_s": "interval_s",
+                  "timeout_s": "timeout_s", "retry_base_s": "retry_base_s", "retry_max_s": "retry_max_s"}
+
+
+def _parse_alerting(raw: Any) -> AlertingConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("alerting: must be a table ([alerting])")
+    unknown = sorted(set(raw) - set(_ALERTING_KEYS))
+    if unknown:
+        raise ConfigError(f"alerting.{unknown[0]}: unknown key (known: {', '.join(sorted(_ALERTING_KEYS))})")
+    return AlertingConfig(**{_ALERTING_KEYS[k]: v for k, v in raw.items()})
+
+
+def _alerting_lines(alerting: AlertingConfig) -> list[str]:
+    if alerting == AlertingConfig():
+        return []
+    lines = ["", "[alerting]"]
+    for key, attr in _ALERTING_KEYS.items():
+        value = getattr(alerting, attr)
+        lines.append(f"{key} = {_toml_str(value) if isinstance(value, str) else _toml_num(value)}")
+    return lines
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     secret: str
     token: str | None   # the legacy single token: a credential with every role (None: none)
@@ -132,6 +183,7 @@ class ClusterConfig:
     tls_client_ca: Path | None = None   # clients must present a certificate this CA signed (mutual TLS)
     http_mtls: bool = False             # ... on the HTTP port too (off: probes need no client certificate)
     http_token: str | None = field(default=None, repr=False)  # /health and /metrics need "Bearer <it>"
+    alerting: AlertingConfig = field(default_factory=AlertingConfig)
     nodes: tuple[NodeSpec, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -417,7 +469,7 @@ _TOP_KEYS = {
     "retention_s", "lease_ttl_s", "max_frame_bytes", "nodes",
     "max_args_bytes", "max_result_bytes", "max_entry_bytes", "max_held_jobs", "max_held_bytes",
     "min_schedule_interval_s", *CONNECTION_KEYS, *TLS_PATH_KEYS, "http_mtls", "http_token",
-    "min_schedule_interval_s", "credentials", *CONNECTION_KEYS,
+    "min_schedule_interval_s", "credentials", *CONNECTION_KEYS, "alerting",
 }
 _NODE_KEYS = {"id", "client", "raft", "http"}
 
@@ -496,6 +548,7 @@ def config_from_dict(data: dict[str, Any], base_dir: Path) -> ClusterConfig:
         data_dir=data_dir,
         durability=data["durability"],
         credentials=_parse_credentials(data.get("credentials", [])),
+        alerting=_parse_alerting(data.get("alerting", {})),
         nodes=tuple(nodes),
         **kwargs,
     )
@@ -555,6 +608,7 @@ def render_config(cfg: ClusterConfig) -> str:
         lines.append("http_mtls = true")
     if cfg.http_token is not None:
         lines.append(f"http_token = {_toml_str(cfg.http_token)}")
+    lines += _alerting_lines(cfg.alerting)
     for spec in cfg.nodes:
         lines += ["", "[[nodes]]", f"id = {spec.id}", f"client = {_toml_str(spec.client)}", f"raft = {_toml_str(spec.raft)}"]
         if spec.http is not None:

@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from cluster.errors import BadRequest
-from replication.model import (DEFAULT_QUEUE, LEASE_TOKEN_LEN, MAX_ATTEMPTS, MAX_BATCH, MAX_COMPLETE_BATCH,
-                               MAX_HEARTBEAT_LEASES, MAX_ID_LEN, MAX_LEASE_BATCH, MAX_LEASE_MS, MAX_LEASE_QUEUES,
-                               MAX_NAME_LEN, MAX_RATE_MILLI, MAX_RUNNING_LIMIT, MAX_SCHEDULE_NAME_LEN, MIN_LEASE_MS,
-                               STATES)
+from replication.model import (DEFAULT_QUEUE, LEASE_TOKEN_LEN, MAX_ALERT_NAME_LEN, MAX_ALERT_TARGET_LEN,
+                               MAX_ALERT_WHEN_LEN, MAX_ATTEMPTS, MAX_BATCH, MAX_COMPLETE_BATCH, MAX_HEARTBEAT_LEASES,
+                               MAX_ID_LEN, MAX_LEASE_BATCH, MAX_LEASE_MS, MAX_LEASE_QUEUES, MAX_MS, MAX_NAME_LEN,
+                               MAX_RATE_MILLI, MAX_RUNNING_LIMIT, MAX_SCHEDULE_NAME_LEN, MIN_LEASE_MS, STATES)
 
 Kind = Literal["write", "read", "long_poll"]
 ArgType = Literal["str", "text", "hex", "int", "number", "bool", "map", "list", "any"]
@@ -295,6 +295,7 @@ _LEASE_MS = Arg("lease_ms", "int", min=MIN_LEASE_MS, max=MAX_LEASE_MS, doc="defa
 _SCHEDULE_NAME = Arg("name", "str", required=True, max_len=MAX_SCHEDULE_NAME_LEN, label="schedule name")
 _LEASE_TOKEN = Arg("lease_token", "hex", required=True, max_len=LEASE_TOKEN_LEN,
                    doc="the LeasedJob's; only the lease's holder has it")
+_ALERT_NAME = Arg("name", "str", required=True, max_len=MAX_ALERT_NAME_LEN, label="alert name")
 _COMPLETION = (_JOB_ID, _ATTEMPT, _LEASE_TOKEN, Arg("result", "any"))
 
 OPS: dict[str, Op] = {op.name: op for op in (
@@ -377,6 +378,20 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("schedule_remove", "write", _A, (_SCHEDULE_NAME,), '`{"name", "removed": true}`', direct=True),
     Op("schedule_pause", "write", _A, (_SCHEDULE_NAME,), '`{"name", "paused": true}`', direct=True),
     Op("schedule_resume", "write", _A, (_SCHEDULE_NAME,), '`{"name", "paused": false, "next_fire_ms"}`'),
+    Op("alert_add", "write", _A, (
+        _ALERT_NAME,
+        Arg("when", "str", required=True, max_len=MAX_ALERT_WHEN_LEN, doc="a condition, docs/alerting.md"),
+        Arg("for_ms", "int", default=0, min=0, max=MAX_MS, doc="how long it must hold before firing"),
+        Arg("webhook", "str", max_len=MAX_ALERT_TARGET_LEN, doc="http(s) URL POSTed a JSON notification"),
+        Arg("email", "str", max_len=MAX_ALERT_TARGET_LEN, doc="address mailed through [alerting] smtp_host"),
+    ), '`{"name", "created"}`; a condition outside the grammar, or not exactly one of webhook and email: '
+       '`BAD_REQUEST` saying what is wrong; the name taken by another definition: `CONFLICT`',
+       one_of=("webhook", "email")),
+    Op("alert_list", "read", _A, (_STALE_OK,),
+       '`{"alerts": [{"name", "when", "for_ms", "webhook", "email", "created_ms", "firing", "since_ms", '
+       '"undelivered"}]}`', heavy=True),
+    Op("alert_remove", "write", _A, (_ALERT_NAME,), '`{"name", "removed": true}` (its undelivered '
+       'notifications are dropped)', direct=True),
 )}
 
 HEAVY_OPS: frozenset[str] = frozenset(op.name for op in OPS.values() if op.heavy)

@@ -38,8 +38,9 @@ _ALWAYS = frozenset({"hello"})
 
 # Reads that span every queue and show what is inside other queues' jobs or
 # schedules: a scoped credential is refused them (aggregate counts such as
-# stats and queues stay readable: they show no job).
-_UNSCOPED_ONLY = frozenset({"schedule_list"})
+# stats and queues stay readable: they show no job). Alert rules are
+# cluster-wide (any queue, the nodes), so they are refused too.
+_UNSCOPED_ONLY = frozenset({"schedule_list", "alert_add", "alert_list", "alert_remove"})
 
 # Ops whose args name job ids, and where: top-level `id`, or `id` in each map
 # of a list. Derived from the op table, so that a new op naming a job is

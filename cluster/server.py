@@ -25,7 +25,9 @@ peer drains), heavy reads bounded per connection and per node and run in
 slices, long polls indexed by queue and job (cluster/waiters.py) and capped.
 
 Leader duties run in `_ticker`: when a lease deadline or a scheduled run time
-is due on the replica (or retention is due), it commits a `tick` command.
+is due on the replica (or retention is due), it commits a `tick` command. The
+alert rules are evaluated and their notifications delivered by
+cluster/alerting.py's `AlertEvaluator`, another task on this loop.
 
 Threads: everything here runs on the one asyncio loop, Raft ticks and apply
 included (so `reading()` never waits for an apply in progress).
@@ -43,7 +45,8 @@ from typing import Any, Awaitable, Callable
 
 import msgpack
 
-from cluster import ops, protocol
+from cluster import alert_delivery, alert_rules, ops, protocol
+from cluster.alerting import AlertEvaluator
 from cluster.commit import GroupCommitter
 from cluster.config import ClusterConfig
 from cluster.errors import (BadRequest, Internal, NoLeader, NotFound, NotLeader, Overloaded, TooLarge,
@@ -123,6 +126,7 @@ class Node:
         self.pollers = 0
         self.credentials = Credentials(cfg.all_credentials())
         self.hello_throttle = HelloThrottle()
+        self.alerting = AlertEvaluator(self)
 
     # ---- Raft glue -------------------------------------------------------
 
@@ -583,6 +587,19 @@ class Node:
                 if isinstance(r, BaseException) or "error" in r:
                     log.debug("fire %s@%s not applied: %s", cmd["schedule"], cmd["fire_ms"], r)
 
+    async def _op_alert_add(self, a: dict[str, Any]) -> Any:
+        """Checked here, before the log (apply stores the condition's text):
+        the condition parses and the target is usable."""
+        alert_rules.parse(a["when"])
+        alert_delivery.check_target(a["webhook"], a["email"])
+        cmd = {"op": "alert_add", **{k: v for k, v in a.items() if v is not None}}
+        return await self._commit(cmd)
+
+    async def _op_alert_list(self, a: dict[str, Any]) -> Any:
+        self._read_guard(a)
+        with self.raft.reading():
+            return {"alerts": self.machine.alerts.view()}
+
     # Dispatch: the handler of op NAME is `_op_NAME`, or for a direct op (its
     # checked args are the command, cluster/ops.py) one made by `_direct_handler`:
     # filled in, and checked both ways, by `_dispatch_table` below the class.
@@ -680,6 +697,7 @@ class Node:
             http_server = await start_http_server(self, h_host, h_port)
         ticker = asyncio.create_task(self._ticker())
         reaper = asyncio.create_task(self._reaper())
+        alert_task = asyncio.create_task(self.alerting.run())
         log.info("node %d serving clients on %s (raft %s%s)", self.node_id, self.spec.client, self.spec.raft,
                  f", http {self.spec.http}" if self.spec.http else "")
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -691,6 +709,8 @@ class Node:
         finally:
             ticker.cancel()
             reaper.cancel()
+            alert_task.cancel()
+            self.alerting.stop()
             server.close()
             if http_server is not None:
                 http_server.close()

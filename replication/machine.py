@@ -29,7 +29,9 @@ part's module docstring lists its rows, indexes and invariants:
 - schedules (`Schedules`, primary data): cron/interval schedules and their
   `fire_heap`; a firing is accepted only after the last one;
 - workers (`WorkerRegistry`, primary data): the worker registry, dropped by
-  `tick` when unseen for WORKER_GONE_LEASES x its lease_ms.
+  `tick` when unseen for WORKER_GONE_LEASES x its lease_ms;
+- alerts (`Alerts`, primary data): alert rules and the transitions recorded
+  and not yet delivered (a snapshot section only once alerts were used).
 
 All indexes are lazy (a stale item is skipped, never acted on) and derived from
 the jobs; after each entry `settle` pops stale items off the heap tops, so
@@ -55,6 +57,7 @@ import msgpack
 
 from replication.model import BAD_REQUEST, INTERNAL, MAX_MS, Job, error, is_int, validate_command
 from replication.state import READABLE_FORMATS, SNAPSHOT_FORMAT, MachineState
+from replication.state.alerts import Alerts
 from replication.state.leasing import LEASE_SCAN_LIMIT, backoff_delay_ms
 from replication.state.workers import WORKER_GONE_LEASES
 
@@ -181,6 +184,12 @@ class JobMachine:
     def next_due_ms(self) -> int | None:
         """Earliest scheduled run_at or lease deadline."""
         return self._state.next_due_ms()
+
+    @property
+    def alerts(self) -> Alerts:
+        """The alert rules, their pending transitions and the evaluator's
+        queries (replication/state/alerts.py); read it under the replica's lock."""
+        return self._state.alerts
 
     def held_count(self) -> int:
         """Jobs held in any state, final ones until retention purges them.

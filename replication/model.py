@@ -86,6 +86,13 @@ MAX_SCHEDULE_NAME_LEN = 150  # leaves room in the derived job id "sched:NAME:FIR
 MAX_SCHEDULES = 10_000
 MAX_CATCH_UP = 1_000
 MAX_REASON_LEN = 1_000       # error text of a job cancelled through its dependencies
+MAX_ALERTS = 1_000           # alert rules (replication/state/alerts.py)
+MAX_ALERT_NAME_LEN = 150
+MAX_ALERT_WHEN_LEN = 500     # a condition's text (cluster/alert_rules.py parses it)
+MAX_ALERT_TARGET_LEN = 2_000  # a webhook URL or an email address
+MAX_ALERT_DETAIL_LEN = 1_000  # what the evaluator saw, carried by a transition
+MAX_PENDING_ALERTS = 1_000   # transitions recorded and not yet delivered; older ones are dropped
+ALERT_STATES: tuple[str, ...] = ("firing", "resolved")
 
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
@@ -96,7 +103,7 @@ MISFIRE_POLICIES: tuple[str, ...] = ("skip", "catch_up")
 OPS: frozenset[str] = frozenset((
     "submit", "submit_many", "lease", "heartbeat", "complete", "complete_many", "fail", "cancel", "retry", "tick",
     "requeue_failed", "queue_limit", "schedule_add", "schedule_remove", "schedule_pause",
-    "schedule_resume", "fire",
+    "schedule_resume", "fire", "alert_add", "alert_remove", "alert_transition", "alert_delivered",
 ))
 
 
@@ -494,6 +501,23 @@ def validate_schedule(sched: Any) -> str | None:
     return f"job: {msg}" if msg else None
 
 
+def validate_alert(cmd: dict[str, Any]) -> str | None:
+    """An `alert_add` command's shape: name, the condition's text, `for_ms`, and
+    exactly one of `webhook` and `email`. The condition's grammar is the
+    leader's to check before proposing (cluster/alert_rules.py), as cron
+    expressions are: apply stores the text as given."""
+    msg = (_check_str(cmd, "name", max_len=MAX_ALERT_NAME_LEN)
+           or _check_str(cmd, "when", max_len=MAX_ALERT_WHEN_LEN)
+           or _check_int(cmd, "for_ms", 0, MAX_MS, optional=True)
+           or _check_str(cmd, "webhook", max_len=MAX_ALERT_TARGET_LEN, optional=True)
+           or _check_str(cmd, "email", max_len=MAX_ALERT_TARGET_LEN, optional=True))
+    if msg:
+        return msg
+    if (cmd.get("webhook") is None) == (cmd.get("email") is None):
+        return "an alert needs exactly one of 'webhook' and 'email'"
+    return None
+
+
 def _check_progress(progress: Any) -> str | None:
     if progress is None:
         return None
@@ -651,6 +675,18 @@ def validate_command(cmd: Any) -> str | None:
     if op == "schedule_resume":
         return (_check_str(cmd, "name", max_len=MAX_SCHEDULE_NAME_LEN)
                 or _check_int(cmd, "next_fire_ms", 0, MAX_MS))
+    if op == "alert_add":
+        return validate_alert(cmd)
+    if op == "alert_remove":
+        return _check_str(cmd, "name", max_len=MAX_ALERT_NAME_LEN)
+    if op == "alert_transition":
+        msg = (_check_str(cmd, "name", max_len=MAX_ALERT_NAME_LEN)
+               or _check_str(cmd, "detail", max_len=MAX_ALERT_DETAIL_LEN, optional=True))
+        if msg:
+            return msg
+        return None if cmd.get("state") in ALERT_STATES else f"'state' must be one of {', '.join(ALERT_STATES)}"
+    if op == "alert_delivered":
+        return _check_int(cmd, "seq", 1, MAX_MS)
     if op == "fire":
         return (_check_str(cmd, "schedule", max_len=MAX_SCHEDULE_NAME_LEN)
                 or _check_int(cmd, "fire_ms", 0, MAX_MS)

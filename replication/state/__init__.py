@@ -12,10 +12,11 @@ invariants (each module's docstring lists them):
   complete_many, fail, and lease expiry;
 - `limits.QueueLimits`: per-queue max_running and rate; queue_limit;
 - `schedules.Schedules`: schedules and the fire heap; schedule_*, fire;
-- `workers.WorkerRegistry`: the worker registry (fed by lease and heartbeat).
+- `workers.WorkerRegistry`: the worker registry (fed by lease and heartbeat);
+- `alerts.Alerts`: alert rules and their recorded, undelivered transitions.
 
-Arrows go one way: lifecycle -> jobs; limits, workers -> jobs; schedules ->
-lifecycle; leasing -> lifecycle, limits, workers. `tick` is the one command
+Arrows go one way: lifecycle -> jobs; limits, workers -> jobs; schedules,
+alerts -> lifecycle; leasing -> lifecycle, limits, workers. `tick` is the one command
 that spans parts, so `MachineState` runs it (each part does its own step).
 Parts share the job dict (and leasing the ready heaps) by reference, which is
 safe because nobody rebinds those containers; a `MachineState` is therefore
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from replication.state.alerts import Alerts
 from replication.state.jobs import JobTable
 from replication.state.leasing import LeaseCheck, Leasing
 from replication.state.lifecycle import Lifecycle
@@ -42,13 +44,14 @@ class MachineState:
     """The parts, wired together, and the command table over them."""
 
     def __init__(self, table: JobTable, lifecycle: Lifecycle, limits: QueueLimits,
-                 workers: WorkerRegistry, schedules: Schedules, leasing: Leasing) -> None:
+                 workers: WorkerRegistry, schedules: Schedules, leasing: Leasing, alerts: Alerts) -> None:
         self.table = table
         self.lifecycle = lifecycle
         self.limits = limits
         self.workers = workers
         self.schedules = schedules
         self.leasing = leasing
+        self.alerts = alerts
         self.handlers: dict[str, Callable[[dict[str, Any]], Result]] = {
             "submit": lifecycle.cmd_submit,
             "submit_many": lifecycle.cmd_submit_many,
@@ -67,6 +70,10 @@ class MachineState:
             "schedule_pause": schedules.cmd_schedule_pause,
             "schedule_resume": schedules.cmd_schedule_resume,
             "fire": schedules.cmd_fire,
+            "alert_add": alerts.cmd_alert_add,
+            "alert_remove": alerts.cmd_alert_remove,
+            "alert_transition": alerts.cmd_alert_transition,
+            "alert_delivered": alerts.cmd_alert_delivered,
         }
 
     @classmethod
@@ -76,7 +83,7 @@ class MachineState:
         limits = QueueLimits(table)
         workers = WorkerRegistry(table)
         return cls(table, lifecycle, limits, workers, Schedules(table, lifecycle),
-                   Leasing(table, lifecycle, limits, workers, holds))
+                   Leasing(table, lifecycle, limits, workers, holds), Alerts(table, lifecycle))
 
     def cmd_tick(self, cmd: dict[str, Any]) -> Result:
         """Time passes: expire leases, promote due jobs, purge old final ones, drop gone workers."""
@@ -102,14 +109,19 @@ class MachineState:
     # --------------------------------------------------------------- snapshot
 
     def to_snapshot(self) -> dict[str, Any]:
-        """Plain data: each part's section, in the format's fixed key order."""
-        return {
+        """Plain data: each part's section, in the format's fixed key order
+        (`alerts` last, and only once alerts were used)."""
+        snapshot = {
             "format": SNAPSHOT_FORMAT,
             **self.table.to_snapshot(),
             "limits": self.limits.to_snapshot(),
             "schedules": self.schedules.to_snapshot(),
             "workers": self.workers.to_snapshot(),
         }
+        alerts = self.alerts.to_snapshot()
+        if alerts is not None:
+            snapshot["alerts"] = alerts
+        return snapshot
 
     @classmethod
     def from_snapshot(cls, snapshot: Any, holds: LeaseCheck) -> MachineState:
@@ -124,9 +136,11 @@ class MachineState:
         workers = WorkerRegistry.from_snapshot(table, snapshot.get("workers") if fmt >= 2 else None)
         schedules = Schedules.from_snapshot(table, lifecycle, snapshot.get("schedules") if fmt >= 2 else None)
         leasing = Leasing.from_table(table, lifecycle, limits, workers, holds)
-        return cls(table, lifecycle, limits, workers, schedules, leasing)
+        alerts = Alerts.from_snapshot(table, lifecycle, snapshot.get("alerts"))  # absent before alerts
+        return cls(table, lifecycle, limits, workers, schedules, leasing, alerts)
 
     def check_invariants(self) -> None:
         """Every part's own check (O(n); tests and debugging only)."""
-        for part in (self.table, self.lifecycle, self.leasing, self.limits, self.schedules, self.workers):
+        for part in (self.table, self.lifecycle, self.leasing, self.limits, self.schedules, self.workers,
+                     self.alerts):
             part.check_invariants()

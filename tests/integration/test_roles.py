@@ -34,7 +34,7 @@ ALLOWED = {
     "producer": {"submit", "submit_many", "cancel"} | READS,
     "worker": {"lease", "heartbeat", "complete", "complete_many", "fail", "cluster_status", "workers"},
     "admin": {"retry", "requeue_failed", "queue_limit", "schedule_add", "schedule_remove", "schedule_pause",
-              "schedule_resume"} | READS,
+              "schedule_resume", "alert_add", "alert_list", "alert_remove"} | READS,
 }
 ALLOWED["producer-worker"] = ALLOWED["producer"] | ALLOWED["worker"]
 ALLOWED["legacy"] = set().union(*ALLOWED.values())
@@ -85,6 +85,9 @@ def _args(op: str, who: str) -> dict[str, Any]:
         "schedule_remove": {"name": "no-such-schedule"},
         "schedule_pause": {"name": "no-such-schedule"},
         "schedule_resume": {"name": "no-such-schedule"},
+        "alert_add": {"name": f"matrix-{who}", "when": "depth(matrix) > 1000000", "webhook": "http://127.0.0.1:9/"},
+        "alert_list": {},
+        "alert_remove": {"name": "no-such-alert"},
     }[op]
 
 
