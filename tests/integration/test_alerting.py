@@ -100,7 +100,10 @@ def test_firing_and_resolution_are_each_notified_once_across_a_leader_kill(make_
             assert (firing["state"], resolved["state"]) == ("firing", "resolved")
             assert firing["id"] != resolved["id"] and resolved["seq"] > firing["seq"]
             assert firing["node"] == leader and resolved["node"] == new_leader
-            assert firing["detail"] == f"depth({QUEUE}) = 5" and resolved["detail"] == f"depth({QUEUE}) = 0"
+            # The rule resolves at the first round that sees depth <= 2: while
+            # the five cancels land, that can be 2, 1 or 0.
+            assert firing["detail"] == f"depth({QUEUE}) = 5" and resolved["detail"] in {
+                f"depth({QUEUE}) = {n}" for n in (0, 1, 2)}
             assert resolved["at"] >= firing["at"]
         assert {b["id"] for b in flaky.attempts} == {b["id"] for b in flaky.bodies()}  # retries resent the same ids
         # The firing the old leader never got through, resumed by the new one, before its resolution.
