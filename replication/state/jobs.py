@@ -38,6 +38,7 @@ from typing import Any
 
 import msgpack
 
+from replication.events import JobEvents
 from replication.model import (
     CANCELLED,
     FAILED,
@@ -87,6 +88,8 @@ class JobTable:
         self.counts: dict[str, int] = {s: 0 for s in STATES}
         self.queue_counts: dict[str, dict[str, int]] = {}
         self.held_bytes: int = 0
+        # Not state: counts of applied events for metrics (replication/events.py).
+        self.events = JobEvents()
         self.clear_touched()
 
     def clear_touched(self) -> None:
@@ -139,6 +142,7 @@ class JobTable:
         if job.unique_key is not None:
             self.unique[job.unique_key] = job.id
         self.count(job.queue, job.state, +1)
+        self.events.queue_seen(job.queue)
 
     def reseq(self, job: Job) -> None:
         """A retried final job: a new seq (the end of the FIFO) and its unique key back."""
@@ -156,6 +160,7 @@ class JobTable:
             del self.unique[job.unique_key]
         self.finished.append((job.finished_ms, job.seq, job.id))
         self.resize(job)
+        self.events.finished_job(job, state)
 
     def finished_live(self, item: tuple[int, int, str]) -> bool:
         job = self.jobs.get(item[2])
