@@ -52,7 +52,7 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal open_connections
         if open_connections >= HTTP_MAX_CONNECTIONS:
-            node.refused("http_limit")
+            node.count_refusal("http_limit")
             writer.transport.abort()
             return
         open_connections += 1
@@ -68,7 +68,7 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
             parts = request_line.split()
             refusal = _refusal(head, expected, mutual_tls and not writer.transport.get_extra_info("peercert"))
             if refusal is not None:
-                node.refused("http_unauthorized")
+                node.count_refusal("http_unauthorized")
                 status, ctype, body = "401 Unauthorized", "text/plain", refusal
             elif len(parts) < 2 or parts[0] != "GET":
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"

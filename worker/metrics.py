@@ -50,6 +50,7 @@ class WorkerMetrics(WorkerHooks):
         self._types = LabelBound()
         self._slots = slots
         self._running: set[tuple[str, int]] = set()  # (job id, attempt) started, not finished: at most `slots`
+        self._server: Any = None
         metric["raftq_worker_slots"].set(slots)
         metric["raftq_worker_running_jobs"].set_function(lambda: len(self._running))
         metric["raftq_worker_free_slots"].set_function(lambda: max(0, self._slots - len(self._running)))
@@ -63,11 +64,16 @@ class WorkerMetrics(WorkerHooks):
         for reason in ("dropped", "undelivered"):
             self._report_errors.labels(reason)
 
-    def serve(self, host: str, port: int) -> Any:
-        """Serve /metrics on host:port (a thread); returns the server, to `shutdown()`.
-        Raises OSError when the port cannot be had."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return server
+    def serve(self, host: str, port: int) -> None:
+        """Serve /metrics on host:port, on a thread, until `close()`. Raises
+        OSError when the port cannot be had."""
+        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
     def on_leased(self, job_id: str, attempt: int, job_type: str) -> None:
         self._leased.labels(self._types(job_type)).inc()

@@ -478,11 +478,11 @@ def run_worker(config: WorkerConfig, registry: Registry | None = None) -> int:
     except (LoadError, HookLoadError) as exc:
         log.error("%s", exc)
         return 2
-    metrics_server = None
+    metrics = None
     if config.metrics_port is not None:
         metrics = WorkerMetrics(config.threads)
         try:
-            metrics_server = metrics.serve(config.metrics_host, config.metrics_port)
+            metrics.serve(config.metrics_host, config.metrics_port)
         except OSError as exc:
             log.error("cannot serve metrics on %s:%d: %s", config.metrics_host, config.metrics_port, exc)
             return 2
@@ -509,5 +509,5 @@ def run_worker(config: WorkerConfig, registry: Registry | None = None) -> int:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
             return loop_runner.run(main())
     finally:
-        if metrics_server is not None:
-            metrics_server.shutdown()
+        if metrics is not None:
+            metrics.close()
