@@ -153,9 +153,12 @@ def job_figures(machine: JobMachine, now_ms: int | None = None) -> JobFigures:
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     events = machine.events
     label = events.queues
+    held = machine.stats()["queues"]
+    for queue in held:
+        label(queue)  # a queue's series exist from its first job on, and stay
     queues = label.labels()
     jobs = {(q, s): 0 for q in queues for s in STATES}
-    for queue, states in machine.stats()["queues"].items():
+    for queue, states in held.items():
         q = label(queue)
         for state, count in states.items():
             jobs[(q, state)] = jobs.get((q, state), 0) + count

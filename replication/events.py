@@ -78,30 +78,42 @@ class Distribution:
 
 class LabelBound:
     """Maps names to label values: the first `limit` distinct names stand for
-    themselves, every later one for OTHER. `seen` keeps them in first-seen order."""
+    themselves, every later one for OTHER. `of` is the map so far (a hot path
+    reads it with one `dict.get`, calling `add` only for a name it lacks)."""
 
-    __slots__ = ("limit", "seen")
+    __slots__ = ("limit", "of", "own", "overflowed")
 
     def __init__(self, limit: int = MAX_LABELS) -> None:
         self.limit = limit
-        self.seen: dict[str, None] = {}
+        self.of: dict[str, str] = {}
+        self.own: list[str] = []  # the names that are their own label, first seen first
+        self.overflowed = False   # some name was labelled OTHER
+
+    def add(self, name: str) -> str:
+        """The label of a name `of` lacks (remembered, up to a bound on memory)."""
+        if len(self.own) < self.limit:
+            self.own.append(name)
+            label = name
+        else:
+            label = OTHER
+            self.overflowed = True
+        if len(self.of) < 16 * self.limit:
+            self.of[name] = label
+        return label
 
     def __call__(self, name: str) -> str:
-        if name in self.seen:
-            return name
-        if len(self.seen) < self.limit:
-            self.seen[name] = None
-            return name
-        return OTHER
+        return self.of.get(name) or self.add(name)
 
     def labels(self) -> list[str]:
-        """Every label value handed out so far (OTHER last, once it was)."""
-        return list(self.seen) + ([OTHER] if len(self.seen) >= self.limit else [])
+        """Every label value handed out so far, first seen first (OTHER last, once it was)."""
+        return self.own + ([OTHER] if self.overflowed else [])
 
 
 class JobEvents:
     """Counters and distributions of applied job events; see the module docstring.
-    Keys are label values already bounded by `queues`, `types` and `schedules`."""
+    Keys are label values already bounded by `queues`, `types` and `schedules`.
+    The methods run inside apply, once per event: each is a few dict lookups
+    (no allocation but a new key's)."""
 
     def __init__(self, limit: int = MAX_LABELS) -> None:
         self.queues = LabelBound(limit)
@@ -116,37 +128,36 @@ class JobEvents:
         self.queue_wait: dict[str, Distribution] = {}          # queue: submit (or run_at) -> first start
         self.run_time: dict[str, Distribution] = {}            # type: start -> complete or fail
 
-    def queue_seen(self, queue: str) -> str:
-        """Register a queue (so its series exist, at 0, from its first job on)."""
-        return self.queues(queue)
-
     def started(self, job: Job, now_ms: int) -> None:
         """A lease granted `job`: its first attempt's wait since it was submitted
         (or since its run_at time, when later)."""
         if job.attempts != 1:
             return
-        since = job.created_ms if job.run_at_ms is None or job.run_at_ms < job.created_ms else job.run_at_ms
-        queue = self.queues(job.queue)
-        dist = self.queue_wait.get(queue)
-        if dist is None:
-            dist = self.queue_wait[queue] = Distribution(DURATION_BUCKETS_S)
-        dist.observe(max(0, now_ms - since) / 1000)
+        run_at = job.run_at_ms
+        since = job.created_ms if run_at is None or run_at < job.created_ms else run_at
+        queue = self.queues.of.get(job.queue) or self.queues.add(job.queue)
+        dist = self.queue_wait.get(queue) or self.queue_wait.setdefault(queue, Distribution(DURATION_BUCKETS_S))
+        wait_s = (now_ms - since) / 1000 if now_ms > since else 0.0
+        dist.counts[bisect_left(DURATION_BUCKETS_S, wait_s)] += 1
+        dist.total += wait_s
 
     def ran(self, job: Job, now_ms: int) -> None:
         """An attempt of `job` reported its outcome (complete or fail)."""
-        if job.started_ms is None:
+        started = job.started_ms
+        if started is None:
             return
-        job_type = self.types(job.type)
-        dist = self.run_time.get(job_type)
-        if dist is None:
-            dist = self.run_time[job_type] = Distribution(DURATION_BUCKETS_S)
-        dist.observe(max(0, now_ms - job.started_ms) / 1000)
+        job_type = self.types.of.get(job.type) or self.types.add(job.type)
+        dist = self.run_time.get(job_type) or self.run_time.setdefault(job_type, Distribution(DURATION_BUCKETS_S))
+        run_s = (now_ms - started) / 1000 if now_ms > started else 0.0
+        dist.counts[bisect_left(DURATION_BUCKETS_S, run_s)] += 1
+        dist.total += run_s
 
     def finished_job(self, job: Job, outcome: str) -> None:
         """`job` became final with `outcome` (succeeded, failed or cancelled)."""
-        queue = self.queues(job.queue)
-        key = (queue, self.types(job.type), outcome)
-        self.finished[key] = self.finished.get(key, 0) + 1
+        queue = self.queues.of.get(job.queue) or self.queues.add(job.queue)
+        key = (queue, self.types.of.get(job.type) or self.types.add(job.type), outcome)
+        finished = self.finished
+        finished[key] = finished.get(key, 0) + 1
         if outcome == "failed":
             self.dead_letters[queue] = self.dead_letters.get(queue, 0) + 1
 

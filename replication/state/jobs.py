@@ -142,7 +142,6 @@ class JobTable:
         if job.unique_key is not None:
             self.unique[job.unique_key] = job.id
         self.count(job.queue, job.state, +1)
-        self.events.queue_seen(job.queue)
 
     def reseq(self, job: Job) -> None:
         """A retried final job: a new seq (the end of the FIFO) and its unique key back."""

@@ -67,7 +67,7 @@ def test_events_are_not_state_and_survive_a_restore() -> None:
 
 def test_labels_past_the_bound_are_counted_as_other() -> None:
     events = JobEvents(limit=2)
-    assert [events.queue_seen(q) for q in ("a", "b", "c", "a", "d")] == ["a", "b", OTHER, "a", OTHER]
+    assert [events.queues(q) for q in ("a", "b", "c", "a", "d")] == ["a", "b", OTHER, "a", OTHER]
     assert events.queues.labels() == ["a", "b", OTHER]
 
 
