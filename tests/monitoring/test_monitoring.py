@@ -163,13 +163,17 @@ class Prometheus:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+def prometheus_found() -> None:
+    _tool("prometheus")  # skip before a cluster is started for nothing
+
+
+@pytest.fixture
+def cluster(prometheus_found: None, tmp_path: Path) -> Iterator[LocalCluster]:
     for make in clusters(tmp_path):
         yield make()
 
 
 def test_a_real_prometheus_scrapes_a_cluster_and_a_worker(cluster: LocalCluster, tmp_path: Path) -> None:
-    _tool("prometheus")
     worker_addr = f"127.0.0.1:{free_ports(1)[0]}"
     worker = WorkerProcess(cluster, "w1", ["--queues", "default,emails", "--metrics-port",
                                            worker_addr.rsplit(":", 1)[1]])
@@ -203,7 +207,9 @@ def test_a_real_prometheus_scrapes_a_cluster_and_a_worker(cluster: LocalCluster,
         # The recording rules run on the scraped series.
         wait_until(lambda: scraped("raftq:leaders:sum", 1), 60, "the recording rules evaluated")
         wait_until(lambda: scraped('raftq:jobs_queued:sum{queue="emails"}', 0), 60, "raftq:jobs_queued:sum")
-        assert prometheus.query('ALERTS{alertname=~"RaftqNoLeader|RaftqNodeDown|RaftqNoLiveWorker"}') == []
+        # Before the first scrapes "no leader" may be pending; with a leader scraped it is not.
+        wait_until(lambda: prometheus.query('ALERTS{alertname=~"RaftqNoLeader|RaftqNodeDown|RaftqNoLiveWorker"}')
+                   == [], 60, "no leader/node/worker alert pending")
     finally:
         prometheus.stop()
         worker.stop()
