@@ -1144,7 +1144,7 @@ class RaftNode:
 
     def _on_tick(self, final: bool = False) -> None:
         leader = self._sync.leader_node()
-        if leader is not None and leader != self._last_leader:
+        if leader is not None and leader is not self._last_leader:  # pysyncobj keeps one object per node
             self._last_leader = leader
             self.leader_changes += 1
         while self._deferred:
