@@ -39,6 +39,7 @@ from typing import Any, Callable
 import msgpack
 
 from cluster.errors import BadRequest, Internal, RaftqError, TooLarge, error_class
+from replication.events import BATCH_BUCKETS, LATENCY_BUCKETS_S, Distribution
 from replication.model import MAX_VALUE_DEPTH
 from replication.replica import Replica
 
@@ -57,14 +58,14 @@ _CMDS_KEY = msgpack.packb("cmds")
 
 
 class CommitStats:
-    """Counters the metrics endpoint reads."""
+    """Counters and distributions the metrics endpoint reads."""
 
     def __init__(self) -> None:
         self.entries = 0
         self.commands = 0
         self.failed_entries = 0
-        self.last_batch = 0
-        self.max_batch = 0
+        self.batch_commands = Distribution(BATCH_BUCKETS)  # commands per entry
+        self.seconds = Distribution(LATENCY_BUCKETS_S)     # propose -> committed and applied
 
 
 class GroupCommitter:
@@ -98,8 +99,6 @@ class GroupCommitter:
         self._in_flight = 0
         self._flush_scheduled = False
         self.stats = CommitStats()
-        # Commit latency samples (seconds) for the metrics histogram; bounded.
-        self.latencies: deque[float] = deque(maxlen=4096)
 
     async def commit(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Replicate one command; return its result dict from the state machine.
@@ -177,9 +176,8 @@ class GroupCommitter:
         entry = b"".join(parts)
         self._in_flight += 1
         self.stats.entries += 1
-        self.stats.commands += len(batch)
-        self.stats.last_batch = len(batch)
-        self.stats.max_batch = max(self.stats.max_batch, len(batch))
+        self.stats.commands += n
+        self.stats.batch_commands.observe(n)
         started = time.perf_counter()
 
         loop_thread = threading.get_ident()
@@ -200,7 +198,7 @@ class GroupCommitter:
                  batch: list[tuple[bytes, asyncio.Future[dict[str, Any]]]],
                  results: list | None, error: str | None, started: float) -> None:
         self._in_flight -= 1
-        self.latencies.append(time.perf_counter() - started)
+        self.stats.seconds.observe(time.perf_counter() - started)
         if error is None and (not isinstance(results, list) or len(results) != len(batch)):
             error = "INTERNAL:state machine returned a malformed result"
         if error is not None:

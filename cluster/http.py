@@ -1,9 +1,9 @@
 """HTTP `GET /health` and `GET /metrics` (Prometheus text) for one node.
 
 A deliberately tiny HTTP/1.0-style responder on asyncio: one request per
-connection, GET only. The metric values are read from the node at scrape time
-by a custom collector (prometheus_client renders the exposition format), so
-nothing is updated on the hot path.
+connection, GET only. The metrics are cluster/metrics.py's: read from the
+node at scrape time by its collector (prometheus_client renders the
+exposition format).
 
 Who may ask (docs/security.md): anyone, by default, so existing scrapers and
 probes keep working. With `http_token` in the cluster config every request
@@ -25,13 +25,12 @@ import asyncio
 import hmac
 import json
 import logging
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from cluster.dashboard import routes as dashboard
+from cluster.metrics import NodeCollector
 from cluster.tls import asks_client_certificates
 
 if TYPE_CHECKING:
@@ -42,59 +41,6 @@ MAX_HEADER_BYTES = 8192     # a GET with its headers; Prometheus sends ~300 byte
 HEADER_TIMEOUT_S = 5.0      # a scraper or probe sends its request at once
 WRITE_TIMEOUT_S = 10.0      # /metrics is tens of KiB: any live reader takes it in well under this
 HTTP_MAX_CONNECTIONS = 16   # scrapers and health probes: a handful at a time (counted in the fd budget)
-
-
-class NodeCollector(Collector):
-    def __init__(self, node: "Node") -> None:
-        self.node = node
-
-    def collect(self) -> Iterator[Metric]:
-        node = self.node
-        status = node.raft.status()
-        with node.raft.reading():
-            stats = node.machine.stats()
-
-        jobs = GaugeMetricFamily("raftq_jobs", "Jobs held by this replica, by queue and state",
-                                 labels=["queue", "state"])
-        for queue, states in sorted(stats.get("queues", {}).items()):
-            for state, count in sorted(states.items()):
-                jobs.add_metric([queue, state], count)
-        yield jobs
-
-        yield GaugeMetricFamily("raftq_is_leader", "1 if this node is the Raft leader",
-                                value=1 if status.get("role") == "leader" else 0)
-        yield GaugeMetricFamily("raftq_raft_term", "Current Raft term", value=status.get("term") or 0)
-        yield GaugeMetricFamily("raftq_raft_commit_index", "Raft commit index", value=status.get("commit_index") or 0)
-        yield GaugeMetricFamily("raftq_raft_last_applied", "Last applied Raft index",
-                                value=status.get("last_applied") or 0)
-        yield GaugeMetricFamily("raftq_client_connections", "Open client connections", value=node.connections)
-        yield GaugeMetricFamily("raftq_client_connection_cap", "Client connections this node admits (fd budget)",
-                                value=node.conn_limits.cap)
-        yield GaugeMetricFamily("raftq_long_polls", "lease/wait long polls in flight", value=node.pollers)
-
-        requests = CounterMetricFamily("raftq_requests", "Client requests by op", labels=["op"])
-        for op, count in sorted(node.requests.items()):
-            requests.add_metric([op], count)
-        yield requests
-        errors = CounterMetricFamily("raftq_errors", "Error replies by code", labels=["code"])
-        for code, count in sorted(node.errors.items()):
-            errors.add_metric([code], count)
-        yield errors
-
-        commit = node.committer.stats
-        yield CounterMetricFamily("raftq_commit_entries", "Raft entries proposed by group commit",
-                                  value=commit.entries)
-        yield CounterMetricFamily("raftq_commit_commands", "Commands carried by those entries",
-                                  value=commit.commands)
-        yield CounterMetricFamily("raftq_commit_failed_entries", "Entries that did not commit",
-                                  value=commit.failed_entries)
-        latencies = sorted(node.committer.latencies)
-        if latencies:
-            p = GaugeMetricFamily("raftq_commit_latency_seconds", "Recent commit latency quantiles",
-                                  labels=["quantile"])
-            for q in (0.5, 0.99):
-                p.add_metric([str(q)], latencies[min(len(latencies) - 1, int(q * len(latencies)))])
-            yield p
 
 
 async def start_http_server(node: "Node", host: str, port: int) -> asyncio.AbstractServer:
@@ -109,6 +55,7 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal open_connections
         if open_connections >= HTTP_MAX_CONNECTIONS:
+            node.count_refusal("http_limit")
             writer.transport.abort()
             return
         open_connections += 1
@@ -125,6 +72,7 @@ async def start_http_server(node: "Node", host: str, port: int) -> asyncio.Abstr
             parts = request_line.split()
             refusal = _refusal(head, expected, mutual_tls and not writer.transport.get_extra_info("peercert"))
             if refusal is not None:
+                node.count_refusal("http_unauthorized")
                 status, ctype, body = "401 Unauthorized", "text/plain", refusal
             elif len(parts) >= 2 and dashboard.is_dashboard(parts[1]):
                 peer = writer.get_extra_info("peername")

@@ -116,6 +116,8 @@ class Node:
                                         check=self._check_sizes)
         self.requests: dict[str, int] = {}
         self.errors: dict[str, int] = {}
+        # Client connections refused or closed unserved, by reason (cluster/metrics.py lists them).
+        self.refusals: dict[str, int] = {}
         self.connections = 0
         self._last_tick = 0.0
         # A command no larger than this cannot hold args or a result over its cap.
@@ -127,6 +129,9 @@ class Node:
         self.credentials = Credentials(cfg.all_credentials())
         self.hello_throttle = HelloThrottle()
         self.alerting = AlertEvaluator(self)
+
+    def count_refusal(self, reason: str) -> None:
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
 
     # ---- Raft glue -------------------------------------------------------
 
@@ -661,6 +666,7 @@ class Node:
                 for conn in list(self.client_conns):
                     if not conn.authenticated:
                         if now - conn.opened >= cfg.hello_timeout_s:
+                            self.count_refusal("hello_timeout")
                             conn.fail(Timeout(f"no hello within {cfg.hello_timeout_s:g}s"))
                     elif conn.in_flight and not conn.write_paused:
                         conn.quiet_s = 0.0
@@ -669,8 +675,10 @@ class Node:
                         if conn.quiet_s < cfg.idle_timeout_s:
                             pass
                         elif conn.write_paused and conn.transport is not None:
+                            self.count_refusal("unread_replies")
                             conn.transport.abort()  # close() would wait for the peer to read what is buffered
                         else:
+                            self.count_refusal("idle_timeout")
                             conn.fail(Timeout(f"idle for {cfg.idle_timeout_s:g}s: connection closed; reconnect"))
             except Exception:  # never let one bad sweep end the reaping
                 log.exception("connection reaper failed; continuing")
@@ -802,6 +810,7 @@ class ClientConnection(asyncio.Protocol):
         refusal = node.conn_limits.admit(source)
         if refusal is not None:
             node.errors["OVERLOADED"] = node.errors.get("OVERLOADED", 0) + 1
+            node.count_refusal("node_limit" if node.conn_limits.total >= node.conn_limits.cap else "source_limit")
             self.fail(Overloaded(refusal))
             return
         self.source = source
@@ -938,6 +947,7 @@ class ClientConnection(asyncio.Protocol):
         source = self.source or "?"
         wait_s = self.node.hello_throttle.wait_s(source, now, self.opened + self.node.cfg.hello_timeout_s)
         if wait_s is None:
+            self.node.count_refusal("hello_throttled")
             self._fail_connection(req.id, Overloaded(
                 f"too many failed hellos from {source}: its hellos are evaluated one at a time, "
                 f"slowly; retry in a few seconds"))
@@ -962,6 +972,7 @@ class ClientConnection(asyncio.Protocol):
         access = self.node.credentials.resolve(req.args.get("token"))
         if access is None:
             self.node.hello_throttle.failed(self.source or "?", asyncio.get_running_loop().time())
+            self.node.count_refusal("bad_token")
             self._fail_connection(req.id, Unauthorized("invalid token"))
             return
         self.access = access
@@ -1094,6 +1105,7 @@ class MutualTlsConnection(ClientConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not transport.get_extra_info("peercert"):
+            self.node.count_refusal("no_client_certificate")
             self.transport = transport  # type: ignore[assignment]
             self.fail(Unauthorized("this node requires a client certificate (mutual TLS): "
                                    "pass --tls-cert and --tls-key [env RAFTQ_TLS_CERT, RAFTQ_TLS_KEY]"))

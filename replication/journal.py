@@ -62,12 +62,14 @@ import logging
 import os
 import re
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import msgpack
+from replication.events import LATENCY_BUCKETS_S, Distribution
 from replication.pysyncobj_seam import Journal
 
 log = logging.getLogger("raftq.journal")
@@ -210,6 +212,8 @@ class DurableJournal(Journal):
         self._dirty = False
         self.failed: str | None = None  # why a write or sync failed; then nothing more is accepted
         self.sync_count = 0  # real fdatasyncs done (tests and metrics)
+        # How long they took (a leader's, on its fsync thread, measured by raft.py).
+        self.sync_seconds = Distribution(LATENCY_BUCKETS_S)
         meta = self._load_meta()
         self._meta: dict[str, Any] = meta or {}
         self._meta_saved = True
@@ -503,10 +507,12 @@ class DurableJournal(Journal):
         if not self._dirty or self._fd < 0:
             return
         if self._durable:
+            started = time.perf_counter()
             try:
                 os.fdatasync(self._fd)
             except OSError as exc:
                 raise self._failure(f"{self.path}: fdatasync", exc) from exc
+            self.sync_seconds.observe(time.perf_counter() - started)
         self._dirty = False
         if self._durable:
             self.end_sync(self.last_index())

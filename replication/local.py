@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 from replication.codes import NO_LEADER, NOT_LEADER, TIMEOUT
 from replication.machine import JobMachine
-from replication.replica import ProposeCallback, apply_encoded
+from replication.replica import ProposeCallback, ReplicationFigures, apply_encoded
 
 log = logging.getLogger("raftq.local")
 
@@ -67,6 +67,11 @@ class LocalReplica:
     def status(self) -> dict[str, Any]:
         return {"role": "leader" if self.is_leader() else "follower", "term": self.term,
                 "commit_index": len(self.log), "last_applied": self.last_applied, "leader": self.leader()}
+
+    def figures(self) -> ReplicationFigures:
+        # A member of one: each term it led is a leader change; nothing to sync or lag.
+        return ReplicationFigures(leader_changes=self.term, last_index=len(self.log), follower_match={},
+                                  fsync_seconds=None)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[JobMachine]:

@@ -55,6 +55,7 @@ from typing import Any
 
 import msgpack
 
+from replication.events import JobEvents
 from replication.model import BAD_REQUEST, INTERNAL, MAX_MS, Job, error, is_int, validate_command
 from replication.state import READABLE_FORMATS, SNAPSHOT_FORMAT, MachineState
 from replication.state.alerts import Alerts
@@ -65,6 +66,9 @@ __all__ = ["ENTRY_VERSION", "LEASE_SCAN_LIMIT", "READABLE_FORMATS", "SNAPSHOT_FO
            "JobMachine", "backoff_delay_ms", "validate_command"]
 
 ENTRY_VERSION = 1
+# ready_since looks at this many ready jobs per queue at most: ~1 ms of the
+# node's loop per queue, on a scrape (the loop also ticks Raft).
+READY_SCAN_LIMIT = 5_000
 
 Result = dict[str, Any]
 
@@ -191,6 +195,17 @@ class JobMachine:
         queries (replication/state/alerts.py); read it under the replica's lock."""
         return self._state.alerts
 
+    def ready_since(self) -> dict[str, int]:
+        """queue -> when (log ms) its oldest queued job became runnable (its
+        submit or run_at time); queues with no queued job are absent. Looks at
+        most READY_SCAN_LIMIT jobs per queue (`Lifecycle.ready_since`)."""
+        return self._state.lifecycle.ready_since(READY_SCAN_LIMIT)
+
+    @property
+    def events(self) -> JobEvents:
+        """Not state: what applying the log did, counted (replication/events.py)."""
+        return self._state.table.events
+
     def held_count(self) -> int:
         """Jobs held in any state, final ones until retention purges them.
         Lock-free like `live_count`."""
@@ -216,7 +231,9 @@ class JobMachine:
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Replace all state with `snapshot`'s; raises ValueError (state untouched) if invalid."""
         # Swap in only once everything was built: a bad snapshot leaves us untouched.
-        self._state = MachineState.from_snapshot(snapshot, self._holds_lease)
+        state = MachineState.from_snapshot(snapshot, self._holds_lease)
+        state.table.events = self._state.table.events  # not state: counts go on across a restore
+        self._state = state
 
     def digest(self) -> str:
         """sha256 hex of the canonical snapshot encoding; equal replicas, equal digests."""

@@ -202,6 +202,10 @@ class RaftCore(SyncObj):
     def last_log_entry(self) -> tuple[bytes, int, int]:
         return self._SyncObj__raftLog[-1]  # type: ignore[attr-defined,no-any-return]
 
+    def match_index(self) -> dict[Any, int]:
+        """On a leader: peer node -> the highest index known replicated there."""
+        return dict(self._SyncObj__raftMatchIndex)  # type: ignore[attr-defined]
+
     # ---- P5 ----
 
     def _SyncObj__applyLogEntries(self) -> bool:  # noqa: N802 - pysyncobj's private name

@@ -112,7 +112,7 @@ from replication.pysyncobj_seam import (CANDIDATE, CONNECTION_STATE, FAIL_REASON
                                         POLL_EVENT_TYPE, RaftCore, SealedConnection, SeamTransport,
                                         SyncObjConf, SyncObjConsumer, SyncObjException, journal_injected,
                                         monotonic, replicated)
-from replication.replica import Machine, ProposeCallback, apply_encoded
+from replication.replica import Machine, ProposeCallback, ReplicationFigures, apply_encoded
 from replication.snapshot import Dump, DumpError, DumpWriter, read_dump
 
 # RaftNode() raises RaftStartError (port taken), JournalError (damaged journal
@@ -791,6 +791,10 @@ class RaftNode:
         self._fatal: str | None = None  # why storage failed; then nothing more is ticked or accepted
         self._lock = threading.Lock()
         self._role = 0
+        # Leaders this node has followed (or been) since it started, for metrics:
+        # a change is counted once a new leader is known, in the tick after.
+        self._last_leader: Any = None
+        self.leader_changes = 0
         self._destroyed = False
         self._deferred: collections.deque[tuple[ProposeCallback, str]] = collections.deque()
         self._pending: collections.deque[_Pending] = collections.deque()  # loop thread only
@@ -956,6 +960,12 @@ class RaftNode:
             "prevote_rounds": self._prevote.rounds,
         }
 
+    def figures(self) -> ReplicationFigures:
+        match = ({str(getattr(node, "address", node.id)): idx for node, idx in self._sync.match_index().items()}
+                 if self.is_leader() else {})
+        return ReplicationFigures(leader_changes=self.leader_changes, last_index=self._sync.last_log_entry()[1],
+                                  follower_match=match, fsync_seconds=self.journal.sync_seconds)
+
     @contextlib.contextmanager
     def reading(self) -> Iterator[Any]:
         """Hold the apply lock; read `machine` only inside."""
@@ -1062,14 +1072,15 @@ class RaftNode:
         fd, index = begun
         self._syncing = True
         fut = self._loop.run_in_executor(self._fsync_thread, _fdatasync_and_close, fd)
-        fut.add_done_callback(functools.partial(self._synced, index))
+        fut.add_done_callback(functools.partial(self._synced, index, time.perf_counter()))
 
-    def _synced(self, index: int, fut: asyncio.Future[None]) -> None:
+    def _synced(self, index: int, started: float, fut: asyncio.Future[None]) -> None:
         self._syncing = False
         exc = fut.exception()
         if self._destroyed:
             return
         if exc is None:
+            self.journal.sync_seconds.observe(time.perf_counter() - started)
             self.journal.end_sync(index)
         else:
             # Never retried (fsyncgate): the journal stays dirty and failed.
@@ -1135,6 +1146,10 @@ class RaftNode:
             _call(p.callback, None, _FAIL_CODES.get(err, INTERNAL))
 
     def _on_tick(self, final: bool = False) -> None:
+        leader = self._sync.leader_node()
+        if leader is not None and leader is not self._last_leader:  # pysyncobj keeps one object per node
+            self._last_leader = leader
+            self.leader_changes += 1
         while self._deferred:
             callback, code = self._deferred.popleft()
             _call(callback, None, code)

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import msgpack
 
 from replication.codes import INTERNAL
+from replication.events import Distribution
 from replication.machine import JobMachine
 
 log = logging.getLogger("raftq.replica")
@@ -46,6 +48,16 @@ class Machine(Protocol):
     def restore(self, snapshot: dict) -> None: ...
 
 
+@dataclass
+class ReplicationFigures:
+    """A replica's figures for metrics, read on the loop thread."""
+
+    leader_changes: int                # leaders this member has seen since it started
+    last_index: int                    # the last index in its log
+    follower_match: dict[str, int]     # on a leader: peer Raft address -> highest index known on it
+    fsync_seconds: Distribution | None  # its journal's fdatasyncs (None: it has no journal)
+
+
 class Replica(Protocol):
     def propose(self, entry: bytes, callback: ProposeCallback) -> None: ...
 
@@ -58,6 +70,9 @@ class Replica(Protocol):
         """At least role ("leader", "follower" or "candidate"), term,
         commit_index, last_applied and leader; with peers, `peers_connected`
         (the Raft addresses of the peers it has a link to)."""
+
+    def figures(self) -> ReplicationFigures:
+        """What the node's metrics report of the replication itself."""
 
     def reading(self) -> contextlib.AbstractContextManager[Any]:
         """Hold off applies while the caller reads the machine."""

@@ -136,6 +136,12 @@ class WorkerConfig:
                                shown="one per free job slot")
     mem_mb: int | None = option(None, "Memory (MB) offered to jobs declaring resources", lo=1, hi=1 << 30,
                                 shown="no limit")
+    # Prometheus /metrics of this worker (worker/metrics.py): running jobs, slots, durations, errors.
+    # dev: its workers would all want the one port.
+    metrics_port: int | None = option(None, "Serve Prometheus /metrics on this port", lo=1, hi=65535,
+                                      shown="off", dev=False)
+    metrics_host: str = option("127.0.0.1", "Address the metrics port listens on (loopback: this host only)",
+                               dev=False)
 
     def __post_init__(self) -> None:
         set_ = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731 - frozen
@@ -222,6 +228,10 @@ class WorkerConfig:
             set_("cpu", float(self.cpu))
         if self.mem_mb is not None:
             set_("mem_mb", _int("mem_mb", self.mem_mb, *_bounds("mem_mb")))
+        if self.metrics_port is not None:
+            set_("metrics_port", _int("metrics_port", self.metrics_port, *_bounds("metrics_port")))
+        if not isinstance(self.metrics_host, str) or not self.metrics_host.strip():
+            raise ConfigError(f"metrics_host must be a host name or address, got {self.metrics_host!r}")
         if self.smtp_ca_file is not None:
             ca = Path(self.smtp_ca_file)
             if not ca.is_file():

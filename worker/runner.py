@@ -59,6 +59,7 @@ from worker.attempt import Attempt, Outcome, Pools, brief
 from worker.config import WorkerConfig
 from worker.context import JobContext
 from worker.hooks import HookChain, HookLoadError, WorkerHooks, load_hooks
+from worker.metrics import WorkerMetrics
 from worker.leases import Key, LeaseBook
 from worker.outbox import BACKOFF_MAX_S, BACKOFF_MIN_S, Outbox, jitter
 from worker.registry import JobType, Registry, load_module
@@ -459,7 +460,8 @@ def run_worker(config: WorkerConfig, registry: Registry | None = None) -> int:
 
     0: stopped cleanly with every finished result delivered; 1: results were
     left undelivered (those jobs run again after lease expiry); 2: a job
-    module given in `config.imports` or a hook in `config.hooks` could not be loaded.
+    module given in `config.imports` or a hook in `config.hooks` could not be loaded,
+    or the metrics port (`config.metrics_port`) could not be had.
     """
     import uvloop
 
@@ -476,6 +478,16 @@ def run_worker(config: WorkerConfig, registry: Registry | None = None) -> int:
     except (LoadError, HookLoadError) as exc:
         log.error("%s", exc)
         return 2
+    metrics = None
+    if config.metrics_port is not None:
+        metrics = WorkerMetrics(config.threads)
+        try:
+            metrics.serve(config.metrics_host, config.metrics_port)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%d: %s", config.metrics_host, config.metrics_port, exc)
+            return 2
+        log.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
+        hooks.append(metrics)
     the_worker = Worker(config, registry if registry is not None else default_registry, hooks=hooks)
 
     async def main() -> int:
@@ -493,5 +505,9 @@ def run_worker(config: WorkerConfig, registry: Registry | None = None) -> int:
             for sig in installed:
                 loop.remove_signal_handler(sig)
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
-        return loop_runner.run(main())
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
+            return loop_runner.run(main())
+    finally:
+        if metrics is not None:
+            metrics.close()

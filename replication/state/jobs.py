@@ -38,6 +38,7 @@ from typing import Any
 
 import msgpack
 
+from replication.events import JobEvents
 from replication.model import (
     CANCELLED,
     DEFAULT_BACKOFF_MS,
@@ -137,6 +138,8 @@ class JobTable:
         self.counts: dict[str, int] = {s: 0 for s in STATES}
         self.queue_counts: dict[str, dict[str, int]] = {}
         self.held_bytes: int = 0
+        # Not state: counts of applied events for metrics (replication/events.py).
+        self.events = JobEvents()
         self.clear_touched()
 
     def clear_touched(self) -> None:
@@ -206,6 +209,7 @@ class JobTable:
             del self.unique[job.unique_key]
         self.finished.append((job.finished_ms, job.seq, job.id))
         self.resize(job)
+        self.events.finished_job(job, state)
 
     def finished_live(self, item: tuple[int, int, str]) -> bool:
         job = self.jobs.get(item[2])

@@ -201,6 +201,7 @@ class Leasing:
         job.started_ms = now
         job.lease_deadline_ms = now + lease_ms
         job.progress = None
+        self._table.events.started(job, now)
         heapq.heappush(self.leases, (job.lease_deadline_ms, job.seq, job.attempts, job.id))
 
     def _leased_view(self, job: Job) -> Result:
@@ -267,6 +268,7 @@ class Leasing:
         if not isinstance(found, Job):
             return found
         self._workers.released(found)
+        self._table.events.ran(found, self._table.clock_ms)
         found.result = cmd.get("result")
         found.error = None
         self._lifecycle.finish(found, SUCCEEDED)
@@ -283,8 +285,10 @@ class Leasing:
             return found
         job = found
         self._workers.released(job)
+        self._table.events.ran(job, self._table.clock_ms)
         job.error = cmd["error"][:MAX_ERROR_LEN]
         if cmd.get("retryable", True) and job.attempts < job.max_attempts:
+            self._table.events.retried(job)
             self._table.resize(job)
             self._release(job)
             delay = backoff_delay_ms(job.id, job.attempts, job.backoff_ms)
@@ -305,6 +309,7 @@ class Leasing:
             expired += 1
             self._workers.released(job)
             job.lease_expiries += 1
+            self._table.events.lease_expired(job)
             if job.lease_expiries >= job.max_lease_expiries:
                 job.error = f"quarantined: worker crashed/lost it {job.lease_expiries} times"
                 self._lifecycle.finish(job, FAILED)

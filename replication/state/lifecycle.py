@@ -206,6 +206,28 @@ class Lifecycle:
         """Earliest run_at of a scheduled job (the top is live after `settle`)."""
         return self.scheduled[0][0] if self.scheduled else None
 
+    def ready_since(self, scan_limit: int) -> dict[str, int]:
+        """queue -> the earliest time (log ms) a job now queued there became
+        runnable: its submit time, or its run_at time when later. A query for
+        metrics and alerts: it looks at no more than `scan_limit` heap items
+        per queue (the top levels of the heap), so with more ready jobs than
+        that in a queue of mixed priorities an older low-priority job may be
+        missed; a queue of one priority has its oldest job at the top."""
+        out: dict[str, int] = {}
+        jobs = self._jobs
+        for queue, heap in self.ready.items():
+            oldest: int | None = None
+            for _, seq, job_id in heap[:scan_limit]:
+                job = jobs.get(job_id)
+                if job is None or job.state != QUEUED or job.seq != seq:
+                    continue
+                since = job.created_ms if job.run_at_ms is None else max(job.created_ms, job.run_at_ms)
+                if oldest is None or since < oldest:
+                    oldest = since
+            if oldest is not None:
+                out[queue] = oldest
+        return out
+
     def _compact_waiting(self, queue: str) -> None:
         """Rebuild a ready heap / the scheduled heap once stale items dominate."""
         heap = self.ready.get(queue)

@@ -124,9 +124,11 @@ class Schedules:
             result = {"fired": True, **self._lifecycle.submit_one({**sched["job"], "id": f"sched:{name}:{fire_ms}"},
                                                                   schedule=name)}
             sched["fired"] += 1
+            self._table.events.fired(name, missed=False)
         else:  # the leader's admission refused it: a missed firing, the schedule moves on
             result = {"fired": False, "reason": f"missed: {skip}"}
             sched["missed"] += 1
+            self._table.events.fired(name, missed=True)
         sched["last_fire_ms"] = fire_ms
         sched["next_fire_ms"] = cmd["next_fire_ms"]
         heapq.heappush(self.fire_heap, (sched["next_fire_ms"], name))

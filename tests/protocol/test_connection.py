@@ -16,7 +16,7 @@ from cluster.hello_throttle import HelloThrottle
 from cluster.limits import LISTEN_BACKLOG, ConnectionLimits, connection_cap
 from cluster.roles import Credentials
 from cluster.http import HTTP_MAX_CONNECTIONS
-from cluster.server import ClientConnection
+from cluster.server import ClientConnection, Node
 from cluster.waiters import Waiters
 
 TOKEN = "tok"
@@ -67,6 +67,7 @@ class StandInNode:
         self.cfg = cfg
         self.node_id = 1
         self.errors: dict[str, int] = {}
+        self.refusals: dict[str, int] = {}
         self.connections = 0
         self.conn_limits = ConnectionLimits(cfg, cfg.max_connections)
         self.client_conns: set[ClientConnection] = set()
@@ -76,6 +77,8 @@ class StandInNode:
         self.hello_throttle = HelloThrottle()
         self.gate = asyncio.Event()
         self.started: list[str] = []
+
+    count_refusal = Node.count_refusal
 
     def start_write(self, op: str, args: dict[str, Any]) -> None:
         return None
@@ -168,6 +171,7 @@ def test_per_source_and_node_caps_refuse_with_overloaded_and_release_on_close() 
         a1.connection_lost(None)
         _, again = _open(node, "127.0.0.2")
         assert not again.closed and node.conn_limits.per_source == {"127.0.0.2": 2, "127.0.0.3": 1}
+        assert node.refusals == {"source_limit": 1, "node_limit": 1}  # for /metrics, by reason
     run(go())
 
 

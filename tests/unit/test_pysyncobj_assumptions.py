@@ -223,7 +223,7 @@ def test_every_override_in_the_seam_replaces_something_pysyncobj_has(cls: type, 
             "unsent_bytes", "unparsed_bytes", "last_read_at", "frames_sent", "peer_host", "on_poll_event",
             "is_leader", "leader_node", "raft_state", "set_state", "forget_leader", "set_current_term",
             "election_deadline", "new_election_timeout", "connected_to_anyone", "transfer_in_progress",
-            "last_log_entry"}
+            "last_log_entry", "match_index"}
     for name, value in vars(cls).items():
         if name.startswith("__") or name in ours or not callable(value) and not isinstance(value, property):
             continue
@@ -424,6 +424,7 @@ def test_the_accessors_read_and_write_pysyncobjs_own_state() -> None:
         assume(so.is_leader() and so.raft_state == seam.LEADER and so.leader_node() is so.selfNode,
                "is_leader / raft_state / leader_node read __raftState and __raftLeader")
         assume(so.last_log_entry() == so._SyncObj__raftLog[-1], "last_log_entry reads __raftLog")
+        assume(so.match_index() == so._SyncObj__raftMatchIndex, "match_index reads __raftMatchIndex")
         assume(so.connected_to_anyone() and not so.transfer_in_progress, "connected_to_anyone, transfer_in_progress")
         assume(40.0 <= so.new_election_timeout() <= 100.0, "new_election_timeout is within raftMin/MaxTimeout")
         so.election_deadline = 12.5

@@ -28,7 +28,7 @@ def test_every_declared_option_is_a_worker_flag_and_dev_passes_through_all_it_do
     dev_params = {p.name for p in dev.params}
     assert worker_params == declared | {"cluster", "token", "tls_ca", "tls_cert", "tls_key"}  # shared connection options
     assert passed <= dev_params and not (declared - passed) & dev_params
-    assert {"name", "workdir", "data_root", "smtp_password"} == declared - passed
+    assert {"name", "workdir", "data_root", "smtp_password", "metrics_port", "metrics_host"} == declared - passed
     flags = {opt for p in worker.params for opt in p.opts}
     for flag in ("--lease-ttl", "--grace", "--import", "--allow-host", "--threads", "--max-extract-ratio"):
         assert flag in flags  # the names users already type
