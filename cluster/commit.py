@@ -99,6 +99,9 @@ class GroupCommitter:
         self._in_flight = 0
         self._flush_scheduled = False
         self.stats = CommitStats()
+        # The latest commit latencies (s): the dashboard's live p50/p99 (the
+        # histogram in stats counts since start, which a live chart cannot use).
+        self.latencies: deque[float] = deque(maxlen=4096)
 
     async def commit(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Replicate one command; return its result dict from the state machine.
@@ -198,7 +201,9 @@ class GroupCommitter:
                  batch: list[tuple[bytes, asyncio.Future[dict[str, Any]]]],
                  results: list | None, error: str | None, started: float) -> None:
         self._in_flight -= 1
-        self.stats.seconds.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.stats.seconds.observe(elapsed)
+        self.latencies.append(elapsed)
         if error is None and (not isinstance(results, list) or len(results) != len(batch)):
             error = "INTERNAL:state machine returned a malformed result"
         if error is not None:

@@ -46,7 +46,8 @@ def test_overview_shows_the_cluster_its_queues_and_workers(dash_cluster: LocalCl
     leader = dash_cluster.leader_id()
     with dash_cluster.client() as c:
         for i in range(3):
-            c.submit("email.send", {"to": f"user{i}@example.com"}, queue="dash-emails")
+            c.submit("email.send", {"to": f"user{i}@example.com", "subject": "hello", "body": "hi"},
+                     queue="dash-emails")
     leased = lease_one(dash_cluster, "dash-worker-1", "dash-emails")
 
     open_dashboard(page, dashboard_url(dash_cluster, leader), "producer")
