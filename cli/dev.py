@@ -231,8 +231,8 @@ def check_ports_free(cfg: ClusterConfig) -> None:
                     if exc.errno == errno.EADDRINUSE:
                         # Leftovers of an earlier run of this data dir were cleared before.
                         raise CliError(
-                            f"port {port} ({key}) is in use by another program (no raftq dev of "
-                            f"{cfg.data_dir} left it): stop that program, or pick other ports with --port"
+                            f"port {port} ({key}) is already in use by another program (no raftq "
+                            f"dev of {cfg.data_dir} left it): stop that program, or pick other ports with --port"
                         ) from None
                     raise
 
