@@ -43,7 +43,3 @@ class Refusals:
         if self._since is None:
             self._since = now
         return now - self._since >= self.window_s
-
-    def left_s(self) -> float:
-        """Seconds of the window still to go (the window's length if none started)."""
-        return self.window_s if self._since is None else max(0.0, self.window_s - (self._clock() - self._since))
