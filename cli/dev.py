@@ -404,6 +404,8 @@ def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: st
         startup_timeout: float, tls: bool, **worker_options: Any) -> None:
     """Run a local cluster (nodes + workers) in the foreground; Ctrl-C stops it.
 
+    Closing its terminal or killing it (kill -9 too) stops the nodes and
+    workers as well; a run after a crash stops what the crashed one left.
     It makes one credential per role (producer, worker, admin) and prints them.
     The worker options given are passed through to every worker."""
     cfg = dev_config(data_dir, nodes=nodes, base_port=base_port, durability=durability)
