@@ -229,10 +229,10 @@ def check_ports_free(cfg: ClusterConfig) -> None:
                     sock.bind((host, port))
                 except OSError as exc:
                     if exc.errno == errno.EADDRINUSE:
-                        # Leftovers of an earlier run of this data dir were cleared before.
+                        # What an earlier run of this data dir recorded was stopped before.
                         raise CliError(
-                            f"port {port} ({key}) is already in use by another program (no raftq "
-                            f"dev of {cfg.data_dir} left it): stop that program, or pick other ports with --port"
+                            f"port {port} ({key}) is already in use by a process no raftq dev run of "
+                            f"{cfg.data_dir} recorded: stop it, or pick other ports with --port"
                         ) from None
                     raise
 

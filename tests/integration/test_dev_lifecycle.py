@@ -150,8 +150,8 @@ def test_ports_held_by_another_program_are_refused_in_one_line(tmp_path: Path) -
         out = subprocess.run([sys.executable, "-m", "cli.main", "dev", "--data-dir", str(data), "--port", str(base)],
                              cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
-    assert out.stderr.strip() == (f"error: port {base} (nodes[id=1].client) is already in use by another program "
-                                  f"(no raftq dev of {data} left it): stop that program, or pick other ports with --port")
+    assert out.stderr.strip() == (f"error: port {base} (nodes[id=1].client) is already in use by a process no "
+                                  f"raftq dev run of {data} recorded: stop it, or pick other ports with --port")
 
 
 def _port_taken(port: int) -> bool:
