@@ -14,7 +14,8 @@ from typing import Iterator
 import pytest
 
 from tests.integration.conftest import clusters
-from tests.integration.harness import REPO, LocalCluster, free_ports, wait_until
+from tests.integration.harness import REPO, TOKEN, LocalCluster, free_ports, wait_until
+from tests.integration.test_tls import pki, tls_cluster  # noqa: F401 - fixtures: a cluster speaking TLS
 from worker.refusals import REFUSED_EXIT_CODE
 
 PRODUCER_TOKEN = secrets.token_urlsafe(24)
@@ -51,6 +52,19 @@ def test_a_refused_worker_exits_with_code_3_and_says_why(cluster: LocalCluster, 
     assert last.endswith("check its token (--token/RAFTQ_TOKEN: the worker role, its queues) and TLS settings; "
                          "exiting with code 3")
     assert "Traceback" not in stderr
+
+
+def test_a_plaintext_worker_against_tls_nodes_exits_with_code_3(tls_cluster: LocalCluster, tmp_path: Path) -> None:
+    worker = _worker(tls_cluster.client_addrs, TOKEN, tmp_path, "--refused-retry", "1")
+    try:
+        _, stderr = worker.communicate(timeout=90)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == REFUSED_EXIT_CODE, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert "the cluster refused it for 1s (UNAVAILABLE: " in last and "TLS" in last, last
 
 
 def test_an_unreachable_cluster_is_retried_not_given_up(tmp_path: Path) -> None:
