@@ -479,6 +479,9 @@ class _SyncingTransport(SeamTransport):
         if not self.is_leader or not self.leader_synced:
             self._journal.sync()
             self.leader_synced = self.is_leader
+        if isinstance(message, dict) and "serialized" in message and message["serialized"] \
+                and message["serialized"][1]:  # a dump's first chunk: (data, first, last), seam P6
+            self._events.snapshot_sending(str(getattr(node, "address", node)))
         if self._trace is not None and isinstance(message, dict):
             kind = message.get("type")
             if kind == "next_node_idx":

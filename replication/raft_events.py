@@ -4,12 +4,13 @@ Elections (started, won, lost), leader changes (node N is leader of term T),
 leadership lost, peers connected and disconnected, snapshots written,
 restored and installed, and the journal compaction after a snapshot. Never a
 line per heartbeat, per message or per failed reconnect: `RaftEvents` keeps
-the last role, term, leader and peer states and logs only their changes.
+the last role, term, leader and peer states and logs only their changes; a
+snapshot sent to a follower is one line however many chunks it takes.
 
 Fed by replication/raft.py on its loop thread: `observe` at the end of every
 tick (a few comparisons when nothing changed), `peer` from the transport's
-(dis)connection callbacks, the snapshot methods where dumps are written and
-read.
+(dis)connection callbacks and its sends, the snapshot methods where dumps are
+written and read.
 """
 from __future__ import annotations
 
@@ -77,6 +78,9 @@ class RaftEvents:
     def snapshot_written(self, index: int, size: int, kept: int) -> None:
         log.info("snapshot written: the state up to index %d (%d bytes); journal compacted, %d entries kept",
                  index, size, kept)
+
+    def snapshot_sending(self, addr: str) -> None:
+        log.info("snapshot sending: %s is behind the compacted journal; it gets this node's dump", self.name(addr))
 
     def snapshot_loaded(self, index: int, from_leader: bool) -> None:
         if from_leader:

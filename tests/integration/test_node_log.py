@@ -91,6 +91,8 @@ def test_snapshots_written_restored_and_installed_are_logged(tmp_path: Path,
         c.converged(20)
         installed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("snapshot installed: ")]
         assert installed and int(installed[0].rsplit(" ", 1)[1]) >= index
+        assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("snapshot sending: ")] == [
+            f"snapshot sending: {behind} is behind the compacted journal; it gets this node's dump"]
 
         # A restart reads its own dump back.
         leader_addr = next(a for a, n in c.nodes.items() if n is leader)
