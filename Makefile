@@ -15,7 +15,9 @@ $(VENV)/.installed: $(VENV)/bin/activate pyproject.toml
 	touch $@
 
 # Start the embedded default: a local 3-node cluster with workers, in the foreground.
+# raftq is installed in .venv, which a new shell has not activated: say how first.
 run: $(VENV)/.installed
+	@echo "raftq is installed in $(abspath $(VENV)): in another shell, run '. $(abspath $(VENV))/bin/activate' to put raftq on PATH (or call $(abspath $(VENV))/bin/raftq)"
 	$(VENV)/bin/raftq dev
 
 # Unit, protocol and integration tests (real node processes on loopback).

@@ -9,14 +9,17 @@ workers, and then supervises.
 Supervision rules:
 - a child that exits on its own is reported on stderr, once, and never
   respawned: a dev cluster that silently heals would hide the bugs it is for;
-- Ctrl-C or SIGTERM stops everything: SIGTERM to the workers first (they hand
-  back or finish jobs while the nodes are still up), then to the nodes, within
-  one grace period; whatever is left is SIGKILLed. A second Ctrl-C skips the
-  grace period;
-- only processes this command started are signalled, by PID (each child runs
-  in its own session, so the terminal's Ctrl-C reaches only the supervisor,
-  and SIGKILL of a leftover takes its process group, i.e. its own pool
-  processes, with it).
+- Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stops everything: SIGTERM
+  to the workers first (they hand back or finish jobs while the nodes are
+  still up), then to the nodes, within one grace period; whatever is left is
+  SIGKILLed with the children's process group (their own pool processes too).
+  A second signal skips the grace period;
+- a SIGKILLed or crashed supervisor takes its children with it too: each has
+  a parent-death signal, and a rerun clears whatever survived
+  (cli/dev_run.py: one process group, the run record <data-dir>/run.json);
+- only processes this command started are signalled, by PID (checked against
+  their recorded start time) or by their process group, which is not the
+  terminal's: the terminal's Ctrl-C reaches only the supervisor.
 
 Each child's stdout and stderr go to <data-dir>/logs/<name>.log (appended).
 
@@ -56,6 +59,7 @@ from typing import Any
 
 import click
 
+from cli.dev_run import AlreadyRunning, RunRecord, child_setup, clear_leftovers
 from cli.output import CliError, emit_table
 from cli.worker_options import config_kwargs, dev_click_options, worker_argv
 from cluster.config import (CONFIG_FILENAME, DEV_CREDENTIAL_ROLES, ClusterConfig, dev_config, parse_address,
@@ -94,12 +98,16 @@ class Supervisor:
     """Starts children, reports the ones that exit, stops them all by PID."""
 
     log_dir: Path
+    record: RunRecord
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     children: list[Child] = field(default_factory=list)
+    group: int = 0  # the children's process group: the first child's pid (0: none started yet)
 
     def start(self, name: str, argv: Sequence[str], stop_phase: int = 0,
               env: dict[str, str] | None = None) -> Child:
-        """`env`: set for this child on top of the supervisor's environment."""
+        """`env`: set for this child on top of the supervisor's environment.
+        Call from the main thread only: the child's parent-death signal fires
+        when the thread that forked it ends (cli/dev_run.py)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
@@ -108,8 +116,11 @@ class Supervisor:
             # The child keeps its own copy of the log descriptor; ours can close.
             proc = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**self.env, **(env or {}), "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                env={**self.env, **(env or {}), "PYTHONUNBUFFERED": "1"},
+                preexec_fn=child_setup(os.getpid(), self.group),
             )
+        self.group = self.group or proc.pid
+        self.record.add(name, proc.pid)
         child = Child(name=name, argv=list(argv), log_path=log_path, stop_phase=stop_phase, proc=proc)
         self.children.append(child)
         return child
@@ -141,15 +152,28 @@ class Supervisor:
             phase_deadline = deadline - grace_s * (len(phases) - 1 - i) / len(phases)
             _wait_until(lambda: not any(c.alive() for c in members), phase_deadline, hurry)
         _wait_until(lambda: not self.any_alive(), deadline, hurry)
+        if self.any_alive():
+            self._kill_group()
         for child in self.children:
             if child.alive():
                 child.reported = True
-                _kill_group(child)
+                _signal(child, signal.SIGKILL)
         for child in self.children:
             try:
                 child.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:  # unkillable (D state); nothing more we can do
                 pass
+
+    def _kill_group(self) -> None:
+        """SIGKILL the children's process group: every child and what it forked.
+        Called only while a child is alive: a live member keeps the group's
+        number from being given to anyone else."""
+        if not self.group:
+            return
+        try:
+            os.killpg(self.group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # every member gone; the per-child SIGKILL below covers the rest
 
 
 def _signal(child: Child, sig: int) -> None:
@@ -157,15 +181,6 @@ def _signal(child: Child, sig: int) -> None:
         child.proc.send_signal(sig)
     except ProcessLookupError:
         pass
-
-
-def _kill_group(child: Child) -> None:
-    # start_new_session made the child a group leader with pgid == pid, so the
-    # group is exactly the child and the processes it forked.
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        _signal(child, signal.SIGKILL)
 
 
 def _wait_until(cond: Callable[[], bool], deadline: float, hurry: threading.Event | None = None) -> bool:
@@ -178,7 +193,10 @@ def _wait_until(cond: Callable[[], bool], deadline: float, hurry: threading.Even
 
 
 class StopRequests:
-    """SIGINT/SIGTERM handling: the first sets `stop`, the second sets `hurry`."""
+    """SIGINT/SIGTERM/SIGHUP handling: the first sets `stop`, the second sets `hurry`.
+
+    SIGHUP is the terminal closing: the children, in a process group of their
+    own, get nothing from it, so the supervisor stops them as for a Ctrl-C."""
 
     def __init__(self) -> None:
         self.stop = threading.Event()
@@ -191,7 +209,7 @@ class StopRequests:
 
     @contextmanager
     def installed(self) -> Iterator[StopRequests]:
-        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             yield self
         finally:
@@ -211,9 +229,10 @@ def check_ports_free(cfg: ClusterConfig) -> None:
                     sock.bind((host, port))
                 except OSError as exc:
                     if exc.errno == errno.EADDRINUSE:
+                        # What an earlier run of this data dir recorded was stopped before.
                         raise CliError(
-                            f"port {port} ({key}) is already in use: is another raftq dev running? "
-                            f"Stop it, or pick other ports with --port"
+                            f"port {port} ({key}) is already in use by a process no raftq dev run of "
+                            f"{cfg.data_dir} recorded: stop it, or pick other ports with --port"
                         ) from None
                     raise
 
@@ -239,7 +258,10 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def _say(message: str) -> None:
-    click.echo(f"raftq dev: {message}", err=True)
+    try:
+        click.echo(f"raftq dev: {message}", err=True)
+    except OSError:  # the terminal is gone (SIGHUP): stopping the children matters more
+        pass
 
 
 def wait_for_leader(cfg: ClusterConfig, sup: Supervisor, deadline_s: float, stop: threading.Event,
@@ -308,6 +330,19 @@ def tls_args(certs: DevCerts | None) -> list[str]:
     return ["--tls-ca", str(certs.ca), "--tls-cert", str(certs.client_cert), "--tls-key", str(certs.client_key)]
 
 
+def path_hint() -> str | None:
+    """The line that puts `raftq` on another shell's PATH, or None when it is
+    there anyway. From a virtualenv (`make run`'s .venv) it is not: a new shell
+    has not activated it."""
+    if sys.prefix != sys.base_prefix:
+        activate = Path(sys.prefix) / "bin" / "activate"
+        if activate.is_file():
+            return f". {shlex.quote(str(activate))}    # puts raftq on PATH"
+    if shutil.which("raftq") is None:
+        return f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH    # puts raftq on PATH"
+    return None
+
+
 def _print_banner(cfg: ClusterConfig, sup: Supervisor, leader: str, config_path: Path, recovered: bool,
                   files_dir: Path, certs: DevCerts | None) -> None:
     click.echo(f"raftq dev cluster is up ({'recovered existing state' if recovered else 'new state'})")
@@ -332,6 +367,9 @@ def _print_banner(cfg: ClusterConfig, sup: Supervisor, leader: str, config_path:
                 ["admin", "queue limits, dead letters, retry, schedules, read", dev_token(cfg, "admin")]])
     click.echo()
     click.echo("in another shell:")
+    hint = path_hint()
+    if hint:
+        click.echo(f"  {hint}")
     cluster = "" if cfg.client_addresses()[0] == "127.0.0.1:7700" else f"RAFTQ_CLUSTER={','.join(cfg.client_addresses())} "
     click.echo(f"  export {cluster}RAFTQ_TOKEN={shlex.quote(dev_token(cfg, 'producer'))}")
     if certs is not None:
@@ -366,6 +404,8 @@ def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: st
         startup_timeout: float, tls: bool, **worker_options: Any) -> None:
     """Run a local cluster (nodes + workers) in the foreground; Ctrl-C stops it.
 
+    Closing its terminal or killing it (kill -9 too) stops the nodes and
+    workers as well; a run after a crash stops what the crashed one left.
     It makes one credential per role (producer, worker, admin) and prints them.
     The worker options given are passed through to every worker."""
     cfg = dev_config(data_dir, nodes=nodes, base_port=base_port, durability=durability)
@@ -380,12 +420,13 @@ def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: st
                          data_root=Path(empty), **config_kwargs(worker_options))
         except ValueError as exc:  # worker.config.ConfigError: names the field
             raise CliError(str(exc)) from None
+    clear_crashed_run(cfg.data_dir)
     check_ports_free(cfg)
     files_dir = prepare_files_dir(cfg.data_dir)
     config_path = cfg.data_dir / CONFIG_FILENAME
     recovered = any(cfg.data_dir.glob("node-*"))
     write_config(cfg, config_path)
-    sup = Supervisor(log_dir=cfg.data_dir / "logs")
+    sup = Supervisor(log_dir=cfg.data_dir / "logs", record=RunRecord.begin(cfg.data_dir))
     stops = StopRequests()
     with stops.installed():
         try:
@@ -415,6 +456,17 @@ def dev(nodes: int, workers: int, data_dir: Path, base_port: int, durability: st
         sys.exit(exit_code)
 
 
+def clear_crashed_run(data_dir: Path) -> None:
+    """Stop what an earlier run of `data_dir` left running (cli/dev_run.py)."""
+    try:
+        left = clear_leftovers(data_dir)
+    except AlreadyRunning as exc:
+        raise CliError(f"{exc}: stop it first (Ctrl-C in its terminal, or kill {exc.pid})") from None
+    if left:
+        _say(f"stopped {len(left)} process(es) an earlier run of {data_dir} left running: "
+             + ", ".join(f"{p.name} (pid {p.pid})" for p in left))
+
+
 def _stop_and_report(sup: Supervisor, stops: StopRequests) -> None:
     if sup.any_alive():
         _say("stopping (Ctrl-C again to kill at once)")
@@ -422,6 +474,8 @@ def _stop_and_report(sup: Supervisor, stops: StopRequests) -> None:
         _say("stopped")
     else:
         sup.stop(grace_s=0)
+    if not sup.any_alive():
+        sup.record.remove()  # nothing left for a rerun to clear
 
 
 def _supervise(sup: Supervisor, stops: StopRequests) -> int:

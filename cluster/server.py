@@ -1153,7 +1153,8 @@ def raft_replica(cfg: ClusterConfig, node_id: int, rejoin: bool = False) -> Repl
         data_dir = cfg.node_data_dir(node_id)
         data_dir.mkdir(parents=True, exist_ok=True)
         config = RaftConfig(self_addr=spec.raft, peers=[n.raft for n in cfg.nodes if n.id != node_id],
-                            data_dir=data_dir, password=cfg.raft_password, durability=cfg.durability)
+                            data_dir=data_dir, password=cfg.raft_password, durability=cfg.durability,
+                            names={n.raft: f"node {n.id}" for n in cfg.nodes})
         return RaftNode(config, machine, on_applied=on_applied, loop=asyncio.get_running_loop(),
                         on_fatal=on_fatal, rejoin=rejoin)
     return make

@@ -60,6 +60,10 @@ Behaviours relied on without a patch (pinned by the assumptions test):
   * TcpConnection.disconnect closes the socket before it unsubscribes, and
     a WRITE event with nothing left to send drops the WRITE subscription (P9);
   * `pollerType='select'` makes the poller P4 replaces hold no descriptor.
+  * every peer connection past the handshake, and every disconnection (each
+    failed reconnect too), reaches SyncObj through the Transport base class's
+    `_onNodeConnected` / `_onNodeDisconnected`, which `SeamTransport` extends
+    to tell `peer_changed` (the node log, replication/raft_events.py).
 Loop thread only, like the adapter that uses it.
 """
 from __future__ import annotations
@@ -350,6 +354,20 @@ class SeamTransport(TCPTransport):
         """An incoming connection, sealed, before pysyncobj registers it:
         False closes it."""
         return True
+
+    def peer_changed(self, node: Any, connected: bool) -> None:
+        """A peer's connection came up (past the handshake) or went down;
+        pysyncobj also reports every failed reconnect as down."""
+
+    # The Transport base class's callbacks to SyncObj on a peer's connection
+    # and disconnection (for the node log: replication/raft_events.py).
+    def _onNodeConnected(self, node: Any) -> None:  # noqa: N802 - pysyncobj's name
+        super()._onNodeConnected(node)
+        self.peer_changed(node, True)
+
+    def _onNodeDisconnected(self, node: Any) -> None:  # noqa: N802 - pysyncobj's name
+        super()._onNodeDisconnected(node)
+        self.peer_changed(node, False)
 
     # P7 (outgoing). TCPTransport.addNode creates the TcpConnection to every
     # peer this node dials; sealed before its first connect.

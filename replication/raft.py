@@ -101,12 +101,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from replication.codes import INTERNAL, NO_LEADER, NOT_LEADER, OVERLOADED, TIMEOUT
 from replication.journal import DurableJournal, Entry, JournalError, JournalFailed
+from replication.raft_events import RaftEvents
 from replication.link import DUMP_CHUNK_BYTES, LinkKey, max_frame_bytes
 from replication.pysyncobj_seam import (CANDIDATE, CONNECTION_STATE, FAIL_REASON, FOLLOWER, LEADER,
                                         POLL_EVENT_TYPE, RaftCore, SealedConnection, SeamTransport,
@@ -194,6 +195,8 @@ class RaftConfig:
     compaction_min_entries: int = 50_000  # dump + drop the journal past this many entries
     compaction_min_time_s: float = 600.0  # ...or this long after the last dump (if changed)
     trace_path: Path | None = None  # test hook: durability event trace (see _Trace)
+    # Raft address -> the node's name in log lines ("node 2"); unnamed ones go by address.
+    names: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.self_addr, str):
@@ -214,6 +217,10 @@ class RaftConfig:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         if self.trace_path is not None:
             object.__setattr__(self, "trace_path", Path(self.trace_path))
+        if not isinstance(self.names, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.names.items()):
+            raise RaftConfigError("names: expected a mapping of Raft address -> name")
+        object.__setattr__(self, "names", dict(self.names))
         if not isinstance(self.password, str) or not self.password:
             # Without a password pysyncobj unpickles whatever reaches its port.
             raise RaftConfigError("password: required (the Raft port runs pickle without it)")
@@ -363,8 +370,9 @@ class _SyncingTransport(SeamTransport):
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any, *,  # noqa: N803
                  journal: DurableJournal, trace: _Trace | None, config: RaftConfig,
-                 poller: _LoopPoller) -> None:
+                 poller: _LoopPoller, events: RaftEvents) -> None:
         self._journal = journal
+        self._events = events
         self._trace = trace
         self._guard = _StaleAppendGuard(journal)
         self._peer_hosts = _resolve_hosts(config.peers)
@@ -427,6 +435,9 @@ class _SyncingTransport(SeamTransport):
         self.is_leader = leader
         self.leader_synced = False
 
+    def peer_changed(self, node: Any, connected: bool) -> None:
+        self._events.peer(str(getattr(node, "address", node)), connected)
+
     def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802 - Transport's dispatch
         if isinstance(message, dict):
             kind = message.get("type")
@@ -468,6 +479,9 @@ class _SyncingTransport(SeamTransport):
         if not self.is_leader or not self.leader_synced:
             self._journal.sync()
             self.leader_synced = self.is_leader
+        if isinstance(message, dict) and "serialized" in message and message["serialized"] \
+                and message["serialized"][1]:  # a dump's first chunk: (data, first, last), seam P6
+            self._events.snapshot_sending(str(getattr(node, "address", node)))
         if self._trace is not None and isinstance(message, dict):
             kind = message.get("type")
             if kind == "next_node_idx":
@@ -839,6 +853,8 @@ class RaftNode:
             dump_last_index=self._preloaded.last[1] if self._preloaded is not None else 0)
         self._replica = _Replica(self.machine, self._lock, self._on_applied)
         self._dumps = DumpWriter(self._dump_path, self.machine.to_snapshot, durable)
+        self._events = RaftEvents(config.self_addr, config.names)
+        self._dumps_logged = 0  # self._dumps.completed when the last snapshot line was logged
         conf = SyncObjConf(
             password=None,  # the link key is the encryptor (seam P3)
             pollerType="select",  # holds no descriptor; replaced by _LoopPoller (seam P4)
@@ -870,7 +886,7 @@ class RaftNode:
 
         def make_transport(*args: Any) -> _SyncingTransport:
             self._transport = _SyncingTransport(*args, journal=self.journal, trace=self._trace, config=config,
-                                                poller=self._poller)
+                                                poller=self._poller, events=self._events)
             return self._transport
         self._poller = _LoopPoller(self._loop, self._schedule_tick)
         self._prevote = _PreVote(lambda: self._transport, config.election_timeout_min_s)
@@ -1146,10 +1162,15 @@ class RaftNode:
             _call(p.callback, None, _FAIL_CODES.get(err, INTERNAL))
 
     def _on_tick(self, final: bool = False) -> None:
-        leader = self._sync.leader_node()
-        if leader is not None and leader is not self._last_leader:  # pysyncobj keeps one object per node
-            self._last_leader = leader
-            self.leader_changes += 1
+        if not final:
+            s = self._sync
+            leader = s.leader_node()
+            if leader is not None and leader is not self._last_leader:  # pysyncobj keeps one object per node
+                self._last_leader = leader
+                self.leader_changes += 1
+            self._events.observe(_ROLES.get(self._role, "follower"), s.raftCurrentTerm, leader)
+            if self._dumps.completed != self._dumps_logged:
+                self._log_snapshot()
         while self._deferred:
             callback, code = self._deferred.popleft()
             _call(callback, None, code)
@@ -1163,6 +1184,17 @@ class RaftNode:
         for p in expired:  # after the sweep: a callback may propose again
             _call(p.callback, None, TIMEOUT)
 
+    def _log_snapshot(self) -> None:
+        """A dump was written, and pysyncobj compacted the journal in the same
+        tick (before the on-tick callbacks): it now starts at the dump's index."""
+        self._dumps_logged = self._dumps.completed
+        j = self.journal
+        try:
+            size = self._dump_path.stat().st_size
+        except OSError:
+            size = 0
+        self._events.snapshot_written(j[0][1] if len(j) else 0, size, len(j))
+
     def _on_state_changed(self, old: int, new: int) -> None:
         self._role = new
         if self._transport is not None:
@@ -1173,7 +1205,8 @@ class RaftNode:
         or one streamed from the leader), return what pysyncobj expects."""
         path = Path(file_name)
         dump, self._preloaded = self._preloaded, None
-        if dump is None or path != self._dump_path:
+        from_leader = dump is None or path != self._dump_path
+        if from_leader:
             try:
                 dump = read_dump(path, self.config.durability == "fsync")
             except (OSError, DumpError) as exc:
@@ -1184,6 +1217,7 @@ class RaftNode:
         with self._lock:
             self.machine.restore(dump.machine)
         self._align_journal(dump)
+        self._events.snapshot_loaded(dump.last[1], from_leader)
         notify_applied(self._on_applied)
         return dump.last, dump.prev, dump.cluster
 

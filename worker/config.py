@@ -92,6 +92,10 @@ class WorkerConfig:
     poll_wait_s: float = option(5.0, "Lease long-poll duration", lo=0.0, hi=300.0, cli=False)
     grace_s: float = option(30.0, "On SIGTERM, seconds running jobs get to finish", flag="--grace",
                             lo=0.0, hi=86400.0)
+    # worker/refusals.py: a wrong setting ends the worker (systemd restarts and reports it); an outage does not
+    refused_retry_s: float = option(30.0, "Seconds the worker retries while the nodes refuse its token or settings "
+                                    "(UNAUTHORIZED, FORBIDDEN, BAD_REQUEST, TLS); then it exits with code 3",
+                                    flag="--refused-retry", lo=0.0, hi=86400.0)
     # per-job scratch dirs live below; None = <tmp>/raftq-worker-<name>
     workdir: Path | None = option(None, "Directory for per-job scratch dirs", path="dir",
                                   shown="<tmp>/raftq-worker-NAME", dev=False)
@@ -169,6 +173,7 @@ class WorkerConfig:
         set_("heartbeat_s", hb)
         set_("poll_wait_s", _num("poll_wait_s", self.poll_wait_s, *_bounds("poll_wait_s")))
         set_("grace_s", _num("grace_s", self.grace_s, *_bounds("grace_s")))
+        set_("refused_retry_s", _num("refused_retry_s", self.refused_retry_s, *_bounds("refused_retry_s")))
         workdir = self.workdir if self.workdir is not None else (
             Path(tempfile.gettempdir()) / f"raftq-worker-{_safe(name)}"
         )

@@ -62,6 +62,7 @@ from worker.hooks import HookChain, HookLoadError, WorkerHooks, load_hooks
 from worker.metrics import WorkerMetrics
 from worker.leases import Key, LeaseBook
 from worker.outbox import BACKOFF_MAX_S, BACKOFF_MIN_S, Outbox, jitter
+from worker.refusals import REFUSED_EXIT_CODE, Refusals
 from worker.registry import JobType, Registry, load_module
 
 log = logging.getLogger("raftq.worker")
@@ -109,6 +110,8 @@ class Worker:
         self._tasks: set[asyncio.Task] = set()
         self._pools: Pools | None = None
         self._settings = config.job_settings
+        self._refusals = Refusals(config.refused_retry_s)
+        self._refused: str | None = None  # why the cluster refused this worker for the whole window
 
     async def _learn_node_addrs(self) -> None:
         """Add every node's client, Raft and HTTP address to the settings'
@@ -241,6 +244,9 @@ class Worker:
             if self._own_client and self._client is not None:
                 await _maybe_await(self._client.close())
         log.info("worker %s stopped: %s", cfg.name, self.stats)
+        if self._refused is not None:
+            log.error("%s", self._refused)  # the last line: what a supervisor shows
+            return REFUSED_EXIT_CODE
         return 1 if undelivered else 0
 
     def _on_lease_loop_done(self, task: asyncio.Task) -> None:
@@ -292,9 +298,13 @@ class Worker:
                     wait_s=cfg.poll_wait_s, lease_ms=cfg.lease_ttl_ms, capacity=self.free_capacity(),
                 )
                 backoff = BACKOFF_MIN_S
+                self._refusals.accepted()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every error: log, back off, retry
+                if self._refusals.failed(exc):
+                    self._give_up(exc)
+                    return
                 log.warning("lease failed (%s); retrying in %.1fs", brief(exc), backoff)
                 await self._sleep(jitter(backoff), wake_on_stop=True)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
@@ -305,6 +315,14 @@ class Worker:
                 # An empty answer that came back at once (poll_wait_s=0, or a
                 # node answering early): do not spin against the cluster.
                 await self._sleep(MIN_POLL_S, wake_on_stop=True)
+
+    def _give_up(self, exc: BaseException) -> None:
+        """The cluster refused this worker for the whole window: a wrong token
+        or setting, not an outage. Stop, and exit with REFUSED_EXIT_CODE."""
+        self._refused = (f"worker {self.config.name}: the cluster refused it for {self._refusals.window_s:g}s "
+                         f"({brief(exc)}); check its token (--token/RAFTQ_TOKEN: the worker role, its queues) "
+                         f"and TLS settings; exiting with code {REFUSED_EXIT_CODE}")
+        self._on_stop()
 
     def _lease_room(self) -> int:
         """How many jobs the next lease may ask for: the free slots plus what
@@ -461,7 +479,9 @@ def run_worker(config: WorkerConfig, registry: Registry | None = None) -> int:
     0: stopped cleanly with every finished result delivered; 1: results were
     left undelivered (those jobs run again after lease expiry); 2: a job
     module given in `config.imports` or a hook in `config.hooks` could not be loaded,
-    or the metrics port (`config.metrics_port`) could not be had.
+    or the metrics port (`config.metrics_port`) could not be had; 3
+    (REFUSED_EXIT_CODE): the cluster refused the worker's token or
+    configuration for `config.refused_retry_s` (worker/refusals.py).
     """
     import uvloop
 

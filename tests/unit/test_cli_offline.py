@@ -20,6 +20,7 @@ from click.testing import CliRunner, Result
 
 from cli import output
 from cli.dev import Supervisor
+from cli.dev_run import RunRecord
 from cli.main import build_args, raftq
 from cli.output import InputError
 from cluster.config import dev_config, render_config
@@ -211,7 +212,7 @@ def child_script(tmp_path: Path, name: str, on_term: str) -> list[str]:
 
 
 def test_supervisor_stops_workers_before_nodes_and_kills_leftovers(tmp_path: Path) -> None:
-    sup = Supervisor(log_dir=tmp_path / "logs")
+    sup = Supervisor(log_dir=tmp_path / "logs", record=RunRecord.begin(tmp_path))
     node = sup.start("node-1", child_script(tmp_path, "node-1", "sys.exit(0)"), stop_phase=1)
     worker = sup.start("worker-1", child_script(tmp_path, "worker-1", "sys.exit(0)"), stop_phase=0)
     stubborn = sup.start("worker-2", child_script(tmp_path, "worker-2", "pass  # ignores SIGTERM"), stop_phase=0)
@@ -238,7 +239,7 @@ def test_supervisor_stops_workers_before_nodes_and_kills_leftovers(tmp_path: Pat
 
 
 def test_supervisor_reports_each_exit_once(tmp_path: Path) -> None:
-    sup = Supervisor(log_dir=tmp_path / "logs")
+    sup = Supervisor(log_dir=tmp_path / "logs", record=RunRecord.begin(tmp_path))
     quitter = sup.start("node-2", [sys.executable, "-c", "import sys; print('bye'); sys.exit(3)"])
     stayer = sup.start("worker-1", child_script(tmp_path, "worker-1", "sys.exit(0)"))
     try:

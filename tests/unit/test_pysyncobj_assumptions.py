@@ -219,7 +219,7 @@ def test_syncobj_methods_the_seam_calls_or_overrides(name: str) -> None:
                                       (seam.SealedConnection, TcpConnection)])
 def test_every_override_in_the_seam_replaces_something_pysyncobj_has(cls: type, base: type) -> None:
     """An override of a name pysyncobj no longer has would be dead code."""
-    ours = {"before_tick", "admit", "core", "connection", "peer_connections", "unidentified_connections",
+    ours = {"before_tick", "admit", "peer_changed", "core", "connection", "peer_connections", "unidentified_connections",
             "unsent_bytes", "unparsed_bytes", "last_read_at", "frames_sent", "peer_host", "on_poll_event",
             "is_leader", "leader_node", "raft_state", "set_state", "forget_leader", "set_current_term",
             "election_deadline", "new_election_timeout", "connected_to_anyone", "transfer_in_progress",
@@ -506,6 +506,11 @@ def test_transport_hooks() -> None:
         assume("partial(self._onMessageReceived, node)" in inspect.getsource(where),
                f"every peer message reaches SyncObj through Transport._onMessageReceived ({where.__name__}): "
                "raft.py filters there (rejoin, pre-vote, stale appends)")
+    for where in (TCPTransport._onIncomingMessageReceived, TCPTransport._onOutgoingMessageReceived):
+        assume("self._onNodeConnected(" in inspect.getsource(where),
+               f"a peer's connection is reported through Transport._onNodeConnected ({where.__name__})")
+    assume("self._onNodeDisconnected(node)" in inspect.getsource(TCPTransport._onDisconnected),
+           "a peer's disconnection (and each failed reconnect) is reported through Transport._onNodeDisconnected")
     bind = inspect.getsource(TcpServer.bind)
     assume("self.__socket.listen(5)" in bind, "P8: TcpServer.bind listens on self.__socket with a backlog of 5")
     assume("self._ready" in inspect.getsource(TCPTransport._maybeBind), "P8: _maybeBind sets _ready once bound")
