@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -140,7 +141,9 @@ def test_the_leader_exports_every_metric_and_an_emptied_queue_reads_zero() -> No
     asyncio.run(go())
 
 
-def test_docs_metrics_md_holds_the_generated_tables() -> None:
-    doc = (REPO / "docs" / "metrics.md").read_text()
-    assert markdown_table(NODE_METRICS) in doc, "regenerate: python -m cluster.metrics --markdown"
-    assert markdown_table(WORKER_METRICS, scopes=False) in doc, "regenerate: python -m worker.metrics --markdown"
+@pytest.mark.parametrize("doc", ["docs/metrics.md", "README.md"])
+def test_the_docs_hold_the_generated_tables(doc: str) -> None:
+    text = (REPO / doc).read_text()
+    assert markdown_table(NODE_METRICS) in text, f"{doc}: regenerate with python -m cluster.metrics --markdown"
+    assert markdown_table(WORKER_METRICS, scopes=False) in text, \
+        f"{doc}: regenerate with python -m worker.metrics --markdown"
